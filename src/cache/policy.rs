@@ -1,0 +1,148 @@
+//! Per-entity policies: which TTL a key gets. Rules are tried in configured order and the first whose pattern
+//! matches the key wins; keys no rule matches get the default.
+
+use crate::config::Config;
+use crate::keys::{Key, Pattern};
+use crate::{Error, Result};
+use rand::Rng;
+use std::time::Duration;
+
+/// One rule of the policy table.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// Time to live before jitter.
+    pub ttl: Duration,
+    pattern: Option<Pattern>,
+}
+
+/// The policy table plus the TTL bounds and jitter that apply to every rule.
+#[derive(Clone, Debug)]
+pub struct Policies {
+    rules: Vec<Policy>,
+    default: Policy,
+    jitter_ratio: f64,
+    min_ttl: Duration,
+    max_ttl: Duration,
+}
+
+impl Policies {
+    /// Builds the table from the (validated) configuration.
+    pub fn from_config(config: &Config) -> Result<Policies> {
+        let rules = config
+            .policies
+            .iter()
+            .map(|rule| {
+                Ok(Policy {
+                    name: rule.name.clone(),
+                    ttl: Duration::from_secs(rule.ttl_secs),
+                    pattern: Some(Pattern::parse(
+                        &rule.pattern,
+                        config.limits.max_key_bytes,
+                        true,
+                    )?),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Policies {
+            rules,
+            default: Policy {
+                name: "default".into(),
+                ttl: Duration::from_secs(config.policy_defaults.ttl_secs),
+                pattern: None,
+            },
+            jitter_ratio: config.policy_defaults.jitter_ratio,
+            min_ttl: Duration::from_millis(config.limits.min_ttl_ms),
+            max_ttl: Duration::from_secs(config.limits.max_ttl_secs),
+        })
+    }
+
+    /// The policy that governs `key`.
+    pub fn for_key(&self, key: &Key) -> &Policy {
+        self.rules
+            .iter()
+            .find(|rule| {
+                rule.pattern
+                    .as_ref()
+                    .is_some_and(|p| p.matches(key.as_str()))
+            })
+            .unwrap_or(&self.default)
+    }
+
+    /// The TTL to write `key` with: the request's TTL exactly, when given and within bounds; otherwise the
+    /// policy's TTL spread by the jitter ratio.
+    pub fn ttl_for(&self, key: &Key, requested: Option<Duration>) -> Result<Duration> {
+        match requested {
+            Some(ttl) if ttl < self.min_ttl || ttl > self.max_ttl => Err(Error::TtlOutOfBounds {
+                key: key.to_string(),
+                ttl,
+                min: self.min_ttl,
+                max: self.max_ttl,
+            }),
+            Some(ttl) => Ok(ttl),
+            None => Ok(self.jittered(self.for_key(key).ttl)),
+        }
+    }
+
+    fn jittered(&self, ttl: Duration) -> Duration {
+        if self.jitter_ratio == 0.0 {
+            return ttl;
+        }
+        let factor = rand::rng().random_range(1.0 - self.jitter_ratio..=1.0 + self.jitter_ratio);
+        ttl.mul_f64(factor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(raw: &str) -> Key {
+        Key::parse(raw, 512).unwrap()
+    }
+
+    #[test]
+    fn seed_table_first_match_wins() {
+        let policies = Policies::from_config(&Config::default()).unwrap();
+        let ttl_of = |raw| policies.for_key(&key(raw)).ttl.as_secs();
+        assert_eq!(ttl_of("user:123"), 3600);
+        assert_eq!(ttl_of("user:123:posts"), 900);
+        assert_eq!(ttl_of("user:123:settings"), 86400);
+        assert_eq!(ttl_of("posts:42"), 1800);
+        assert_eq!(ttl_of("posts:page:1"), 900);
+        assert_eq!(ttl_of("settings:global"), 86400);
+        assert_eq!(ttl_of("session_free:1"), 600);
+    }
+
+    #[test]
+    fn jitter_stays_within_its_ratio_and_varies() {
+        let policies = Policies::from_config(&Config::default()).unwrap();
+        let ttls: Vec<Duration> = (0..200)
+            .map(|_| policies.ttl_for(&key("user:1"), None).unwrap())
+            .collect();
+        assert!(
+            ttls.iter()
+                .all(|t| *t >= Duration::from_secs(3240) && *t <= Duration::from_secs(3960))
+        );
+        assert!(ttls.iter().any(|t| *t != ttls[0]));
+    }
+
+    #[test]
+    fn requested_ttl_is_exact_and_bounded() {
+        let policies = Policies::from_config(&Config::default()).unwrap();
+        let k = key("user:1");
+        assert_eq!(
+            policies.ttl_for(&k, Some(Duration::from_secs(5))).unwrap(),
+            Duration::from_secs(5)
+        );
+        assert!(matches!(
+            policies.ttl_for(&k, Some(Duration::from_millis(10))),
+            Err(Error::TtlOutOfBounds { .. })
+        ));
+        assert!(matches!(
+            policies.ttl_for(&k, Some(Duration::from_secs(30 * 24 * 3600))),
+            Err(Error::TtlOutOfBounds { .. })
+        ));
+    }
+}

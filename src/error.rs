@@ -1,0 +1,109 @@
+//! The domain error: every way a cachecoord operation can fail, with no knowledge of gRPC. `api::status` turns
+//! it into a `tonic::Status` in one exhaustive match.
+
+use std::time::Duration;
+
+/// The boxed cause of a backend failure, kept as the error's `source()` chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in cachecoord.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A key does not follow the key grammar.
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key as received (truncated for display).
+        key: String,
+        /// What is wrong with it, phrased so a person can fix it.
+        reason: String,
+    },
+
+    /// A pattern does not follow the pattern grammar.
+    #[error("invalid pattern {pattern:?}: {reason}")]
+    InvalidPattern {
+        /// The pattern as received (truncated for display).
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A pattern could match keys of every entity and the server does not allow that.
+    #[error(
+        "pattern {pattern:?} is too broad: its first segment must be a literal entity followed by ':', \
+         e.g. user:123:* (set invalidation.allow_cross_entity_patterns to allow it)"
+    )]
+    PatternTooBroad {
+        /// The pattern as received (truncated for display).
+        pattern: String,
+    },
+
+    /// A value exceeds the configured maximum size.
+    #[error("value for {key:?} is {size} bytes; the limit is {max} bytes")]
+    ValueTooLarge {
+        /// The key the value was meant for.
+        key: String,
+        /// The value's size in bytes.
+        size: usize,
+        /// The configured limit in bytes.
+        max: usize,
+    },
+
+    /// A requested TTL lies outside the configured bounds.
+    #[error("ttl {ttl:?} for {key:?} is outside the allowed range {min:?}..={max:?}")]
+    TtlOutOfBounds {
+        /// The key the TTL was meant for.
+        key: String,
+        /// The requested TTL.
+        ttl: Duration,
+        /// The smallest TTL allowed.
+        min: Duration,
+        /// The largest TTL allowed.
+        max: Duration,
+    },
+
+    /// A TTL could not be understood at all (negative, or out of range).
+    #[error("ttl for {key:?} is invalid: {reason}")]
+    InvalidTtl {
+        /// The key the TTL was meant for.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A request that needs at least one key or entry has none.
+    #[error("the request has no {what}; send at least one")]
+    EmptyRequest {
+        /// What was missing: "keys" or "entries".
+        what: &'static str,
+    },
+
+    /// A batch holds more items than the configured limit.
+    #[error("the request has {count} {what}; the limit is {max} per call, split it")]
+    BatchTooLarge {
+        /// What was counted: "keys" or "entries".
+        what: &'static str,
+        /// How many the request held.
+        count: usize,
+        /// The configured limit.
+        max: usize,
+    },
+
+    /// The cache backend (Redis) could not be reached or did not answer in time.
+    #[error("cache backend unavailable: {source}")]
+    BackendUnavailable {
+        /// The backend's own error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The cache backend answered, but with something cachecoord cannot use.
+    #[error("cache backend failed: {source}")]
+    Backend {
+        /// The backend's own error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,261 @@
+//! The key and pattern grammar: the vocabulary every layer shares.
+//!
+//! A key is `{entity}:{id}` or `{entity}:{id}:{field}` (more segments allowed): segments separated by `:`, at
+//! least two, none empty, printable ASCII without whitespace, glob metacharacters, braces or backslashes. Keeping
+//! glob metacharacters out of keys means a key can never be mistaken for a pattern, and keeping braces out means a
+//! caller cannot pick a Redis Cluster hash tag and pile its keys onto one primary.
+//!
+//! A pattern is the same alphabet plus `*` (any run of characters, `:` included) and `?` (exactly one character),
+//! matched exactly as Redis `SCAN MATCH` matches them, so the embedded store and Redis delete the same keys.
+
+use crate::{Error, Result};
+use std::fmt;
+
+/// Characters that may never appear in a key: glob metacharacters, hash-tag braces and the glob escape.
+const RESERVED: &[u8] = b"*?[]{}\\";
+
+/// A validated cache key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    raw: String,
+    entity_len: usize,
+}
+
+impl Key {
+    /// Validates `raw` against the key grammar; `max_bytes` is the configured length limit.
+    pub fn parse(raw: &str, max_bytes: usize) -> Result<Key> {
+        let invalid = |reason: String| Error::InvalidKey {
+            key: truncate_for_message(raw),
+            reason,
+        };
+        if raw.is_empty() {
+            return Err(invalid("the key is empty".into()));
+        }
+        if raw.len() > max_bytes {
+            return Err(invalid(format!(
+                "the key is {} bytes long; the limit is {max_bytes}",
+                raw.len()
+            )));
+        }
+        if let Some(c) = raw.chars().find(|&c| !is_key_char(c)) {
+            return Err(invalid(format!(
+                "character {c:?} is not allowed (printable ASCII only, no whitespace and none of * ? [ ] {{ }} \\)"
+            )));
+        }
+        let segments: Vec<&str> = raw.split(':').collect();
+        if segments.len() < 2 {
+            return Err(invalid(
+                "a key needs at least two segments, {entity}:{id}, e.g. user:123".into(),
+            ));
+        }
+        if segments.iter().any(|s| s.is_empty()) {
+            return Err(invalid("key segments between ':' must not be empty".into()));
+        }
+        Ok(Key {
+            raw: raw.to_owned(),
+            entity_len: segments[0].len(),
+        })
+    }
+
+    /// The whole key.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// The first segment, which names the entity.
+    pub fn entity(&self) -> &str {
+        &self.raw[..self.entity_len]
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// A validated glob over keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pattern {
+    raw: String,
+}
+
+impl Pattern {
+    /// Validates `raw` against the pattern grammar. Unless `allow_cross_entity` is set, the first segment must be
+    /// a literal entity followed by `:`, which in particular refuses patterns such as `*` that match every key.
+    pub fn parse(raw: &str, max_bytes: usize, allow_cross_entity: bool) -> Result<Pattern> {
+        let invalid = |reason: String| Error::InvalidPattern {
+            pattern: truncate_for_message(raw),
+            reason,
+        };
+        if raw.is_empty() {
+            return Err(invalid("the pattern is empty".into()));
+        }
+        if raw.len() > max_bytes {
+            return Err(invalid(format!(
+                "the pattern is {} bytes long; the limit is {max_bytes}",
+                raw.len()
+            )));
+        }
+        if let Some(c) = raw
+            .chars()
+            .find(|&c| !(is_key_char(c) || c == '*' || c == '?'))
+        {
+            return Err(invalid(format!(
+                "character {c:?} is not allowed (only * and ? are wildcards; no whitespace, [ ] {{ }} or \\)"
+            )));
+        }
+        let entity = raw.split(':').next().unwrap_or_default();
+        let literal_entity = raw.contains(':') && !entity.is_empty() && !has_wildcard(entity);
+        if !literal_entity && !allow_cross_entity {
+            return Err(Error::PatternTooBroad {
+                pattern: truncate_for_message(raw),
+            });
+        }
+        Ok(Pattern {
+            raw: raw.to_owned(),
+        })
+    }
+
+    /// A pattern that matches exactly one key.
+    pub fn exact(key: &Key) -> Pattern {
+        Pattern {
+            raw: key.as_str().to_owned(),
+        }
+    }
+
+    /// The pattern as Redis `SCAN MATCH` takes it.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// Whether `key` matches, with Redis glob semantics for `*` and `?`.
+    pub fn matches(&self, key: &str) -> bool {
+        glob_match(self.raw.as_bytes(), key.as_bytes())
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+fn is_key_char(c: char) -> bool {
+    c.is_ascii_graphic() && !RESERVED.contains(&(c as u8))
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?'])
+}
+
+/// Iterative glob matching with single-star backtracking: linear in practice, and never recursive, so a hostile
+/// pattern such as `a*a*a*a*…b` cannot blow the stack.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                backtrack = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match backtrack {
+                Some((star_p, star_t)) => {
+                    p = star_p + 1;
+                    t = star_t + 1;
+                    backtrack = Some((star_p, star_t + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Error messages echo the offending input, but never more than a screenful of it.
+fn truncate_for_message(raw: &str) -> String {
+    const SHOWN: usize = 80;
+    match raw.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}…", &raw[..cut]),
+        None => raw.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_common_key_forms() {
+        for raw in ["user:123", "user:123:posts", "posts:page:1", "a:b:c:d:e"] {
+            assert_eq!(Key::parse(raw, 512).unwrap().as_str(), raw);
+        }
+        assert_eq!(Key::parse("user:123:posts", 512).unwrap().entity(), "user");
+    }
+
+    #[test]
+    fn rejects_keys_outside_the_grammar() {
+        let long = format!("user:{}", "x".repeat(600));
+        for raw in [
+            "",
+            "user",
+            "user:",
+            ":1",
+            "user::1",
+            "user:1 2",
+            "user:1\n",
+            "user:*",
+            "user:{1}",
+            "user:[1]",
+            "user:1\\",
+            "usér:1",
+            long.as_str(),
+        ] {
+            assert!(
+                matches!(Key::parse(raw, 512), Err(Error::InvalidKey { .. })),
+                "{raw:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn patterns_need_a_literal_entity_unless_allowed() {
+        for raw in ["*", "**", "*:*", "?ser:1", "user*", "user"] {
+            assert!(
+                matches!(
+                    Pattern::parse(raw, 512, false),
+                    Err(Error::PatternTooBroad { .. })
+                ),
+                "{raw:?} should be too broad"
+            );
+            assert!(Pattern::parse(raw, 512, true).is_ok());
+        }
+        assert!(Pattern::parse("user:*:posts", 512, false).is_ok());
+        assert!(matches!(
+            Pattern::parse("user:[12]", 512, true),
+            Err(Error::InvalidPattern { .. })
+        ));
+    }
+
+    #[test]
+    fn glob_matches_like_redis() {
+        let p = |s| Pattern::parse(s, 512, true).unwrap();
+        assert!(p("user:123:*").matches("user:123:posts"));
+        assert!(p("user:123:*").matches("user:123:posts:1"));
+        assert!(!p("user:123:*").matches("user:1234"));
+        assert!(!p("user:123:*").matches("user:123"));
+        assert!(p("user:*:posts").matches("user:9:posts"));
+        assert!(p("user:*:posts").matches("user:9:x:posts"));
+        assert!(!p("user:*:posts").matches("user:9:posts:1"));
+        assert!(p("user:?").matches("user:7"));
+        assert!(!p("user:?").matches("user:77"));
+        assert!(p("*").matches("anything:at:all"));
+        assert!(p("a*a*a*b").matches("aaaaaaaaaab"));
+        assert!(!p(&format!("{}b", "a*".repeat(40))).matches(&"a".repeat(200)));
+    }
+}

@@ -1,0 +1,34 @@
+//! cachecoord: a gRPC cache-coordination service. Polyglot services call it instead of re-implementing
+//! cache-aside; it keeps entries in Redis (standalone or cluster) or in an embedded in-process store.
+//!
+//! # Layout
+//! - [`config`]: the whole configuration tree (defaults → TOML file → `CACHECOORD_*` env → flags), parsed once.
+//! - [`keys`]: the key and pattern grammar shared by every layer.
+//! - [`api`]: gRPC handlers; proto ↔ domain conversion; [`Error`] → `tonic::Status`.
+//! - [`cache`]: the coordinator — validation, per-entity policies, the entry envelope. Talks only to traits.
+//! - [`store`]: the `Store` trait and its backends, `memory` (embedded default) and `redis` (fred).
+//! - [`server`]: wires store → coordinator → API with health and reflection, and serves.
+//!
+//! A request flows `api` → `cache::Coordinator` → `dyn store::Store`, and the answer flows back the same way.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod server;
+pub mod store;
+
+pub use error::{Error, Result};
+
+/// Code generated from `proto/cachecoord/v1/*.proto`, server and client.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("cachecoord.v1");
+
+    /// The encoded FileDescriptorSet of every cachecoord proto, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/cachecoord_descriptor.bin"));
+}

@@ -1,0 +1,61 @@
+//! Wires the pieces into a running gRPC server: store → coordinator → CacheService, plus grpc.health.v1 and
+//! server reflection (v1) so grpcurl-style tools and any language can discover the API.
+
+use crate::api::CacheApi;
+use crate::cache::Coordinator;
+use crate::config::Config;
+use crate::proto::cache_service_server::CacheServiceServer;
+use crate::{proto, store};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened (e.g. Redis unreachable at start-up).
+    #[error("cannot open the store: {0}")]
+    Store(#[source] crate::Error),
+    /// The reflection service could not be built from the embedded descriptors.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    /// The transport failed while serving.
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// Serves on `listener` until `shutdown` resolves, then lets in-flight calls finish.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let store = store::open(&config).await.map_err(ServerError::Store)?;
+    let coordinator = Arc::new(Coordinator::new(store, &config).map_err(ServerError::Store)?);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<CacheServiceServer<CacheApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(ServerError::Reflection)?;
+
+    let cache_service = CacheServiceServer::new(CacheApi::new(coordinator))
+        // tonic refuses larger requests before buffering them.
+        .max_decoding_message_size(config.limits.max_request_bytes);
+
+    tracing::info!(
+        addr = ?listener.local_addr().ok(),
+        store = if config.store.redis_url.is_some() { "redis" } else { "embedded" },
+        "cachecoord serving"
+    );
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(cache_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(ServerError::Transport)
+}
