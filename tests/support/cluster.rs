@@ -1,0 +1,211 @@
+//! Real redis-server processes: a 3 primary + 3 replica cluster shared by every test in a binary, and standalone
+//! servers for tests that need to kill one.
+
+use super::on_process_exit;
+use super::ports::{free_port, free_port_with_offset};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A Redis Cluster of six redis-server processes on loopback.
+pub struct RedisCluster {
+    /// Client ports of all six nodes.
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    /// The cluster every test of this binary shares, started on first use.
+    pub fn shared() -> &'static RedisCluster {
+        static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+        CLUSTER.get_or_init(RedisCluster::start)
+    }
+
+    fn start() -> RedisCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("cachecoord-cluster-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let ports: Vec<u16> = (0..6).map(|_| free_port_with_offset(10_000)).collect();
+        let mut pidfiles = Vec::new();
+        for port in &ports {
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            pidfiles.push(start_redis(&node_dir, *port, &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]));
+        }
+        on_process_exit(&stop_script(&pidfiles, &dir));
+        for port in &ports {
+            wait_for_ping(*port);
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = RedisCluster { ports, dir };
+        cluster.wait_until_healthy();
+        cluster
+    }
+
+    /// The URL cachecoord and fred take: every node is a seed.
+    pub fn url(&self) -> String {
+        let (first, rest) = self.ports.split_first().unwrap();
+        let seeds: Vec<String> = rest.iter().map(|p| format!("node=127.0.0.1:{p}")).collect();
+        format!("redis-cluster://127.0.0.1:{first}?{}", seeds.join("&"))
+    }
+
+    /// Client ports of the nodes currently acting as primaries.
+    pub fn primaries(&self) -> Vec<u16> {
+        self.nodes_with_role("master")
+    }
+
+    /// Client ports of the nodes currently acting as replicas.
+    pub fn replicas(&self) -> Vec<u16> {
+        self.nodes_with_role("slave")
+    }
+
+    fn nodes_with_role(&self, role: &str) -> Vec<u16> {
+        let nodes = redis_cli(self.ports[0], &["cluster", "nodes"]);
+        let mut ports: Vec<u16> = nodes
+            .lines()
+            .filter(|line| line.split_whitespace().nth(2).is_some_and(|flags| flags.split(',').any(|f| f == role)))
+            .filter_map(|line| {
+                let addr = line.split_whitespace().nth(1)?;
+                addr.split(['@', ':']).nth(1)?.parse().ok()
+            })
+            .collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    /// Keys matching `pattern` held by the primary on `port`, read straight from that node.
+    pub fn keys_on_node(&self, port: u16, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = redis_cli(port, &["--scan", "--pattern", pattern])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Waits until every node reports cluster_state:ok and all three replicas are attached.
+    fn wait_until_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let all_ok = self
+                .ports
+                .iter()
+                .all(|port| redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok"));
+            if all_ok && self.primaries().len() == 3 && self.replicas().len() == 3 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cluster did not become healthy in {:?}", self.dir);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// One standalone redis-server, stopped (and its directory removed) by [`StandaloneRedis::kill`] or on drop.
+pub struct StandaloneRedis {
+    /// Client port.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    pidfile: PathBuf,
+}
+
+impl StandaloneRedis {
+    /// Starts a server and waits until it answers PING.
+    pub fn start() -> StandaloneRedis {
+        let dir = tempfile::Builder::new().prefix("cachecoord-redis-").tempdir().unwrap();
+        let port = free_port();
+        let pidfile = start_redis(dir.path(), port, &[]);
+        on_process_exit(&stop_script(std::slice::from_ref(&pidfile), dir.path()));
+        wait_for_ping(port);
+        StandaloneRedis { port, dir, pidfile }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server with SIGKILL and waits until its port refuses connections.
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(&self.pidfile).unwrap();
+        let status = Command::new("kill").args(["-9", pid.trim()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "redis on {} did not die", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for StandaloneRedis {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.pidfile) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+    }
+}
+
+/// Starts a daemonized redis-server on loopback; answers its pidfile.
+fn start_redis(dir: &Path, port: u16, extra: &[&str]) -> PathBuf {
+    let pidfile = dir.join("redis.pid");
+    let status = Command::new(redis_server())
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-config-file", &dir.join("nodes.conf").to_string_lossy()])
+        .args(["--appendonly", "no", "--save", ""])
+        .args(["--dir", &dir.to_string_lossy()])
+        .args(["--daemonize", "yes", "--pidfile", &pidfile.to_string_lossy()])
+        .args(["--logfile", &dir.join("redis.log").to_string_lossy()])
+        .args(extra)
+        .status()
+        .expect("redis-server must be installed: scripts/test installs it (apt-get install redis-server)");
+    assert!(status.success(), "redis-server on port {port} failed to start");
+    pidfile
+}
+
+fn redis_server() -> &'static str {
+    if Path::new("/usr/bin/redis-server").exists() {
+        "/usr/bin/redis-server"
+    } else {
+        "redis-server"
+    }
+}
+
+fn stop_script(pidfiles: &[PathBuf], dir: &Path) -> String {
+    let kills: Vec<String> = pidfiles
+        .iter()
+        .map(|p| format!("kill -9 $(cat {}) 2>/dev/null;", p.display()))
+        .collect();
+    format!("{} rm -rf {}", kills.join(" "), dir.display())
+}
+
+fn wait_for_ping(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_cli(port, &["ping"]).trim() != "PONG" {
+        assert!(Instant::now() < deadline, "redis on {port} never answered PING");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs redis-cli against one node and answers its stdout.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

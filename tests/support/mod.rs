@@ -1,0 +1,55 @@
+//! Test bed shared by the black-box tests: a real Redis Cluster (3 primaries + 3 replicas), a private Postgres and
+//! the real cachecoord server on free loopback ports, reached through the generated tonic client.
+//!
+//! Servers started here live as long as the test process: a small watchdog shell process stops them (and removes
+//! their directories) once the test binary exits, however it exits.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod cluster;
+pub mod ports;
+pub mod postgres;
+pub mod server;
+
+pub use cluster::RedisCluster;
+pub use server::{Backend, TestServer};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// A name no other test in this run (or an earlier run) uses, for keys that must not collide: `t<pid>x<n>`.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}t{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Asserts `status` has `code` and an ErrorInfo with `reason` in the cachecoord.v1 domain.
+pub fn assert_error(status: &tonic::Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "unexpected reason in {status:?}");
+    assert_eq!(info.domain, "cachecoord.v1");
+    assert!(!status.message().is_empty());
+}
+
+/// Runs a shell watchdog that waits for this test process to exit, then runs `cleanup`.
+pub(crate) fn on_process_exit(cleanup: &str) {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {cleanup}",
+        pid = std::process::id()
+    );
+    std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn watchdog");
+}

@@ -1,0 +1,84 @@
+//! The real cachecoord server, in-process on 127.0.0.1:0, on either store.
+
+use super::cluster::RedisCluster;
+use cachecoord::config::Config;
+use cachecoord::proto::cache_service_client::CacheServiceClient;
+use std::net::SocketAddr;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// Which store the server under test uses.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    /// The embedded in-process store.
+    Embedded,
+    /// The shared 3 + 3 Redis Cluster.
+    Cluster,
+}
+
+impl Backend {
+    /// A test configuration for this backend: ephemeral port, everything else default.
+    pub fn config(self) -> Config {
+        let mut config = Config {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        if let Backend::Cluster = self {
+            config.store.redis_url = Some(RedisCluster::shared().url());
+        }
+        config
+    }
+}
+
+/// A running server; it stops when dropped.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    /// Starts a server on `backend` with the default test configuration.
+    pub async fn start(backend: Backend) -> TestServer {
+        TestServer::start_with(backend.config()).await
+    }
+
+    /// Starts a server with `config` (its listen address is replaced by a free loopback port).
+    pub async fn start_with(config: Config) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(error) = cachecoord::server::serve(config, listener, shutdown).await {
+                panic!("server failed: {error}");
+            }
+        });
+        TestServer { addr, stop: Some(stop) }
+    }
+
+    /// The URI clients connect to.
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected CacheService client.
+    pub async fn client(&self) -> CacheServiceClient<Channel> {
+        CacheServiceClient::connect(self.uri()).await.expect("connect to test server")
+    }
+
+    /// A raw channel, for the health and reflection clients.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.uri()).unwrap().connect().await.unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
