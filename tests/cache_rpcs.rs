@@ -65,7 +65,12 @@ async fn ttl_comes_from_the_entity_policy(backend: Backend) {
         (format!("settings:{id}"), 86400.0),
         (format!("unlisted:{id}"), 600.0),
     ] {
-        let applied = client.set(set_request(&key, b"v")).await.unwrap().into_inner().ttl;
+        let applied = client
+            .set(set_request(&key, b"v"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ttl;
         let remaining = get(&mut client, &key).await.ttl_remaining;
         for ttl in [secs(&applied), secs(&remaining)] {
             assert!(
@@ -82,7 +87,10 @@ async fn request_ttl_overrides_policy_and_expires(backend: Backend) {
     let mut client = server.client().await;
     let key = format!("user:{}", unique(""));
     let mut request = set_request(&key, b"short-lived");
-    request.ttl = Some(prost_types::Duration { seconds: 1, nanos: 0 });
+    request.ttl = Some(prost_types::Duration {
+        seconds: 1,
+        nanos: 0,
+    });
     let applied = client.set(request).await.unwrap().into_inner().ttl;
     assert_eq!(secs(&applied), 1.0);
     let remaining = secs(&get(&mut client, &key).await.ttl_remaining);
@@ -102,7 +110,12 @@ async fn batch_set_then_batch_get(backend: Backend) {
     let id = unique("");
     let keys: Vec<String> = (0..50).map(|i| format!("user:{id}:{i}")).collect();
     let entries = keys.iter().map(|k| set_request(k, k.as_bytes())).collect();
-    let written = client.batch_set(BatchSetRequest { entries }).await.unwrap().into_inner().written;
+    let written = client
+        .batch_set(BatchSetRequest { entries })
+        .await
+        .unwrap()
+        .into_inner()
+        .written;
     assert_eq!(written, 50);
 
     let missing = format!("user:{id}:missing");
@@ -111,7 +124,9 @@ async fn batch_set_then_batch_get(backend: Backend) {
     requested.push(keys[3].clone());
     requested.push(keys[3].clone());
     let results = client
-        .batch_get(BatchGetRequest { keys: requested.clone() })
+        .batch_get(BatchGetRequest {
+            keys: requested.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -138,12 +153,18 @@ async fn invalidate_deletes_keys(backend: Backend) {
     let server = TestServer::start(backend).await;
     let mut client = server.client().await;
     let id = unique("");
-    let (a, b, absent) = (format!("user:{id}:a"), format!("user:{id}:b"), format!("user:{id}:c"));
+    let (a, b, absent) = (
+        format!("user:{id}:a"),
+        format!("user:{id}:b"),
+        format!("user:{id}:c"),
+    );
     for key in [&a, &b] {
         client.set(set_request(key, b"v")).await.unwrap();
     }
     let deleted = client
-        .invalidate(InvalidateRequest { keys: vec![a.clone(), absent, a.clone()] })
+        .invalidate(InvalidateRequest {
+            keys: vec![a.clone(), absent, a.clone()],
+        })
         .await
         .unwrap()
         .into_inner()
@@ -164,11 +185,17 @@ async fn invalidate_pattern_deletes_exactly_the_matches(backend: Backend) {
         format!("user:{id}0:1"),
         format!("posts:{id}:1"),
     ];
-    let entries = matching.iter().chain(&kept).map(|k| set_request(k, b"v")).collect();
+    let entries = matching
+        .iter()
+        .chain(&kept)
+        .map(|k| set_request(k, b"v"))
+        .collect();
     client.batch_set(BatchSetRequest { entries }).await.unwrap();
 
     let deleted = client
-        .invalidate_pattern(InvalidatePatternRequest { pattern: format!("user:{id}:*") })
+        .invalidate_pattern(InvalidatePatternRequest {
+            pattern: format!("user:{id}:*"),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -178,7 +205,10 @@ async fn invalidate_pattern_deletes_exactly_the_matches(backend: Backend) {
         assert!(!get(&mut client, key).await.found, "{key} survived");
     }
     for key in &kept {
-        assert!(get(&mut client, key).await.found, "{key} was wrongly deleted");
+        assert!(
+            get(&mut client, key).await.found,
+            "{key} was wrongly deleted"
+        );
     }
 
     // Mid-key globs work too.
@@ -186,7 +216,9 @@ async fn invalidate_pattern_deletes_exactly_the_matches(backend: Backend) {
     let entries = posts.iter().map(|k| set_request(k, b"v")).collect();
     client.batch_set(BatchSetRequest { entries }).await.unwrap();
     let deleted = client
-        .invalidate_pattern(InvalidatePatternRequest { pattern: format!("user:{id}?:posts") })
+        .invalidate_pattern(InvalidatePatternRequest {
+            pattern: format!("user:{id}?:posts"),
+        })
         .await
         .unwrap()
         .into_inner()

@@ -15,17 +15,21 @@ use fred::prelude::{
     Builder, ClientLike, Config as FredConfig, Error as FredError, ErrorKind, Expiration,
     KeysInterface, ReconnectPolicy,
 };
-use fred::types::scan::Scanner;
+use fred::types::scan::{ScanResult, Scanner};
 use futures::{Stream, StreamExt, future};
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
+
+/// Pages of SCAN results, from one server or from every primary of a cluster.
+type ScanPages = Pin<Box<dyn Stream<Item = Result<ScanResult, FredError>> + Send>>;
 
 /// A Redis server or cluster.
 pub struct RedisStore {
     client: fred::clients::Client,
     clustered: bool,
     scan_count: u32,
+    command_timeout: Duration,
 }
 
 impl RedisStore {
@@ -55,6 +59,7 @@ impl RedisStore {
             client,
             clustered,
             scan_count: config.invalidation.scan_count,
+            command_timeout,
         })
     }
 
@@ -83,10 +88,7 @@ impl RedisStore {
         Ok(counts.into_iter().sum())
     }
 
-    fn scan(
-        &self,
-        pattern: &Pattern,
-    ) -> Pin<Box<dyn Stream<Item = Result<fred::types::scan::ScanResult, FredError>> + Send>> {
+    fn scan(&self, pattern: &Pattern) -> ScanPages {
         let count = Some(self.scan_count);
         if self.clustered {
             Box::pin(
@@ -143,7 +145,14 @@ impl Store for RedisStore {
     async fn delete_matching(&self, pattern: &Pattern) -> Result<u64> {
         let mut pages = self.scan(pattern);
         let mut deleted = 0;
-        while let Some(page) = pages.next().await {
+        // fred's SCAN stream does not apply the command timeout and stalls while Redis is down: bound each page.
+        let stalled = || Error::BackendUnavailable {
+            source: format!("SCAN got no page within {:?}", self.command_timeout).into(),
+        };
+        while let Some(page) = tokio::time::timeout(self.command_timeout, pages.next())
+            .await
+            .map_err(|_| stalled())?
+        {
             let mut page = page.map_err(backend_error)?;
             if let Some(found) = page.take_results() {
                 let keys: Vec<&str> = found.iter().filter_map(|key| key.as_str()).collect();

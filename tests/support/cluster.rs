@@ -33,7 +33,11 @@ impl RedisCluster {
         for port in &ports {
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
-            pidfiles.push(start_redis(&node_dir, *port, &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]));
+            pidfiles.push(start_redis(
+                &node_dir,
+                *port,
+                &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+            ));
         }
         on_process_exit(&stop_script(&pidfiles, &dir));
         for port in &ports {
@@ -77,7 +81,11 @@ impl RedisCluster {
         let nodes = redis_cli(self.ports[0], &["cluster", "nodes"]);
         let mut ports: Vec<u16> = nodes
             .lines()
-            .filter(|line| line.split_whitespace().nth(2).is_some_and(|flags| flags.split(',').any(|f| f == role)))
+            .filter(|line| {
+                line.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|flags| flags.split(',').any(|f| f == role))
+            })
             .filter_map(|line| {
                 let addr = line.split_whitespace().nth(1)?;
                 addr.split(['@', ':']).nth(1)?.parse().ok()
@@ -108,7 +116,11 @@ impl RedisCluster {
             if all_ok && self.primaries().len() == 3 && self.replicas().len() == 3 {
                 return;
             }
-            assert!(Instant::now() < deadline, "cluster did not become healthy in {:?}", self.dir);
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not become healthy in {:?}",
+                self.dir
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -125,7 +137,10 @@ pub struct StandaloneRedis {
 impl StandaloneRedis {
     /// Starts a server and waits until it answers PING.
     pub fn start() -> StandaloneRedis {
-        let dir = tempfile::Builder::new().prefix("cachecoord-redis-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("cachecoord-redis-")
+            .tempdir()
+            .unwrap();
         let port = free_port();
         let pidfile = start_redis(dir.path(), port, &[]);
         on_process_exit(&stop_script(std::slice::from_ref(&pidfile), dir.path()));
@@ -141,11 +156,18 @@ impl StandaloneRedis {
     /// Kills the server with SIGKILL and waits until its port refuses connections.
     pub fn kill(&self) {
         let pid = std::fs::read_to_string(&self.pidfile).unwrap();
-        let status = Command::new("kill").args(["-9", pid.trim()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            assert!(Instant::now() < deadline, "redis on {} did not die", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis on {} did not die",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -154,7 +176,10 @@ impl StandaloneRedis {
 impl Drop for StandaloneRedis {
     fn drop(&mut self) {
         if let Ok(pid) = std::fs::read_to_string(&self.pidfile) {
-            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+            let _ = Command::new("kill")
+                .args(["-9", pid.trim()])
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
 }
@@ -172,7 +197,10 @@ fn start_redis(dir: &Path, port: u16, extra: &[&str]) -> PathBuf {
         .args(extra)
         .status()
         .expect("redis-server must be installed: scripts/test installs it (apt-get install redis-server)");
-    assert!(status.success(), "redis-server on port {port} failed to start");
+    assert!(
+        status.success(),
+        "redis-server on port {port} failed to start"
+    );
     pidfile
 }
 
@@ -195,7 +223,10 @@ fn stop_script(pidfiles: &[PathBuf], dir: &Path) -> String {
 fn wait_for_ping(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while redis_cli(port, &["ping"]).trim() != "PONG" {
-        assert!(Instant::now() < deadline, "redis on {port} never answered PING");
+        assert!(
+            Instant::now() < deadline,
+            "redis on {port} never answered PING"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -16,7 +16,9 @@ pub fn free_port_with_offset(offset: u16) -> u16 {
         let Some(paired) = port.checked_add(offset) else {
             continue;
         };
-        if taken.contains(&port) || (offset > 0 && TcpListener::bind(("127.0.0.1", paired)).is_err()) {
+        if taken.contains(&port)
+            || (offset > 0 && TcpListener::bind(("127.0.0.1", paired)).is_err())
+        {
             continue;
         }
         taken.push(port);

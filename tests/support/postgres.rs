@@ -22,13 +22,28 @@ impl Postgres {
 
     fn start() -> Postgres {
         let bin = postgres_bin();
-        let dir = tempfile::Builder::new().prefix("cachecoord-pg-").tempdir().unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix("cachecoord-pg-")
+            .tempdir()
+            .unwrap()
+            .keep();
         let data = dir.join("data");
         let port = free_port();
         as_postgres_user(&dir);
         run(
             &bin.join("initdb"),
-            &["-D", &data.to_string_lossy(), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"],
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
         );
         let options = format!("-p {port} -h 127.0.0.1 -k {} -c fsync=off", dir.display());
         let pg_ctl = bin.join("pg_ctl");
@@ -39,13 +54,28 @@ impl Postgres {
             data.display(),
             dir.display()
         ));
-        run(&pg_ctl, &["-D", &data.to_string_lossy(), "-w", "-l", &dir.join("pg.log").to_string_lossy(), "-o", &options, "start"]);
+        run(
+            &pg_ctl,
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-w",
+                "-l",
+                &dir.join("pg.log").to_string_lossy(),
+                "-o",
+                &options,
+                "start",
+            ],
+        );
         Postgres { port, dir }
     }
 
     /// A tokio-postgres connection string for the `postgres` database.
     pub fn connection_string(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
     }
 }
 
@@ -57,13 +87,19 @@ fn postgres_bin() -> PathBuf {
         .filter(|bin| bin.join("initdb").exists())
         .collect();
     versions.sort();
-    versions.pop().expect("no initdb under /usr/lib/postgresql/*/bin")
+    versions
+        .pop()
+        .expect("no initdb under /usr/lib/postgresql/*/bin")
 }
 
 /// initdb refuses to run as root: when we are root, hand the directory to the postgres user and run as it.
 fn as_postgres_user(dir: &Path) {
     if is_root() {
-        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status().unwrap();
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status()
+            .unwrap();
         assert!(status.success(), "chown {dir:?} to postgres failed");
     }
 }
@@ -86,7 +122,11 @@ fn run(program: &Path, args: &[&str]) {
 }
 
 fn runuser_prefix() -> &'static str {
-    if is_root() { "runuser -u postgres --" } else { "" }
+    if is_root() {
+        "runuser -u postgres --"
+    } else {
+        ""
+    }
 }
 
 fn is_root() -> bool {

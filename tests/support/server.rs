@@ -56,7 +56,10 @@ impl TestServer {
                 panic!("server failed: {error}");
             }
         });
-        TestServer { addr, stop: Some(stop) }
+        TestServer {
+            addr,
+            stop: Some(stop),
+        }
     }
 
     /// The URI clients connect to.
@@ -66,12 +69,18 @@ impl TestServer {
 
     /// A connected CacheService client.
     pub async fn client(&self) -> CacheServiceClient<Channel> {
-        CacheServiceClient::connect(self.uri()).await.expect("connect to test server")
+        CacheServiceClient::connect(self.uri())
+            .await
+            .expect("connect to test server")
     }
 
     /// A raw channel, for the health and reflection clients.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.uri()).unwrap().connect().await.unwrap()
+        Channel::from_shared(self.uri())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 }
 

@@ -1,0 +1,243 @@
+//! Bad input gets INVALID_ARGUMENT with an ErrorInfo reason, never a panic and never damage to other entries; an
+//! unreachable Redis gets UNAVAILABLE.
+
+mod support;
+
+use cachecoord::proto::{
+    BatchGetRequest, BatchSetRequest, GetRequest, InvalidatePatternRequest, InvalidateRequest,
+    SetRequest,
+};
+use support::cluster::StandaloneRedis;
+use support::{Backend, TestServer, assert_error, unique};
+use tonic::Code;
+
+fn set_request(key: &str, value: Vec<u8>) -> SetRequest {
+    SetRequest {
+        key: key.into(),
+        value: value.into(),
+        ttl: None,
+    }
+}
+
+/// Every malformed request is refused with the documented reason, and an innocent key set beforehand is intact
+/// afterwards.
+async fn malformed_requests_are_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let bystander = format!("user:{}", unique(""));
+    client
+        .set(set_request(&bystander, b"intact".to_vec()))
+        .await
+        .unwrap();
+
+    let long_key = format!("user:{}", "x".repeat(600));
+    for key in [
+        "",
+        "user",
+        "user::1",
+        "user:1 2",
+        "user:*",
+        "user:{1}",
+        "user:1\n",
+        "ユーザー:1",
+        long_key.as_str(),
+    ] {
+        let status = client
+            .get(GetRequest { key: key.into() })
+            .await
+            .unwrap_err();
+        assert_error(&status, Code::InvalidArgument, "INVALID_KEY");
+        let status = client
+            .set(set_request(key, b"v".to_vec()))
+            .await
+            .unwrap_err();
+        assert_error(&status, Code::InvalidArgument, "INVALID_KEY");
+    }
+
+    let too_large = vec![0u8; 1024 * 1024 + 1];
+    let status = client
+        .set(set_request("user:1", too_large))
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "VALUE_TOO_LARGE");
+
+    for ttl in [
+        prost_types::Duration {
+            seconds: 0,
+            nanos: 1_000,
+        },
+        prost_types::Duration {
+            seconds: 30 * 24 * 3600,
+            nanos: 0,
+        },
+    ] {
+        let mut request = set_request("user:1", b"v".to_vec());
+        request.ttl = Some(ttl);
+        let status = client.set(request).await.unwrap_err();
+        assert_error(&status, Code::InvalidArgument, "TTL_OUT_OF_BOUNDS");
+    }
+    let mut request = set_request("user:1", b"v".to_vec());
+    request.ttl = Some(prost_types::Duration {
+        seconds: -5,
+        nanos: 0,
+    });
+    let status = client.set(request).await.unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "INVALID_TTL");
+
+    let status = client
+        .batch_get(BatchGetRequest { keys: vec![] })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "EMPTY_REQUEST");
+    let status = client
+        .batch_set(BatchSetRequest { entries: vec![] })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "EMPTY_REQUEST");
+    let status = client
+        .invalidate(InvalidateRequest { keys: vec![] })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "EMPTY_REQUEST");
+    let too_many: Vec<String> = (0..1001).map(|i| format!("user:{i}")).collect();
+    let status = client
+        .batch_get(BatchGetRequest { keys: too_many })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "BATCH_TOO_LARGE");
+
+    // One bad key spoils the whole batch, and nothing of it is written or deleted.
+    let first = format!("user:{}", unique(""));
+    let entries = vec![
+        set_request(&first, b"v".to_vec()),
+        set_request("user:[2]", b"v".to_vec()),
+    ];
+    let status = client
+        .batch_set(BatchSetRequest { entries })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "INVALID_KEY");
+    assert!(
+        !client
+            .get(GetRequest { key: first })
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+    let status = client
+        .invalidate(InvalidateRequest {
+            keys: vec![bystander.clone(), "bad key".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "INVALID_KEY");
+
+    for pattern in ["*", "*:*", "us?r:1", "user*"] {
+        let status = client
+            .invalidate_pattern(InvalidatePatternRequest {
+                pattern: pattern.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_error(&status, Code::InvalidArgument, "PATTERN_TOO_BROAD");
+    }
+    for pattern in ["", "user:[12]", "user:{1}:*", "user: *"] {
+        let status = client
+            .invalidate_pattern(InvalidatePatternRequest {
+                pattern: pattern.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_error(&status, Code::InvalidArgument, "INVALID_PATTERN");
+    }
+
+    let survivor = client
+        .get(GetRequest { key: bystander })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(survivor.found, "a refused request damaged another entry");
+    assert_eq!(&survivor.value[..], b"intact");
+}
+
+/// A match-everything pattern works only when the configuration explicitly allows it.
+async fn match_all_pattern_needs_explicit_permission(backend: Backend) {
+    let mut config = backend.config();
+    config.invalidation.allow_cross_entity_patterns = true;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let id = unique("");
+    let keys = [format!("alpha{id}:1"), format!("beta{id}:1")];
+    let entries = keys.iter().map(|k| set_request(k, b"v".to_vec())).collect();
+    client.batch_set(BatchSetRequest { entries }).await.unwrap();
+    let deleted = client
+        .invalidate_pattern(InvalidatePatternRequest {
+            pattern: format!("*{id}:*"),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deleted;
+    assert_eq!(deleted, 2);
+}
+
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test] async fn $scenario() { super::$scenario(super::Backend::Embedded).await })*
+        }
+        mod cluster {
+            $(#[tokio::test] async fn $scenario() { super::$scenario(super::Backend::Cluster).await })*
+        }
+    };
+}
+
+on_both_stores!(
+    malformed_requests_are_refused,
+    match_all_pattern_needs_explicit_permission
+);
+
+/// When Redis goes away, every RPC answers UNAVAILABLE / BACKEND_UNAVAILABLE promptly instead of hanging or
+/// pretending success.
+#[tokio::test]
+async fn unreachable_redis_is_unavailable() {
+    let redis = StandaloneRedis::start();
+    let mut config = Backend::Embedded.config();
+    config.store.redis_url = Some(redis.url());
+    config.store.redis_command_timeout_ms = 500;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    client
+        .set(set_request("user:1", b"v".to_vec()))
+        .await
+        .unwrap();
+
+    redis.kill();
+    let status = client
+        .get(GetRequest {
+            key: "user:1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::Unavailable, "BACKEND_UNAVAILABLE");
+    let status = client
+        .set(set_request("user:1", b"v2".to_vec()))
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::Unavailable, "BACKEND_UNAVAILABLE");
+    let status = client
+        .invalidate(InvalidateRequest {
+            keys: vec!["user:1".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::Unavailable, "BACKEND_UNAVAILABLE");
+    let status = client
+        .invalidate_pattern(InvalidatePatternRequest {
+            pattern: "user:*".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::Unavailable, "BACKEND_UNAVAILABLE");
+}
