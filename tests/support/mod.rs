@@ -40,7 +40,10 @@ pub fn assert_error(status: &tonic::Status, code: Code, reason: &str) {
 }
 
 /// Runs a shell watchdog that waits for this test process to exit, then runs `cleanup`.
-#[allow(clippy::zombie_processes, reason = "the watchdog must outlive this process; init reaps it")]
+#[allow(
+    clippy::zombie_processes,
+    reason = "the watchdog must outlive this process; init reaps it"
+)]
 pub(crate) fn on_process_exit(cleanup: &str) {
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {cleanup}",
