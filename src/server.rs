@@ -46,8 +46,12 @@ pub async fn serve(
         // tonic refuses larger requests before buffering them.
         .max_decoding_message_size(config.limits.max_request_bytes);
 
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     tracing::info!(
-        addr = ?listener.local_addr().ok(),
+        %addr,
         store = if config.store.redis_url.is_some() { "redis" } else { "embedded" },
         "cachecoord serving"
     );
