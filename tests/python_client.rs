@@ -1,6 +1,6 @@
 //! A non-Rust client: Python stubs generated from proto/ with grpcio-tools call every data RPC, on both stores.
 //!
-//! The interpreter is `$CACHECOORD_TEST_PYTHON` (scripts/test points it at a venv with grpcio and grpcio-tools),
+//! The interpreter is `$CC_TEST_PYTHON` (scripts/test points it at a venv with grpcio and grpcio-tools),
 //! else `python3`.
 
 mod support;
@@ -9,7 +9,7 @@ use support::{Backend, TestServer, unique};
 
 async fn python_client_round_trip(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let python = std::env::var("CACHECOORD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = std::env::var("CC_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/client_smoke.py");
     let output = tokio::process::Command::new(&python)
         .arg(script)
