@@ -4,7 +4,10 @@
 use prost::Message;
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["cachecoord/v1/cache_service.proto"];
+const PROTOS: &[&str] = &[
+    "cachecoord/v1/cache_service.proto",
+    "cachecoord/v1/loader_service.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

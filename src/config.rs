@@ -64,6 +64,117 @@ pub struct Config {
     pub policy_defaults: PolicyDefaults,
     /// Per-entity policies, matched against the key in order; the first match wins.
     pub policies: Vec<PolicyConfig>,
+    /// Loaders that fill misses, matched against the key in order; the first match wins. Keys no loader matches
+    /// are plain cache entries: a miss stays a miss.
+    pub loaders: Vec<LoaderConfig>,
+    /// Connection pool for the built-in Postgres loader.
+    pub postgres: PostgresConfig,
+    /// Leases, waiting and the Redis circuit breaker.
+    pub read_through: ReadThroughConfig,
+}
+
+/// One loader route.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoaderConfig {
+    /// Key pattern this loader fills, e.g. `user:*`.
+    pub pattern: String,
+    /// `grpc` (a LoaderService the caller implements) or `postgres` (the built-in loader).
+    pub kind: LoaderKind,
+    /// gRPC: the LoaderService endpoint, e.g. `http://127.0.0.1:50052`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Postgres: SQL returning one text or bytea column for `$1` = the key's id, e.g.
+    /// `SELECT row_to_json(u)::text FROM users u WHERE id = $1`. An integer `$1` gets the id parsed as one.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Postgres, optional: SQL returning (id text, value) rows for `$1` = an array of ids, e.g.
+    /// `SELECT id::text, row_to_json(u)::text FROM users u WHERE id = ANY($1)`. Serves BatchGet's misses in one
+    /// query; without it each miss runs `query`.
+    #[serde(default)]
+    pub batch_query: Option<String>,
+    /// Timeout of one load, in milliseconds. Default 2000.
+    #[serde(default = "default_loader_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Most loads in flight at once through this loader (per replica). Default 64.
+    #[serde(default = "default_loader_concurrency")]
+    pub max_concurrency: usize,
+}
+
+/// Which loader implementation a route uses.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoaderKind {
+    /// The caller's LoaderService over gRPC.
+    Grpc,
+    /// The built-in Postgres loader.
+    Postgres,
+}
+
+fn default_loader_timeout_ms() -> u64 {
+    2000
+}
+
+fn default_loader_concurrency() -> usize {
+    64
+}
+
+/// The Postgres loader's connection pool.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq-style connection string, e.g. `host=127.0.0.1 port=5432 user=app dbname=app`. Required when a
+    /// loader has kind `postgres`.
+    pub url: Option<String>,
+    /// Connections in the pool. Default 8.
+    pub pool_size: usize,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: None,
+            pool_size: 8,
+        }
+    }
+}
+
+/// How misses are loaded: leases, waiting for another loader, retries, and the Redis circuit breaker.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadThroughConfig {
+    /// Elect one loader per key across replicas with a Redis lease, and let an invalidation void a load in
+    /// flight. Default true. Turning it off is for comparison only: loads may then write stale values back.
+    pub leases: bool,
+    /// Lease lifetime in milliseconds. Default 10000. A holder that dies frees the key after this long; keep it
+    /// above the slowest loader timeout.
+    pub lease_ttl_ms: u64,
+    /// How long a caller waits for another replica's load, in milliseconds, before loading itself (uncached).
+    /// Default 5000.
+    pub lease_wait_ms: u64,
+    /// Safety poll while waiting, in milliseconds: fills are announced by pub/sub, and this catches a lost
+    /// announcement or an expired lease. Default 50.
+    pub lease_poll_ms: u64,
+    /// Loads retried when an invalidation voided them, before the last value is served uncached. Default 3.
+    pub max_voided_retries: u32,
+    /// Consecutive Redis failures that open the circuit breaker. Default 5.
+    pub breaker_failures: u32,
+    /// How long the open breaker keeps Gets away from Redis before one probe, in milliseconds. Default 1000.
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for ReadThroughConfig {
+    fn default() -> Self {
+        ReadThroughConfig {
+            leases: true,
+            lease_ttl_ms: 10_000,
+            lease_wait_ms: 5_000,
+            lease_poll_ms: 50,
+            max_voided_retries: 3,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 1_000,
+        }
+    }
 }
 
 /// Which store holds entries, and how cachecoord talks to it.
@@ -123,6 +234,16 @@ pub struct PolicyDefaults {
     /// Random jitter applied to policy TTLs, as a fraction: 0.1 spreads expiry over ±10 %, so keys written
     /// together do not expire together. Default 0.1. A TTL given in the request is applied exactly.
     pub jitter_ratio: f64,
+    /// How long a loader's "not found" is remembered, in seconds. Default 30.
+    pub negative_ttl_secs: u64,
+    /// After its TTL, an entry is still served (source STALE) for this many seconds while one background load
+    /// refreshes it. Default 0 (off).
+    pub stale_while_revalidate_secs: u64,
+    /// After its TTL, an entry is served (source STALE) for this many seconds when its loader fails. Default 0.
+    pub stale_if_error_secs: u64,
+    /// XFetch β: a hit refreshes early, in the background, with probability rising as expiry nears, scaled by how
+    /// long the last load took. 1.0 is the paper's optimum; 0 turns early refresh off. Default 1.0.
+    pub xfetch_beta: f64,
 }
 
 /// One per-entity policy.
@@ -135,6 +256,18 @@ pub struct PolicyConfig {
     pub pattern: String,
     /// Time to live in seconds.
     pub ttl_secs: u64,
+    /// Overrides `policy_defaults.negative_ttl_secs` for this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_ttl_secs: Option<u64>,
+    /// Overrides `policy_defaults.stale_while_revalidate_secs` for this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate_secs: Option<u64>,
+    /// Overrides `policy_defaults.stale_if_error_secs` for this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_if_error_secs: Option<u64>,
+    /// Overrides `policy_defaults.xfetch_beta` for this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xfetch_beta: Option<f64>,
 }
 
 impl Default for Config {
@@ -147,6 +280,9 @@ impl Default for Config {
             invalidation: InvalidationConfig::default(),
             policy_defaults: PolicyDefaults::default(),
             policies: seed_policies(),
+            loaders: Vec::new(),
+            postgres: PostgresConfig::default(),
+            read_through: ReadThroughConfig::default(),
         }
     }
 }
@@ -189,6 +325,10 @@ impl Default for PolicyDefaults {
         PolicyDefaults {
             ttl_secs: 600,
             jitter_ratio: 0.1,
+            negative_ttl_secs: 30,
+            stale_while_revalidate_secs: 0,
+            stale_if_error_secs: 0,
+            xfetch_beta: 1.0,
         }
     }
 }
@@ -200,6 +340,10 @@ fn seed_policies() -> Vec<PolicyConfig> {
         name: name.into(),
         pattern: pattern.into(),
         ttl_secs,
+        negative_ttl_secs: None,
+        stale_while_revalidate_secs: None,
+        stale_if_error_secs: None,
+        xfetch_beta: None,
     };
     vec![
         policy("posts_list", "posts:page:*", 15 * 60),
@@ -278,6 +422,34 @@ impl Config {
                     policy.name
                 ));
             }
+        }
+        for loader in &self.loaders {
+            if let Err(e) = Pattern::parse(&loader.pattern, self.limits.max_key_bytes, true) {
+                return fail(format!("loader {:?}: {e}", loader.pattern));
+            }
+            let complete = match loader.kind {
+                LoaderKind::Grpc => loader.endpoint.is_some(),
+                LoaderKind::Postgres => loader.query.is_some() && self.postgres.url.is_some(),
+            };
+            if !complete {
+                return fail(format!(
+                    "loader {:?}: kind grpc needs endpoint; kind postgres needs query and postgres.url",
+                    loader.pattern
+                ));
+            }
+            if loader.timeout_ms == 0 || loader.max_concurrency == 0 {
+                return fail(format!(
+                    "loader {:?}: timeout_ms and max_concurrency must be positive",
+                    loader.pattern
+                ));
+            }
+        }
+        let rt = &self.read_through;
+        if rt.lease_ttl_ms == 0 || rt.lease_poll_ms == 0 || rt.breaker_failures == 0 {
+            return fail(
+                "read_through.lease_ttl_ms, lease_poll_ms and breaker_failures must be positive"
+                    .into(),
+            );
         }
         if let Some(url) = &self.store.redis_url {
             let known = ["redis://", "rediss://", "redis-cluster://"];

@@ -88,6 +88,29 @@ pub enum Error {
         max: usize,
     },
 
+    /// A versioned Set carried a version lower than the stored entry's.
+    #[error("{key:?} holds a newer version than {version}; the write was refused")]
+    StaleVersion {
+        /// The key written.
+        key: String,
+        /// The version the request carried.
+        version: u64,
+    },
+
+    /// The loader failed or timed out, and no stale value could stand in.
+    #[error("loading {key:?} failed: {source}")]
+    LoaderFailed {
+        /// The key being loaded (or the loader route, for configuration errors).
+        key: String,
+        /// The loader's own error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// An error shared by every caller that waited on the same load.
+    #[error("{0}")]
+    Shared(#[source] std::sync::Arc<Error>),
+
     /// The cache backend (Redis) could not be reached or did not answer in time.
     #[error("cache backend unavailable: {source}")]
     BackendUnavailable {

@@ -6,10 +6,12 @@
 //! - [`keys`]: the key and pattern grammar shared by every layer.
 //! - [`api`]: gRPC handlers; proto ↔ domain conversion; [`Error`] → `tonic::Status`.
 //! - [`cache`]: the coordinator — validation, per-entity policies, the entry envelope. Talks only to traits.
-//! - [`store`]: the `Store` trait and its backends, `memory` (embedded default) and `redis` (fred).
+//! - [`store`]: the `Store` trait and its backends, `memory` (embedded default) and `redis` (fred), with leases.
+//! - [`loader`]: the `Loader` trait and its backends, `grpc` (the caller's LoaderService) and `postgres`.
 //! - [`server`]: wires store → coordinator → API with health and reflection, and serves.
 //!
-//! A request flows `api` → `cache::Coordinator` → `dyn store::Store`, and the answer flows back the same way.
+//! A request flows `api` → `cache::Coordinator` → `dyn store::Store`; on a miss the coordinator elects one
+//! loader per key (in-process singleflight, then a store lease) and calls `dyn loader::Loader`.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +20,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod loader;
 pub mod server;
 pub mod store;
 

@@ -4,6 +4,7 @@
 use crate::api::CacheApi;
 use crate::cache::Coordinator;
 use crate::config::Config;
+use crate::loader::Loaders;
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::{proto, store};
 use std::future::Future;
@@ -14,8 +15,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The store could not be opened (e.g. Redis unreachable at start-up).
-    #[error("cannot open the store: {0}")]
+    /// The store or a loader could not be set up (e.g. Redis unreachable at start-up).
+    #[error("cannot start: {0}")]
     Store(#[source] crate::Error),
     /// The reflection service could not be built from the embedded descriptors.
     #[error("cannot build the reflection service: {0}")]
@@ -32,7 +33,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let store = store::open(&config).await.map_err(ServerError::Store)?;
-    let coordinator = Arc::new(Coordinator::new(store, &config).map_err(ServerError::Store)?);
+    let loaders = Loaders::from_config(&config).map_err(ServerError::Store)?;
+    let coordinator =
+        Arc::new(Coordinator::new(store, loaders, &config).map_err(ServerError::Store)?);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServiceServer<CacheApi>>().await;

@@ -16,6 +16,7 @@ fn set_request(key: &str, value: Vec<u8>) -> SetRequest {
         key: key.into(),
         value: value.into(),
         ttl: None,
+        version: None,
     }
 }
 
@@ -43,7 +44,10 @@ async fn malformed_requests_are_refused(backend: Backend) {
         long_key.as_str(),
     ] {
         let status = client
-            .get(GetRequest { key: key.into() })
+            .get(GetRequest {
+                key: key.into(),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_error(&status, Code::InvalidArgument, "INVALID_KEY");
@@ -85,7 +89,10 @@ async fn malformed_requests_are_refused(backend: Backend) {
     assert_error(&status, Code::InvalidArgument, "INVALID_TTL");
 
     let status = client
-        .batch_get(BatchGetRequest { keys: vec![] })
+        .batch_get(BatchGetRequest {
+            keys: vec![],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_error(&status, Code::InvalidArgument, "EMPTY_REQUEST");
@@ -101,7 +108,10 @@ async fn malformed_requests_are_refused(backend: Backend) {
     assert_error(&status, Code::InvalidArgument, "EMPTY_REQUEST");
     let too_many: Vec<String> = (0..1001).map(|i| format!("user:{i}")).collect();
     let status = client
-        .batch_get(BatchGetRequest { keys: too_many })
+        .batch_get(BatchGetRequest {
+            keys: too_many,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_error(&status, Code::InvalidArgument, "BATCH_TOO_LARGE");
@@ -119,7 +129,10 @@ async fn malformed_requests_are_refused(backend: Backend) {
     assert_error(&status, Code::InvalidArgument, "INVALID_KEY");
     assert!(
         !client
-            .get(GetRequest { key: first })
+            .get(GetRequest {
+                key: first,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()
@@ -153,7 +166,10 @@ async fn malformed_requests_are_refused(backend: Backend) {
     }
 
     let survivor = client
-        .get(GetRequest { key: bystander })
+        .get(GetRequest {
+            key: bystander,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -217,6 +233,7 @@ async fn unreachable_redis_is_unavailable() {
     let status = client
         .get(GetRequest {
             key: "user:1".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -18,12 +18,16 @@ fn set_request(key: &str, value: &[u8]) -> SetRequest {
         key: key.into(),
         value: value.to_vec().into(),
         ttl: None,
+        version: None,
     }
 }
 
 async fn get(client: &mut Client, key: &str) -> GetResponse {
     client
-        .get(GetRequest { key: key.into() })
+        .get(GetRequest {
+            key: key.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -126,6 +130,7 @@ async fn batch_set_then_batch_get(backend: Backend) {
     let results = client
         .batch_get(BatchGetRequest {
             keys: requested.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -14,6 +14,7 @@ fn set_request(key: &str) -> SetRequest {
         key: key.into(),
         value: key.as_bytes().to_vec().into(),
         ttl: None,
+        version: None,
     }
 }
 
@@ -50,7 +51,10 @@ async fn batches_span_every_primary() {
     assert_eq!(seen, 300, "every key lives on exactly one primary");
 
     let results = client
-        .batch_get(BatchGetRequest { keys: keys.clone() })
+        .batch_get(BatchGetRequest {
+            keys: keys.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

@@ -5,7 +5,7 @@ mod status;
 
 pub use status::{ERROR_DOMAIN, to_status};
 
-use crate::cache::{Coordinator, Lookup, SetCommand, Source};
+use crate::cache::{Coordinator, Lookup, ReadOptions, SetCommand, Source};
 use crate::proto::cache_service_server::CacheService;
 use crate::proto::{
     self, BatchGetRequest, BatchGetResponse, BatchGetResult, BatchSetRequest, BatchSetResponse,
@@ -39,16 +39,24 @@ fn respond<T>(result: Result<T>) -> Result<Response<T>, Status> {
 impl CacheService for CacheApi {
     #[instrument(skip_all, fields(key = %request.get_ref().key))]
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let key = request.into_inner().key;
-        respond(self.coordinator.get(&key).await.map(|lookup| {
-            let (found, value, source, ttl_remaining) = lookup_fields(lookup);
-            GetResponse {
-                found,
-                value,
-                source,
-                ttl_remaining,
-            }
-        }))
+        let request = request.into_inner();
+        let options = ReadOptions {
+            cache_only: request.cache_only,
+        };
+        respond(
+            self.coordinator
+                .get(&request.key, options)
+                .await
+                .map(|lookup| {
+                    let (found, value, source, ttl_remaining) = lookup_fields(lookup);
+                    GetResponse {
+                        found,
+                        value,
+                        source,
+                        ttl_remaining,
+                    }
+                }),
+        )
     }
 
     #[instrument(skip_all, fields(keys = request.get_ref().keys.len()))]
@@ -56,24 +64,30 @@ impl CacheService for CacheApi {
         &self,
         request: Request<BatchGetRequest>,
     ) -> Result<Response<BatchGetResponse>, Status> {
-        let keys = request.into_inner().keys;
-        respond(self.coordinator.batch_get(&keys).await.map(|lookups| {
-            let results = keys
-                .into_iter()
-                .zip(lookups)
-                .map(|(key, lookup)| {
-                    let (found, value, source, ttl_remaining) = lookup_fields(lookup);
-                    BatchGetResult {
-                        key,
-                        found,
-                        value,
-                        source,
-                        ttl_remaining,
-                    }
-                })
-                .collect();
-            BatchGetResponse { results }
-        }))
+        let BatchGetRequest { keys, cache_only } = request.into_inner();
+        let options = ReadOptions { cache_only };
+        respond(
+            self.coordinator
+                .batch_get(&keys, options)
+                .await
+                .map(|lookups| {
+                    let results = keys
+                        .into_iter()
+                        .zip(lookups)
+                        .map(|(key, lookup)| {
+                            let (found, value, source, ttl_remaining) = lookup_fields(lookup);
+                            BatchGetResult {
+                                key,
+                                found,
+                                value,
+                                source,
+                                ttl_remaining,
+                            }
+                        })
+                        .collect();
+                    BatchGetResponse { results }
+                }),
+        )
     }
 
     #[instrument(skip_all, fields(key = %request.get_ref().key))]
@@ -100,8 +114,11 @@ impl CacheService for CacheApi {
                 .into_iter()
                 .map(set_command)
                 .collect::<Result<Vec<_>>>()?;
-            let written = self.coordinator.batch_set(commands).await?;
-            Ok(BatchSetResponse { written })
+            let outcome = self.coordinator.batch_set(commands).await?;
+            Ok(BatchSetResponse {
+                written: outcome.written,
+                stale_keys: outcome.stale_keys,
+            })
         };
         respond(result.await)
     }
@@ -140,6 +157,11 @@ fn lookup_fields(lookup: Lookup) -> (bool, bytes::Bytes, i32, Option<prost_types
     let source = match lookup.source {
         Source::Hit => proto::Source::Hit,
         Source::Miss => proto::Source::Miss,
+        Source::Loaded => proto::Source::Loaded,
+        Source::Coalesced => proto::Source::Coalesced,
+        Source::Stale => proto::Source::Stale,
+        Source::Fallback => proto::Source::Fallback,
+        Source::Negative => proto::Source::Negative,
     };
     (
         lookup.value.is_some(),
@@ -158,6 +180,7 @@ fn set_command(request: SetRequest) -> Result<SetCommand> {
         key: request.key,
         value: request.value,
         ttl,
+        version: request.version,
     })
 }
 

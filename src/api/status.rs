@@ -12,6 +12,9 @@ pub const ERROR_DOMAIN: &str = "cachecoord.v1";
 /// Converts a domain error into the status sent to the caller.
 pub fn to_status(error: &Error) -> Status {
     let (code, reason) = match error {
+        Error::Shared(inner) => return to_status(inner),
+        Error::StaleVersion { .. } => (Code::FailedPrecondition, "STALE_VERSION"),
+        Error::LoaderFailed { .. } => (Code::Unavailable, "LOADER_FAILED"),
         Error::InvalidKey { .. } => (Code::InvalidArgument, "INVALID_KEY"),
         Error::InvalidPattern { .. } => (Code::InvalidArgument, "INVALID_PATTERN"),
         Error::PatternTooBroad { .. } => (Code::InvalidArgument, "PATTERN_TOO_BROAD"),

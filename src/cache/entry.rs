@@ -1,33 +1,51 @@
 //! The entry envelope: how a value is laid out in the store, so every replica reads the same facts about it.
 //!
-//! Layout (format 1): magic `0xCC`, format byte `1`, `fresh_until` as big-endian Unix milliseconds, then the
-//! caller's bytes untouched. Carrying the deadline in the value answers `ttl_remaining` from the same read as the
-//! value (no PTTL round trip) and leaves room for later formats to add fields; a reader that finds bytes it does
-//! not recognise treats them as a miss rather than serving something it cannot vouch for.
+//! Layout (format 2, all integers big-endian):
+//!
+//! | bytes  | field           | why                                                                   |
+//! |--------|-----------------|-----------------------------------------------------------------------|
+//! | 0      | magic `0xCC`    | tells a cachecoord entry from bytes someone else wrote                 |
+//! | 1      | format `2`      | lets later formats add fields                                          |
+//! | 2      | flags           | bit 0: negative entry (the loader said "not found")                   |
+//! | 3..11  | fresh_until_ms  | Unix ms after which the entry is stale: `ttl_remaining` without PTTL   |
+//! | 11..19 | version         | caller's version for versioned Sets (0 = none); Redis scripts read it |
+//! | 19..23 | load_ms         | how long the load took: XFetch's δ for early refresh                  |
+//! | 23..   | value           | the caller's bytes, untouched                                         |
+//!
+//! A reader that finds bytes it does not recognise treats them as a miss rather than serving something it cannot
+//! vouch for. `store/redis.rs` reads the version at offset 11 inside its Lua scripts: keep the two in step.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAGIC: u8 = 0xCC;
-const FORMAT: u8 = 1;
-const HEADER_LEN: usize = 2 + 8;
+const FORMAT: u8 = 2;
+const FLAG_NEGATIVE: u8 = 1;
+/// Length of the header before the caller's bytes.
+const HEADER_LEN: usize = 23;
 
-/// A value together with the moment it stops being fresh.
+/// A value (or a remembered absence) with the facts every replica needs about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// The caller's bytes.
-    pub value: Bytes,
-    /// Unix milliseconds after which the entry is no longer served as a hit.
+    /// The caller's bytes; `None` for a negative entry.
+    pub value: Option<Bytes>,
+    /// Unix milliseconds after which the entry is stale.
     pub fresh_until_ms: u64,
+    /// Version given by a versioned Set; 0 when none was.
+    pub version: u64,
+    /// Milliseconds the load that produced the entry took; 0 when it was Set.
+    pub load_ms: u32,
 }
 
 impl Entry {
     /// An entry that stays fresh for `ttl` from now.
-    pub fn fresh_for(value: Bytes, ttl: Duration) -> Entry {
+    pub fn fresh_for(value: Option<Bytes>, ttl: Duration) -> Entry {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         Entry {
             value,
             fresh_until_ms: now_ms().saturating_add(ttl_ms),
+            version: 0,
+            load_ms: 0,
         }
     }
 
@@ -39,13 +57,28 @@ impl Entry {
             .map(Duration::from_millis)
     }
 
+    /// How long ago the entry went stale; `None` while it is fresh.
+    pub fn stale_for(&self) -> Option<Duration> {
+        now_ms()
+            .checked_sub(self.fresh_until_ms)
+            .map(Duration::from_millis)
+    }
+
     /// The bytes written to the store.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(HEADER_LEN + self.value.len());
+        let value = self.value.as_deref().unwrap_or_default();
+        let mut out = BytesMut::with_capacity(HEADER_LEN + value.len());
         out.put_u8(MAGIC);
         out.put_u8(FORMAT);
+        out.put_u8(if self.value.is_none() {
+            FLAG_NEGATIVE
+        } else {
+            0
+        });
         out.put_u64(self.fresh_until_ms);
-        out.put_slice(&self.value);
+        out.put_u64(self.version);
+        out.put_u32(self.load_ms);
+        out.put_slice(value);
         out.freeze()
     }
 
@@ -54,15 +87,23 @@ impl Entry {
         if stored.len() < HEADER_LEN || stored[0] != MAGIC || stored[1] != FORMAT {
             return None;
         }
-        let fresh_until_ms = u64::from_be_bytes(stored[2..HEADER_LEN].try_into().ok()?);
+        let mut header = &stored[2..HEADER_LEN];
+        let flags = header.get_u8();
+        let fresh_until_ms = header.get_u64();
+        let version = header.get_u64();
+        let load_ms = header.get_u32();
+        let value = (flags & FLAG_NEGATIVE == 0).then(|| stored.slice(HEADER_LEN..));
         Some(Entry {
-            value: stored.slice(HEADER_LEN..),
+            value,
             fresh_until_ms,
+            version,
+            load_ms,
         })
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -73,9 +114,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips_any_bytes() {
-        for value in [&b""[..], b"{\"name\":\"ada\"}", &[0xCC, 0x01, 0, 0]] {
-            let entry = Entry::fresh_for(Bytes::copy_from_slice(value), Duration::from_secs(60));
+    fn round_trips_values_and_absences() {
+        for value in [
+            Some(&b""[..]),
+            Some(b"{\"name\":\"ada\"}"),
+            Some(&[0xCC, 0x02, 0, 0]),
+            None,
+        ] {
+            let mut entry =
+                Entry::fresh_for(value.map(Bytes::copy_from_slice), Duration::from_secs(60));
+            entry.version = 7;
+            entry.load_ms = 120;
             assert_eq!(Entry::decode(entry.encode()), Some(entry));
         }
     }
@@ -84,22 +133,26 @@ mod tests {
     fn foreign_bytes_are_not_entries() {
         for stored in [
             &b""[..],
-            b"plain text written by someone else",
-            &[0xCC, 0x02, 0, 0, 0, 0, 0, 0, 0, 0],
+            b"plain text written by someone else, long enough to pass for a header",
+            &[
+                0xCC, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
         ] {
             assert_eq!(Entry::decode(Bytes::copy_from_slice(stored)), None);
         }
     }
 
     #[test]
-    fn remaining_ttl_counts_down() {
-        let entry = Entry::fresh_for(Bytes::new(), Duration::from_secs(60));
+    fn freshness_counts_down() {
+        let entry = Entry::fresh_for(Some(Bytes::new()), Duration::from_secs(60));
         let left = entry.ttl_remaining().unwrap();
         assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(50));
+        assert_eq!(entry.stale_for(), None);
         let stale = Entry {
-            value: Bytes::new(),
-            fresh_until_ms: 1,
+            fresh_until_ms: now_ms() - 5_000,
+            ..entry
         };
         assert_eq!(stale.ttl_remaining(), None);
+        assert!(stale.stale_for().unwrap() >= Duration::from_secs(5));
     }
 }

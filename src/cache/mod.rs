@@ -1,20 +1,30 @@
-//! The coordinator: cache-aside semantics on top of any [`Store`], independent of gRPC and of the backend.
+//! The coordinator: cache-aside semantics on top of any [`Store`] and [`Loader`], independent of gRPC and of the
+//! backend.
 //!
 //! It validates keys and patterns against the grammar and limits, picks each key's TTL from its policy, wraps
-//! values in the entry envelope, and answers misses as data. It names no tonic, proto or fred type: the API layer
-//! calls it, and it calls the `Store` trait.
+//! values in the entry envelope, and answers misses as data. When a key's entity has a loader, a miss is filled
+//! through it (`read_through`): one load per key per replica (singleflight), one per key across replicas (store
+//! lease), never a stale write-back (fills are lease-checked), early refresh (XFetch) and stale windows, and a
+//! fallback straight to the loader when the store is down (`breaker`). It names no tonic, proto or fred type.
+//!
+//! [`Loader`]: crate::loader::Loader
 
+mod breaker;
 mod entry;
 mod policy;
+mod read_through;
 
 pub use entry::Entry;
 pub use policy::{Policies, Policy};
 
-use crate::config::{Config, InvalidationConfig, LimitsConfig};
+use crate::config::{Config, InvalidationConfig, LimitsConfig, ReadThroughConfig};
 use crate::keys::{Key, Pattern};
+use crate::loader::Loaders;
 use crate::store::{Store, StoreWrite};
 use crate::{Error, Result};
+use breaker::Breaker;
 use bytes::Bytes;
+use read_through::Flights;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +34,18 @@ use std::time::Duration;
 pub enum Source {
     /// The value was in the cache.
     Hit,
-    /// The key was not in the cache.
+    /// The key was not in the cache and nothing loaded it.
     Miss,
+    /// This call loaded the value through the entity's loader.
+    Loaded,
+    /// This call waited for a load someone else started.
+    Coalesced,
+    /// A value past its TTL, inside a stale window, was served.
+    Stale,
+    /// The store was unavailable; the value came straight from the loader.
+    Fallback,
+    /// The cache remembers that the loader found nothing.
+    Negative,
 }
 
 /// The answer for one key.
@@ -47,6 +67,21 @@ impl Lookup {
             ttl_remaining: None,
         }
     }
+
+    fn from_entry(entry: &Entry, source: Source) -> Lookup {
+        Lookup {
+            value: entry.value.clone(),
+            source,
+            ttl_remaining: entry.ttl_remaining(),
+        }
+    }
+}
+
+/// How a read may be answered.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadOptions {
+    /// Answer from the cache only: never call a loader.
+    pub cache_only: bool,
 }
 
 /// One write as the caller asked for it, before validation.
@@ -58,116 +93,160 @@ pub struct SetCommand {
     pub value: Bytes,
     /// TTL requested by the caller; `None` lets the entity policy decide.
     pub ttl: Option<Duration>,
+    /// Version of the value; a write older than the stored entry's version is refused.
+    pub version: Option<u64>,
 }
 
-/// Cache-aside coordination over one store.
-pub struct Coordinator {
+/// What a BatchSet did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchSetOutcome {
+    /// Entries written.
+    pub written: u64,
+    /// Keys whose versioned write was refused because a newer version is stored.
+    pub stale_keys: Vec<String>,
+}
+
+/// Everything the coordinator's operations share; held behind an `Arc` so background loads can own it.
+struct Core {
     store: Arc<dyn Store>,
+    loaders: Loaders,
     policies: Policies,
     limits: LimitsConfig,
     invalidation: InvalidationConfig,
+    read_through: ReadThroughConfig,
+    breaker: Breaker,
+    flights: Flights,
+}
+
+/// Cache-aside coordination over one store and its loaders.
+pub struct Coordinator {
+    core: Arc<Core>,
 }
 
 impl Coordinator {
-    /// A coordinator over `store`, configured by `config`.
-    pub fn new(store: Arc<dyn Store>, config: &Config) -> Result<Coordinator> {
+    /// A coordinator over `store` and `loaders`, configured by `config`.
+    pub fn new(store: Arc<dyn Store>, loaders: Loaders, config: &Config) -> Result<Coordinator> {
+        let rt = &config.read_through;
         Ok(Coordinator {
-            store,
-            policies: Policies::from_config(config)?,
-            limits: config.limits.clone(),
-            invalidation: config.invalidation.clone(),
+            core: Arc::new(Core {
+                store,
+                loaders,
+                policies: Policies::from_config(config)?,
+                limits: config.limits.clone(),
+                invalidation: config.invalidation.clone(),
+                read_through: rt.clone(),
+                breaker: Breaker::new(
+                    rt.breaker_failures,
+                    Duration::from_millis(rt.breaker_cooldown_ms),
+                ),
+                flights: Flights::default(),
+            }),
         })
     }
 
     /// The policy table, for callers that report per-entity figures.
     pub fn policies(&self) -> &Policies {
-        &self.policies
+        &self.core.policies
     }
 
     /// Checks that the store answers.
     pub async fn ping(&self) -> Result<()> {
-        self.store.ping().await
+        self.core.store.ping().await
     }
 
-    /// Reads one key.
-    pub async fn get(&self, key: &str) -> Result<Lookup> {
-        let key = self.parse_key(key)?;
-        let stored = self.store.get_many(std::slice::from_ref(&key)).await?;
-        Ok(to_lookup(stored.into_iter().next().flatten()))
+    /// Reads one key, loading it on a miss when its entity has a loader.
+    pub async fn get(&self, key: &str, options: ReadOptions) -> Result<Lookup> {
+        let key = self.core.parse_key(key)?;
+        let mut answers = self.core.clone().read(vec![key], options).await?;
+        Ok(answers.pop().unwrap_or_else(Lookup::miss))
     }
 
     /// Reads many keys; one answer per requested key, in request order. Duplicates are read once and answered
-    /// identically.
-    pub async fn batch_get(&self, keys: &[String]) -> Result<Vec<Lookup>> {
-        self.check_batch("keys", keys.len())?;
+    /// identically. Misses are loaded per loader in one batch call.
+    pub async fn batch_get(&self, keys: &[String], options: ReadOptions) -> Result<Vec<Lookup>> {
+        self.core.check_batch("keys", keys.len())?;
         let mut distinct: Vec<Key> = Vec::with_capacity(keys.len());
-        let mut slot_of: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
-        let mut slots = Vec::with_capacity(keys.len());
+        let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
+        let mut positions = Vec::with_capacity(keys.len());
         for raw in keys {
-            let slot = match slot_of.get(raw.as_str()) {
-                Some(&slot) => slot,
+            let index = match index_of.get(raw.as_str()) {
+                Some(&index) => index,
                 None => {
-                    distinct.push(self.parse_key(raw)?);
-                    slot_of.insert(raw, distinct.len() - 1);
+                    distinct.push(self.core.parse_key(raw)?);
+                    index_of.insert(raw, distinct.len() - 1);
                     distinct.len() - 1
                 }
             };
-            slots.push(slot);
+            positions.push(index);
         }
-        let lookups: Vec<Lookup> = self
-            .store
-            .get_many(&distinct)
-            .await?
-            .into_iter()
-            .map(to_lookup)
-            .collect();
-        Ok(slots
-            .into_iter()
-            .map(|slot| lookups[slot].clone())
-            .collect())
+        let lookups = self.core.clone().read(distinct, options).await?;
+        Ok(positions.into_iter().map(|i| lookups[i].clone()).collect())
     }
 
-    /// Writes one key; answers the TTL applied.
+    /// Writes one key (voiding any load in flight for it); answers the TTL applied.
     pub async fn set(&self, command: SetCommand) -> Result<Duration> {
-        let write = self.prepare_write(command)?;
-        let ttl = write.ttl;
-        self.store.set_many(std::slice::from_ref(&write)).await?;
-        Ok(ttl)
+        let version = command.version;
+        let write = self.core.prepare_write(command)?;
+        let applied = self
+            .core
+            .guarded(self.core.store.set_many(std::slice::from_ref(&write)))
+            .await?;
+        if applied.first() == Some(&false) {
+            return Err(Error::StaleVersion {
+                key: write.key.to_string(),
+                version: version.unwrap_or(0),
+            });
+        }
+        Ok(write.ttl)
     }
 
     /// Writes many keys. Every entry is validated before anything is written, so a bad entry writes nothing.
-    pub async fn batch_set(&self, commands: Vec<SetCommand>) -> Result<u64> {
-        self.check_batch("entries", commands.len())?;
+    pub async fn batch_set(&self, commands: Vec<SetCommand>) -> Result<BatchSetOutcome> {
+        self.core.check_batch("entries", commands.len())?;
         let writes = commands
             .into_iter()
-            .map(|command| self.prepare_write(command))
+            .map(|command| self.core.prepare_write(command))
             .collect::<Result<Vec<_>>>()?;
-        self.store.set_many(&writes).await?;
-        Ok(writes.len() as u64)
+        let applied = self.core.guarded(self.core.store.set_many(&writes)).await?;
+        let mut outcome = BatchSetOutcome::default();
+        for (write, applied) in writes.iter().zip(applied) {
+            if applied {
+                outcome.written += 1;
+            } else {
+                outcome.stale_keys.push(write.key.to_string());
+            }
+        }
+        Ok(outcome)
     }
 
-    /// Deletes `keys`; answers how many existed.
+    /// Deletes `keys` and voids their loads in flight; answers how many existed.
     pub async fn invalidate(&self, keys: &[String]) -> Result<u64> {
-        self.check_batch("keys", keys.len())?;
+        self.core.check_batch("keys", keys.len())?;
         let mut seen = HashSet::with_capacity(keys.len());
         let distinct = keys
             .iter()
             .filter(|raw| seen.insert(raw.as_str()))
-            .map(|raw| self.parse_key(raw))
+            .map(|raw| self.core.parse_key(raw))
             .collect::<Result<Vec<_>>>()?;
-        self.store.delete_many(&distinct).await
+        self.core
+            .guarded(self.core.store.delete_many(&distinct))
+            .await
     }
 
-    /// Deletes every key matching `pattern`; answers how many were deleted.
+    /// Deletes every key matching `pattern` and voids their loads in flight; answers how many were deleted.
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
         let pattern = Pattern::parse(
             pattern,
-            self.limits.max_key_bytes,
-            self.invalidation.allow_cross_entity_patterns,
+            self.core.limits.max_key_bytes,
+            self.core.invalidation.allow_cross_entity_patterns,
         )?;
-        self.store.delete_matching(&pattern).await
+        self.core
+            .guarded(self.core.store.delete_matching(&pattern))
+            .await
     }
+}
 
+impl Core {
     fn parse_key(&self, raw: &str) -> Result<Key> {
         Key::parse(raw, self.limits.max_key_bytes)
     }
@@ -186,6 +265,27 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Runs a store write through the circuit breaker: refused at once while it is open, and counted.
+    async fn guarded<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
+        if self.breaker.is_open() {
+            return Err(Error::BackendUnavailable {
+                source: "circuit breaker open after repeated store failures".into(),
+            });
+        }
+        let result = call.await;
+        self.observe(&result);
+        result
+    }
+
+    /// Feeds a store call's outcome to the breaker.
+    fn observe<T>(&self, result: &Result<T>) {
+        match result {
+            Ok(_) => self.breaker.record_success(),
+            Err(Error::BackendUnavailable { .. }) => self.breaker.record_failure(),
+            Err(_) => {}
+        }
+    }
+
     fn prepare_write(&self, command: SetCommand) -> Result<StoreWrite> {
         let key = self.parse_key(&command.key)?;
         if command.value.len() > self.limits.max_value_bytes {
@@ -196,27 +296,14 @@ impl Coordinator {
             });
         }
         let ttl = self.policies.ttl_for(&key, command.ttl)?;
+        let mut entry = Entry::fresh_for(Some(command.value), ttl);
+        entry.version = command.version.unwrap_or(0);
         Ok(StoreWrite {
-            value: Entry::fresh_for(command.value, ttl).encode(),
+            value: entry.encode(),
             key,
             ttl,
+            version: command.version,
         })
-    }
-}
-
-/// Turns stored bytes into an answer. Bytes that are not an envelope (written by something else) or whose
-/// freshness has run out are misses: never serve what cannot be vouched for.
-fn to_lookup(stored: Option<Bytes>) -> Lookup {
-    let Some(entry) = stored.and_then(Entry::decode) else {
-        return Lookup::miss();
-    };
-    match entry.ttl_remaining() {
-        Some(ttl) => Lookup {
-            value: Some(entry.value),
-            source: Source::Hit,
-            ttl_remaining: Some(ttl),
-        },
-        None => Lookup::miss(),
     }
 }
 
@@ -226,7 +313,12 @@ mod tests {
     use crate::store::MemoryStore;
 
     fn coordinator() -> Coordinator {
-        Coordinator::new(Arc::new(MemoryStore::new(1 << 20)), &Config::default()).unwrap()
+        Coordinator::new(
+            Arc::new(MemoryStore::new(1 << 20)),
+            Loaders::default(),
+            &Config::default(),
+        )
+        .unwrap()
     }
 
     fn set(key: &str, value: &'static [u8]) -> SetCommand {
@@ -234,8 +326,11 @@ mod tests {
             key: key.into(),
             value: Bytes::from_static(value),
             ttl: None,
+            version: None,
         }
     }
+
+    const READ: ReadOptions = ReadOptions { cache_only: false };
 
     #[tokio::test]
     async fn a_bad_entry_in_a_batch_writes_nothing() {
@@ -244,7 +339,7 @@ mod tests {
             .batch_set(vec![set("user:1", b"a"), set("user:{2}", b"b")])
             .await;
         assert!(matches!(result, Err(Error::InvalidKey { .. })));
-        assert_eq!(cache.get("user:1").await.unwrap(), Lookup::miss());
+        assert_eq!(cache.get("user:1", READ).await.unwrap(), Lookup::miss());
     }
 
     #[tokio::test]
@@ -252,7 +347,7 @@ mod tests {
         let cache = coordinator();
         cache.set(set("user:1", b"a")).await.unwrap();
         let keys = ["user:1", "user:2", "user:1"].map(String::from);
-        let answers = cache.batch_get(&keys).await.unwrap();
+        let answers = cache.batch_get(&keys, READ).await.unwrap();
         assert_eq!(answers[0], answers[2]);
         assert_eq!(answers[0].value.as_deref(), Some(&b"a"[..]));
         assert_eq!(answers[1], Lookup::miss());
@@ -264,5 +359,20 @@ mod tests {
         cache.set(set("user:1", b"a")).await.unwrap();
         let keys = ["user:1", "user:1", "user:2"].map(String::from);
         assert_eq!(cache.invalidate(&keys).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn versioned_sets_refuse_older_versions() {
+        let cache = coordinator();
+        let versioned = |version| SetCommand {
+            version: Some(version),
+            ..set("user:1", b"v")
+        };
+        cache.set(versioned(2)).await.unwrap();
+        assert!(matches!(
+            cache.set(versioned(1)).await,
+            Err(Error::StaleVersion { version: 1, .. })
+        ));
+        cache.set(versioned(3)).await.unwrap();
     }
 }

@@ -14,7 +14,22 @@ pub struct Policy {
     pub name: String,
     /// Time to live before jitter.
     pub ttl: Duration,
+    /// How long a loader's "not found" is remembered.
+    pub negative_ttl: Duration,
+    /// How long past its TTL an entry is served while a background load refreshes it.
+    pub stale_while_revalidate: Duration,
+    /// How long past its TTL an entry is served when its loader fails.
+    pub stale_if_error: Duration,
+    /// XFetch β; 0 disables early refresh.
+    pub xfetch_beta: f64,
     pattern: Option<Pattern>,
+}
+
+impl Policy {
+    /// How long past its TTL an entry stays in the store: the longer of the two stale windows.
+    pub fn stale_window(&self) -> Duration {
+        self.stale_while_revalidate.max(self.stale_if_error)
+    }
 }
 
 /// The policy table plus the TTL bounds and jitter that apply to every rule.
@@ -30,13 +45,23 @@ pub struct Policies {
 impl Policies {
     /// Builds the table from the (validated) configuration.
     pub fn from_config(config: &Config) -> Result<Policies> {
+        let defaults = &config.policy_defaults;
         let rules = config
             .policies
             .iter()
             .map(|rule| {
+                let secs =
+                    |over: Option<u64>, default: u64| Duration::from_secs(over.unwrap_or(default));
                 Ok(Policy {
                     name: rule.name.clone(),
                     ttl: Duration::from_secs(rule.ttl_secs),
+                    negative_ttl: secs(rule.negative_ttl_secs, defaults.negative_ttl_secs),
+                    stale_while_revalidate: secs(
+                        rule.stale_while_revalidate_secs,
+                        defaults.stale_while_revalidate_secs,
+                    ),
+                    stale_if_error: secs(rule.stale_if_error_secs, defaults.stale_if_error_secs),
+                    xfetch_beta: rule.xfetch_beta.unwrap_or(defaults.xfetch_beta),
                     pattern: Some(Pattern::parse(
                         &rule.pattern,
                         config.limits.max_key_bytes,
@@ -49,7 +74,11 @@ impl Policies {
             rules,
             default: Policy {
                 name: "default".into(),
-                ttl: Duration::from_secs(config.policy_defaults.ttl_secs),
+                ttl: Duration::from_secs(defaults.ttl_secs),
+                negative_ttl: Duration::from_secs(defaults.negative_ttl_secs),
+                stale_while_revalidate: Duration::from_secs(defaults.stale_while_revalidate_secs),
+                stale_if_error: Duration::from_secs(defaults.stale_if_error_secs),
+                xfetch_beta: defaults.xfetch_beta,
                 pattern: None,
             },
             jitter_ratio: config.policy_defaults.jitter_ratio,
@@ -85,7 +114,8 @@ impl Policies {
         }
     }
 
-    fn jittered(&self, ttl: Duration) -> Duration {
+    /// `ttl` spread by the jitter ratio.
+    pub fn jittered(&self, ttl: Duration) -> Duration {
         if self.jitter_ratio == 0.0 {
             return ttl;
         }

@@ -1,22 +1,30 @@
 //! The embedded in-process store: what `cargo run` uses, so a newcomer needs nothing else. Same semantics as
-//! Redis — per-entry TTL, a memory bound (least recently used entries go first), glob deletion — on a moka cache.
+//! Redis — per-entry TTL, a memory bound (least recently used entries go first), glob deletion, versioned writes
+//! and fill leases — on a moka cache. One mutex orders every lease-sensitive step (write, fill, delete), which is
+//! what Redis's single-threaded scripts give the Redis store.
 
-use super::{Store, StoreWrite};
+use super::{LeaseToken, Store, StoreWrite};
 use crate::Result;
 use crate::keys::{Key, Pattern};
 use async_trait::async_trait;
 use bytes::Bytes;
 use moka::Expiry;
 use moka::sync::Cache;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
 
 /// Bytes charged per entry on top of key and value, for the map's own bookkeeping.
 const ENTRY_OVERHEAD_BYTES: usize = 96;
+/// Lease events buffered for slow subscribers before the oldest are dropped (waiters also poll).
+const EVENT_BUFFER: usize = 4096;
 
 #[derive(Clone)]
 struct Entry {
     value: Bytes,
     ttl: Duration,
+    version: u64,
 }
 
 /// Expires each entry after the TTL it was written with; a rewrite restarts the clock, as Redis `SET PX` does.
@@ -41,6 +49,9 @@ impl Expiry<String, Entry> for WriteTtl {
 /// The embedded store, bounded in bytes.
 pub struct MemoryStore {
     cache: Cache<String, Entry>,
+    /// Lease holders and their expiry. Its mutex also serialises writes against fills.
+    leases: Mutex<HashMap<String, (LeaseToken, Instant)>>,
+    events: broadcast::Sender<Arc<str>>,
 }
 
 impl MemoryStore {
@@ -54,7 +65,32 @@ impl MemoryStore {
             })
             .expire_after(WriteTtl)
             .build();
-        MemoryStore { cache }
+        MemoryStore {
+            cache,
+            leases: Mutex::new(HashMap::new()),
+            events: broadcast::channel(EVENT_BUFFER).0,
+        }
+    }
+
+    fn leases(&self) -> MutexGuard<'_, HashMap<String, (LeaseToken, Instant)>> {
+        // A panic while holding the lock cannot leave the map inconsistent (every step is one insert or remove).
+        self.leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn insert(&self, write: &StoreWrite) {
+        let entry = Entry {
+            value: write.value.clone(),
+            ttl: write.ttl,
+            version: write.version.unwrap_or(0),
+        };
+        self.cache.insert(write.key.as_str().to_owned(), entry);
+    }
+
+    fn announce(&self, key: &Key) {
+        // No receiver is fine: nobody is waiting.
+        let _ = self.events.send(Arc::from(key.as_str()));
     }
 }
 
@@ -67,25 +103,37 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn set_many(&self, writes: &[StoreWrite]) -> Result<()> {
-        for write in writes {
-            let entry = Entry {
-                value: write.value.clone(),
-                ttl: write.ttl,
-            };
-            self.cache.insert(write.key.as_str().to_owned(), entry);
-        }
-        Ok(())
+    async fn set_many(&self, writes: &[StoreWrite]) -> Result<Vec<bool>> {
+        let mut leases = self.leases();
+        Ok(writes
+            .iter()
+            .map(|write| {
+                if let Some(version) = write.version {
+                    let stored = self.cache.get(write.key.as_str()).map_or(0, |e| e.version);
+                    if stored > version {
+                        return false;
+                    }
+                }
+                leases.remove(write.key.as_str());
+                self.insert(write);
+                true
+            })
+            .collect())
     }
 
     async fn delete_many(&self, keys: &[Key]) -> Result<u64> {
+        let mut leases = self.leases();
         Ok(keys
             .iter()
-            .filter(|key| self.cache.remove(key.as_str()).is_some())
+            .filter(|key| {
+                leases.remove(key.as_str());
+                self.cache.remove(key.as_str()).is_some()
+            })
             .count() as u64)
     }
 
     async fn delete_matching(&self, pattern: &Pattern) -> Result<u64> {
+        self.leases().retain(|key, _| !pattern.matches(key));
         // Collect first: removing while iterating a concurrent map may skip entries.
         let matching: Vec<String> = self
             .cache
@@ -97,6 +145,57 @@ impl Store for MemoryStore {
             .iter()
             .filter(|key| self.cache.remove(key.as_str()).is_some())
             .count() as u64)
+    }
+
+    async fn try_lease(&self, key: &Key, token: LeaseToken, ttl: Duration) -> Result<bool> {
+        let now = Instant::now();
+        let mut leases = self.leases();
+        match leases.get(key.as_str()) {
+            Some(&(_, expires)) if expires > now => Ok(false),
+            _ => {
+                leases.insert(key.as_str().to_owned(), (token, now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<bool> {
+        let filled = {
+            let mut leases = self.leases();
+            let held = leases
+                .get(write.key.as_str())
+                .is_some_and(|&(holder, expires)| holder == token && expires > Instant::now());
+            if held {
+                leases.remove(write.key.as_str());
+                self.insert(write);
+            }
+            held
+        };
+        if filled {
+            self.announce(&write.key);
+        }
+        Ok(filled)
+    }
+
+    async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<()> {
+        let released = {
+            let mut leases = self.leases();
+            let held = leases
+                .get(key.as_str())
+                .is_some_and(|&(holder, _)| holder == token);
+            if held {
+                leases.remove(key.as_str());
+            }
+            held
+        };
+        if released {
+            self.announce(key);
+        }
+        Ok(())
+    }
+
+    fn lease_events(&self) -> broadcast::Receiver<Arc<str>> {
+        self.events.subscribe()
     }
 
     async fn ping(&self) -> Result<()> {
@@ -117,18 +216,20 @@ mod tests {
             key: key(raw),
             value: Bytes::from_static(value),
             ttl,
+            version: None,
         }
     }
+
+    const HOUR: Duration = Duration::from_secs(3600);
 
     #[tokio::test]
     async fn deletes_exactly_the_matching_keys() {
         let store = MemoryStore::new(1 << 20);
-        let hour = Duration::from_secs(3600);
         store
             .set_many(&[
-                write("user:1:posts", b"a", hour),
-                write("user:1:likes", b"b", hour),
-                write("user:12", b"c", hour),
+                write("user:1:posts", b"a", HOUR),
+                write("user:1:likes", b"b", HOUR),
+                write("user:12", b"c", HOUR),
             ])
             .await
             .unwrap();
@@ -162,10 +263,45 @@ mod tests {
                 key: key(&format!("user:{i}")),
                 value: Bytes::from(value.clone()),
                 ttl: Duration::from_secs(60),
+                version: None,
             };
             store.set_many(&[write]).await.unwrap();
         }
         store.cache.run_pending_tasks();
         assert!(store.cache.weighted_size() <= 64 * 1024);
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_voids_the_lease_of_a_load_in_flight() {
+        let store = MemoryStore::new(1 << 20);
+        let k = key("user:1");
+        assert!(store.try_lease(&k, 1, HOUR).await.unwrap());
+        assert!(
+            !store.try_lease(&k, 2, HOUR).await.unwrap(),
+            "one holder at a time"
+        );
+        store.delete_many(std::slice::from_ref(&k)).await.unwrap();
+        assert!(!store.fill(1, &write("user:1", b"old", HOUR)).await.unwrap());
+        assert_eq!(
+            store.get_many(std::slice::from_ref(&k)).await.unwrap(),
+            vec![None]
+        );
+
+        assert!(store.try_lease(&k, 3, HOUR).await.unwrap());
+        let mut events = store.lease_events();
+        assert!(store.fill(3, &write("user:1", b"new", HOUR)).await.unwrap());
+        assert_eq!(&*events.recv().await.unwrap(), "user:1");
+    }
+
+    #[tokio::test]
+    async fn older_versions_are_refused() {
+        let store = MemoryStore::new(1 << 20);
+        let versioned = |version| StoreWrite {
+            version: Some(version),
+            ..write("user:1", b"v", HOUR)
+        };
+        assert_eq!(store.set_many(&[versioned(5)]).await.unwrap(), vec![true]);
+        assert_eq!(store.set_many(&[versioned(4)]).await.unwrap(), vec![false]);
+        assert_eq!(store.set_many(&[versioned(5)]).await.unwrap(), vec![true]);
     }
 }

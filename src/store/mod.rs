@@ -2,7 +2,13 @@
 //!
 //! The coordinator holds an `Arc<dyn Store>`, so the embedded store (`memory`, the zero-config default) and Redis
 //! (`redis`, standalone or cluster) run exactly the same coordinator code and the same behaviour tests. A store
-//! keeps opaque bytes with a physical TTL; what the bytes mean (the entry envelope) is the coordinator's business.
+//! keeps opaque bytes with a physical TTL; what the bytes mean (the entry envelope) is the coordinator's business,
+//! except for the version field, which versioned writes compare inside the store so the check is atomic.
+//!
+//! Leases make read-through loading safe across replicas: a loader first takes the key's lease (one holder per
+//! key, with an expiry so a dead holder cannot block forever), and its fill lands only if it still holds the lease.
+//! Every write and invalidation of a key voids its lease, so a load that raced an update can never write the old
+//! value back. Fills and released leases are announced on [`Store::lease_events`], on every replica.
 
 mod memory;
 mod redis;
@@ -17,17 +23,24 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast;
 
 /// One write: the value and how long the store keeps it.
 #[derive(Clone, Debug)]
 pub struct StoreWrite {
     /// Key to write.
     pub key: Key,
-    /// Bytes to store.
+    /// Bytes to store (an encoded entry).
     pub value: Bytes,
     /// Physical time to live: the store forgets the entry after it.
     pub ttl: Duration,
+    /// When set, the write is refused if the stored entry carries a higher version. The same number is inside
+    /// the encoded entry, where the Redis scripts read it back.
+    pub version: Option<u64>,
 }
+
+/// A random token naming one holder of one lease.
+pub type LeaseToken = u64;
 
 /// The operations the coordinator needs from a backend.
 #[async_trait]
@@ -35,14 +48,29 @@ pub trait Store: Send + Sync {
     /// Reads `keys`; one answer per key, in order, `None` for a missing or expired key.
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>>;
 
-    /// Writes every entry. Not atomic across keys: on error some entries may have been written.
-    async fn set_many(&self, writes: &[StoreWrite]) -> Result<()>;
+    /// Writes every entry and voids its lease; answers, per write, whether it was applied (a versioned write
+    /// older than the stored entry is not). Not atomic across keys: on error some entries may have been written.
+    async fn set_many(&self, writes: &[StoreWrite]) -> Result<Vec<bool>>;
 
-    /// Deletes `keys` (distinct); answers how many existed.
+    /// Deletes `keys` (distinct) and voids their leases; answers how many keys existed.
     async fn delete_many(&self, keys: &[Key]) -> Result<u64>;
 
-    /// Deletes every key matching `pattern` without blocking the backend; answers how many were deleted.
+    /// Voids the leases of, then deletes, every key matching `pattern`, without blocking the backend; answers how
+    /// many keys were deleted.
     async fn delete_matching(&self, pattern: &Pattern) -> Result<u64>;
+
+    /// Takes `key`'s lease for `ttl` unless someone holds it; answers whether this caller now holds it.
+    async fn try_lease(&self, key: &Key, token: LeaseToken, ttl: Duration) -> Result<bool>;
+
+    /// Writes `write` only while `token` still holds its key's lease, releases the lease and announces the fill;
+    /// answers false (and writes nothing) when the lease was voided or expired.
+    async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<bool>;
+
+    /// Gives up `key`'s lease if `token` still holds it (a failed load), and announces it so waiters retry.
+    async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<()>;
+
+    /// Keys whose lease was just filled or released, on any replica. Lossy under overload: waiters also poll.
+    fn lease_events(&self) -> broadcast::Receiver<Arc<str>>;
 
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<()>;

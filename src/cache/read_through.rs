@@ -1,0 +1,591 @@
+//! Read-through loading: how a miss becomes exactly one load, and why that load can never write back stale data.
+//!
+//! 1. **Singleflight.** Concurrent misses for a key inside one replica join one in-flight load (`Flights`). The
+//!    load runs in its own task, so a caller that gives up (deadline) does not cancel it for the others.
+//! 2. **Lease.** The flight takes the key's lease in the store (`SET NX PX` with a random token). Only the holder
+//!    loads; other replicas wait for the fill, woken by the store's lease events (pub/sub on Redis) with a short
+//!    safety poll. A holder that dies leaves a lease that expires after `lease_ttl_ms`; a waiter then takes it.
+//!    A waiter that has waited `lease_wait_ms` loads for itself and serves the value without caching it
+//!    (availability over strictness, and the holder still owns the fill).
+//! 3. **Fill.** The value is written only if the holder's token still holds the lease. Every Set and Invalidate
+//!    voids the lease, so a load that raced an update loses its right to write; the flight then loads again (up to
+//!    `max_voided_retries`), so its waiters get a value at least as new as the invalidation.
+//! 4. **Early refresh and stale windows.** A hit may trigger one background refresh before expiry (XFetch: with
+//!    probability rising as expiry nears, scaled by the recorded load time and β). Past expiry, an entry inside
+//!    `stale_while_revalidate` is served as STALE while a refresh runs; inside `stale_if_error` it stands in when
+//!    the loader fails.
+//! 5. **Fallback.** When the store fails (or the breaker is open), keys with a loader are loaded directly, still
+//!    coalesced per replica, and answered FALLBACK; keys without one answer UNAVAILABLE.
+
+use super::{Core, Entry, Lookup, Policy, ReadOptions, Source};
+use crate::keys::Key;
+use crate::loader::{Loaded, Loader};
+use crate::store::{LeaseToken, StoreWrite};
+use crate::{Error, Result};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+type FlightResult = Result<Lookup, Arc<Error>>;
+type Flight = Shared<BoxFuture<'static, FlightResult>>;
+
+/// Loads in flight in this replica, one per key, plus keys being refreshed in the background.
+#[derive(Default)]
+pub(super) struct Flights {
+    running: Mutex<HashMap<Key, Flight>>,
+    refreshing: Mutex<HashSet<Key>>,
+}
+
+/// What a cached entry means for a read.
+enum Verdict {
+    /// Answer with this.
+    Answer(Lookup),
+    /// Load it; the stale entry (if any) may stand in should the loader fail.
+    Load(Option<Entry>),
+}
+
+/// How waiting for another replica's load ended.
+enum Waited {
+    Filled(Lookup),
+    Retry,
+    TimedOut,
+}
+
+impl Core {
+    /// Answers `keys` (distinct), loading misses of entities that have a loader.
+    pub(super) async fn read(
+        self: Arc<Self>,
+        keys: Vec<Key>,
+        options: ReadOptions,
+    ) -> Result<Vec<Lookup>> {
+        let stored = if self.breaker.is_open() {
+            None
+        } else {
+            let result = self.store.get_many(&keys).await;
+            self.observe(&result);
+            match result {
+                Ok(stored) => Some(stored),
+                Err(Error::BackendUnavailable { .. }) => None,
+                Err(error) => return Err(error),
+            }
+        };
+        let Some(stored) = stored else {
+            return self.fallback(keys, options).await;
+        };
+
+        let mut answers: Vec<Option<Lookup>> = vec![None; keys.len()];
+        let mut to_load: HashMap<usize, Vec<(usize, Option<Entry>)>> = HashMap::new();
+        for (index, (key, bytes)) in keys.iter().zip(stored).enumerate() {
+            let entry = bytes.and_then(Entry::decode);
+            let loader = (!options.cache_only)
+                .then(|| self.loaders.for_key(key))
+                .flatten();
+            match self.clone().judge(key, entry, loader.is_some()) {
+                Verdict::Answer(lookup) => answers[index] = Some(lookup),
+                Verdict::Load(stale) => match loader {
+                    Some((route, _)) => to_load.entry(route).or_default().push((index, stale)),
+                    None => answers[index] = Some(Lookup::miss()),
+                },
+            }
+        }
+
+        let loads = to_load.into_values().map(|group| {
+            let core = self.clone();
+            let keys = &keys;
+            async move {
+                let picked: Vec<(Key, Option<Entry>)> = group
+                    .iter()
+                    .map(|(i, stale)| (keys[*i].clone(), stale.clone()))
+                    .collect();
+                let lookups = core.load_group(picked).await?;
+                Ok::<_, Error>(
+                    group
+                        .into_iter()
+                        .map(|(i, _)| i)
+                        .zip(lookups)
+                        .collect::<Vec<_>>(),
+                )
+            }
+        });
+        for loaded in futures::future::try_join_all(loads).await? {
+            for (index, lookup) in loaded {
+                answers[index] = Some(lookup);
+            }
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(Lookup::miss))
+            .collect())
+    }
+
+    /// Decides what a cached entry means: a hit (maybe refreshing early), a stale serve, or a load.
+    fn judge(self: Arc<Self>, key: &Key, entry: Option<Entry>, has_loader: bool) -> Verdict {
+        let Some(entry) = entry else {
+            return Verdict::Load(None);
+        };
+        let policy = self.policies.for_key(key);
+        match entry.stale_for() {
+            None => {
+                if has_loader && xfetch_says_refresh(&entry, policy.xfetch_beta) {
+                    self.clone().refresh_in_background(key.clone());
+                }
+                let source = if entry.value.is_some() {
+                    Source::Hit
+                } else {
+                    Source::Negative
+                };
+                Verdict::Answer(Lookup::from_entry(&entry, source))
+            }
+            Some(stale)
+                if has_loader
+                    && entry.value.is_some()
+                    && stale <= policy.stale_while_revalidate =>
+            {
+                self.clone().refresh_in_background(key.clone());
+                Verdict::Answer(Lookup::from_entry(&entry, Source::Stale))
+            }
+            Some(_) => Verdict::Load(Some(entry)),
+        }
+    }
+
+    /// Loads keys that share one loader: one key through its flight, several through one batch call.
+    async fn load_group(self: Arc<Self>, keys: Vec<(Key, Option<Entry>)>) -> Result<Vec<Lookup>> {
+        if keys.len() == 1 || !self.read_through.leases {
+            let flights = keys.into_iter().map(|(key, stale)| {
+                let core = self.clone();
+                async move {
+                    core.join_flight(key.clone(), |core| core.fly(key, stale).boxed())
+                        .await
+                }
+            });
+            return futures::future::try_join_all(flights).await;
+        }
+        self.load_batch(keys).await
+    }
+
+    /// Joins the key's flight in this replica, or starts it with `start`.
+    async fn join_flight(
+        self: Arc<Self>,
+        key: Key,
+        start: impl FnOnce(Arc<Core>) -> BoxFuture<'static, FlightResult> + Send + 'static,
+    ) -> Result<Lookup> {
+        let (flight, leader) = {
+            let mut running = self
+                .flights
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match running.get(&key) {
+                Some(flight) => (flight.clone(), false),
+                None => {
+                    let core = self.clone();
+                    let flight_key = key.clone();
+                    let task = tokio::spawn(async move {
+                        let result = start(core.clone()).await;
+                        core.flights
+                            .running
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&flight_key);
+                        result
+                    });
+                    let flight = async move {
+                        task.await.unwrap_or_else(|join| {
+                            Err(Arc::new(Error::LoaderFailed {
+                                key: String::new(),
+                                source: join.into(),
+                            }))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    running.insert(key, flight.clone());
+                    (flight, true)
+                }
+            }
+        };
+        let mut lookup = flight.await.map_err(Error::Shared)?;
+        if !leader && lookup.source == Source::Loaded {
+            lookup.source = Source::Coalesced;
+        }
+        Ok(lookup)
+    }
+
+    /// One key's load: take the lease (or wait for its holder), load, fill; retried when an invalidation voids it.
+    async fn fly(self: Arc<Self>, key: Key, stale: Option<Entry>) -> FlightResult {
+        let policy = self.policies.for_key(&key).clone();
+        let Some((_, loader)) = self.loaders.for_key(&key) else {
+            return Ok(Lookup::miss());
+        };
+        let loader = loader.clone();
+        if !self.read_through.leases {
+            let (write, lookup) = self
+                .load_entry(&key, &policy, loader.as_ref(), stale)
+                .await?;
+            if let Some(write) = write {
+                let _ = self.store.set_many(std::slice::from_ref(&write)).await;
+            }
+            return Ok(lookup);
+        }
+
+        let lease_ttl = Duration::from_millis(self.read_through.lease_ttl_ms);
+        let deadline = Instant::now() + Duration::from_millis(self.read_through.lease_wait_ms);
+        // Subscribe before the first look at the lease, so a fill between the two cannot be missed.
+        let mut events = self.store.lease_events();
+        let mut voided = 0;
+        loop {
+            let token: LeaseToken = rand::random();
+            let leased = self.store.try_lease(&key, token, lease_ttl).await;
+            self.observe(&leased);
+            match leased {
+                Err(Error::BackendUnavailable { .. }) => {
+                    return self.load_fallback(&key, &policy, loader.as_ref()).await;
+                }
+                Err(error) => return Err(Arc::new(error)),
+                Ok(true) => {
+                    let loaded = self
+                        .load_entry(&key, &policy, loader.as_ref(), stale.clone())
+                        .await;
+                    let (write, lookup) = match loaded {
+                        Ok(loaded) => loaded,
+                        Err(error) => {
+                            let _ = self.store.release_lease(&key, token).await;
+                            return Err(error);
+                        }
+                    };
+                    let Some(write) = write else {
+                        // Served stale on loader failure: nothing to fill.
+                        let _ = self.store.release_lease(&key, token).await;
+                        return Ok(lookup);
+                    };
+                    match self.store.fill(token, &write).await {
+                        Ok(false) if voided < self.read_through.max_voided_retries => {
+                            voided += 1;
+                            tracing::debug!(key = %key, voided, "load voided by an invalidation; loading again");
+                        }
+                        _ => return Ok(lookup),
+                    }
+                }
+                Ok(false) => match self.wait_for_fill(&key, &mut events, deadline).await {
+                    Waited::Filled(lookup) => return Ok(lookup),
+                    Waited::Retry => {}
+                    Waited::TimedOut => {
+                        tracing::warn!(key = %key, "lease wait timed out; loading without caching");
+                        let (_, lookup) = self
+                            .load_entry(&key, &policy, loader.as_ref(), stale)
+                            .await?;
+                        return Ok(lookup);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Waits until another replica's fill of `key` is announced (or the safety poll fires) and looks again.
+    async fn wait_for_fill(
+        &self,
+        key: &Key,
+        events: &mut broadcast::Receiver<Arc<str>>,
+        deadline: Instant,
+    ) -> Waited {
+        let poll = Duration::from_millis(self.read_through.lease_poll_ms);
+        let wake = Instant::now() + poll;
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(announced) if &*announced != key.as_str() => continue,
+                    _ => {}
+                },
+                () = tokio::time::sleep_until(wake.min(deadline).into()) => {}
+            }
+            break;
+        }
+        match self.store.get_many(std::slice::from_ref(key)).await {
+            Ok(mut stored) => {
+                if let Some(entry) = stored.pop().flatten().and_then(Entry::decode)
+                    && entry.stale_for().is_none()
+                {
+                    let source = if entry.value.is_some() {
+                        Source::Coalesced
+                    } else {
+                        Source::Negative
+                    };
+                    return Waited::Filled(Lookup::from_entry(&entry, source));
+                }
+            }
+            Err(_) => return Waited::Retry,
+        }
+        if Instant::now() >= deadline {
+            Waited::TimedOut
+        } else {
+            Waited::Retry
+        }
+    }
+
+    /// Calls the loader and builds the entry to fill. On loader failure, a stale entry inside `stale_if_error`
+    /// is served instead (with nothing to fill).
+    async fn load_entry(
+        &self,
+        key: &Key,
+        policy: &Policy,
+        loader: &dyn Loader,
+        stale: Option<Entry>,
+    ) -> Result<(Option<StoreWrite>, Lookup), Arc<Error>> {
+        let started = Instant::now();
+        match loader.load(key).await {
+            Ok(loaded) => {
+                let (write, lookup) = self.entry_for(key, policy, loaded, started.elapsed());
+                Ok((Some(write), lookup))
+            }
+            Err(error) => {
+                tracing::warn!(key = %key, %error, "loader failed");
+                match stale.filter(|e| {
+                    e.value.is_some() && e.stale_for().is_some_and(|s| s <= policy.stale_if_error)
+                }) {
+                    Some(entry) => Ok((None, Lookup::from_entry(&entry, Source::Stale))),
+                    None => Err(Arc::new(error)),
+                }
+            }
+        }
+    }
+
+    /// Loads straight from the loader, bypassing the unavailable store.
+    async fn load_fallback(&self, key: &Key, policy: &Policy, loader: &dyn Loader) -> FlightResult {
+        let loaded = loader.load(key).await.map_err(Arc::new)?;
+        let (_, mut lookup) = self.entry_for(key, policy, loaded, Duration::ZERO);
+        lookup.source = Source::Fallback;
+        Ok(lookup)
+    }
+
+    /// Answers a read while the store is unavailable: loader-backed keys are loaded directly (coalesced per
+    /// replica); any other key makes the read UNAVAILABLE.
+    async fn fallback(
+        self: Arc<Self>,
+        keys: Vec<Key>,
+        options: ReadOptions,
+    ) -> Result<Vec<Lookup>> {
+        let unavailable = || Error::BackendUnavailable {
+            source: "the cache store is unavailable and the key has no loader to fall back to"
+                .into(),
+        };
+        if options.cache_only || keys.iter().any(|key| self.loaders.for_key(key).is_none()) {
+            return Err(unavailable());
+        }
+        let loads = keys.into_iter().map(|key| {
+            let core = self.clone();
+            async move {
+                core.join_flight(key.clone(), move |core| {
+                    async move {
+                        let policy = core.policies.for_key(&key).clone();
+                        let Some((_, loader)) = core.loaders.for_key(&key) else {
+                            return Ok(Lookup::miss());
+                        };
+                        let loader = loader.clone();
+                        core.load_fallback(&key, &policy, loader.as_ref()).await
+                    }
+                    .boxed()
+                })
+                .await
+                .map(|mut lookup| {
+                    lookup.source = Source::Fallback;
+                    lookup
+                })
+            }
+        });
+        futures::future::try_join_all(loads).await
+    }
+
+    /// Several misses of one loader: lease what can be leased, load those in one batch call and fill them;
+    /// keys whose lease someone else holds (or whose fill was voided) go through their single-key flight.
+    async fn load_batch(self: Arc<Self>, keys: Vec<(Key, Option<Entry>)>) -> Result<Vec<Lookup>> {
+        let lease_ttl = Duration::from_millis(self.read_through.lease_ttl_ms);
+        let tokens: Vec<LeaseToken> = keys.iter().map(|_| rand::random()).collect();
+        let leases = futures::future::join_all(
+            keys.iter()
+                .zip(&tokens)
+                .map(|((key, _), token)| self.store.try_lease(key, *token, lease_ttl)),
+        )
+        .await;
+        let leased: Vec<usize> = leases
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| matches!(r, Ok(true)).then_some(i))
+            .collect();
+
+        let mut answers: Vec<Option<Lookup>> = vec![None; keys.len()];
+        if let Some(&first) = leased.first()
+            && let Some((_, loader)) = self.loaders.for_key(&keys[first].0)
+        {
+            let batch: Vec<Key> = leased.iter().map(|&i| keys[i].0.clone()).collect();
+            let started = Instant::now();
+            match loader.load_many(&batch).await {
+                Ok(loaded) => {
+                    let elapsed = started.elapsed();
+                    let fills = leased.iter().zip(loaded).map(|(&i, loaded)| {
+                        let key = &keys[i].0;
+                        let policy = self.policies.for_key(key);
+                        let (write, lookup) = self.entry_for(key, policy, loaded, elapsed);
+                        let token = tokens[i];
+                        let store = &self.store;
+                        async move { (i, store.fill(token, &write).await, lookup) }
+                    });
+                    for (i, filled, lookup) in futures::future::join_all(fills).await {
+                        // A voided fill is retried through the key's own flight below.
+                        if !matches!(filled, Ok(false)) {
+                            answers[i] = Some(lookup);
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, keys = batch.len(), "batch loader failed");
+                    for &i in &leased {
+                        let _ = self.store.release_lease(&keys[i].0, tokens[i]).await;
+                    }
+                }
+            }
+        }
+
+        let rest = answers
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.is_none())
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>();
+        let singles = rest.iter().map(|&i| {
+            let core = self.clone();
+            let (key, stale) = keys[i].clone();
+            async move {
+                core.join_flight(key.clone(), |core| core.fly(key, stale).boxed())
+                    .await
+            }
+        });
+        for (i, lookup) in rest
+            .iter()
+            .zip(futures::future::try_join_all(singles).await?)
+        {
+            answers[*i] = Some(lookup);
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(Lookup::miss))
+            .collect())
+    }
+
+    /// Builds the store write and the answer for what a loader returned.
+    fn entry_for(
+        &self,
+        key: &Key,
+        policy: &Policy,
+        loaded: Loaded,
+        took: Duration,
+    ) -> (StoreWrite, Lookup) {
+        let found = loaded.value.is_some();
+        let ttl = match (found, loaded.ttl) {
+            (false, _) => policy.negative_ttl,
+            (true, Some(ttl)) => ttl.clamp(
+                Duration::from_millis(self.limits.min_ttl_ms),
+                Duration::from_secs(self.limits.max_ttl_secs),
+            ),
+            (true, None) => self.policies.jittered(policy.ttl),
+        };
+        let mut entry = Entry::fresh_for(loaded.value, ttl);
+        entry.load_ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
+        let physical_ttl = if found {
+            ttl + policy.stale_window()
+        } else {
+            ttl
+        };
+        let lookup = Lookup::from_entry(&entry, Source::Loaded);
+        let write = StoreWrite {
+            key: key.clone(),
+            value: entry.encode(),
+            ttl: physical_ttl,
+            version: None,
+        };
+        (write, lookup)
+    }
+
+    /// Refreshes `key` in the background unless this replica already is; only the lease holder loads, so across
+    /// replicas one refresh runs per key.
+    fn refresh_in_background(self: Arc<Self>, key: Key) {
+        if !self
+            .flights
+            .refreshing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            return;
+        }
+        tokio::spawn(async move {
+            let token: LeaseToken = rand::random();
+            let lease_ttl = Duration::from_millis(self.read_through.lease_ttl_ms);
+            if let (Ok(true), Some((_, loader))) = (
+                self.store.try_lease(&key, token, lease_ttl).await,
+                self.loaders.for_key(&key),
+            ) {
+                let policy = self.policies.for_key(&key);
+                let started = Instant::now();
+                match loader.load(&key).await {
+                    Ok(loaded) => {
+                        let (write, _) = self.entry_for(&key, policy, loaded, started.elapsed());
+                        let _ = self.store.fill(token, &write).await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(key = %key, %error, "background refresh failed");
+                        let _ = self.store.release_lease(&key, token).await;
+                    }
+                }
+            }
+            self.flights
+                .refreshing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        });
+    }
+}
+
+/// XFetch (Vattani et al., VLDB 2015): refresh early when `now − δ·β·ln(rand) ≥ expiry`, δ being the last load's
+/// duration. The closer expiry and the slower the load, the likelier an early refresh.
+fn xfetch_says_refresh(entry: &Entry, beta: f64) -> bool {
+    if beta <= 0.0 || entry.load_ms == 0 {
+        return false;
+    }
+    let draw: f64 = rand::random_range(f64::MIN_POSITIVE..=1.0);
+    let early_ms = f64::from(entry.load_ms) * beta * -draw.ln();
+    let remaining_ms = entry.ttl_remaining().map_or(0.0, |d| d.as_millis() as f64);
+    early_ms >= remaining_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn xfetch_refreshes_near_expiry_only() {
+        let entry = |ttl_ms, load_ms| Entry {
+            load_ms,
+            ..Entry::fresh_for(Some(Bytes::new()), Duration::from_millis(ttl_ms))
+        };
+        let refreshes = |e: &Entry| (0..1000).filter(|_| xfetch_says_refresh(e, 1.0)).count();
+        assert_eq!(
+            refreshes(&entry(3_600_000, 100)),
+            0,
+            "an hour from expiry, a 100 ms load never refreshes"
+        );
+        assert!(
+            refreshes(&entry(50, 100)) > 500,
+            "50 ms from expiry, a 100 ms load usually refreshes"
+        );
+        assert_eq!(
+            refreshes(&entry(50, 0)),
+            0,
+            "no recorded load time, no early refresh"
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! The caller's own `cachecoord.v1.LoaderService`, reached over gRPC.
+
+use super::{Loaded, Loader, bounded, key_parts};
+use crate::config::LoaderConfig;
+use crate::keys::Key;
+use crate::proto::loader_service_client::LoaderServiceClient;
+use crate::proto::{BatchLoadRequest, LoadRequest};
+use crate::{Error, Result};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tonic::transport::{Channel, Endpoint};
+
+/// A LoaderService endpoint with its own timeout and concurrency limit.
+pub struct GrpcLoader {
+    client: LoaderServiceClient<Channel>,
+    permits: Semaphore,
+    timeout: Duration,
+}
+
+impl GrpcLoader {
+    /// A loader for `config.endpoint`; the connection is made on first use and re-made after failures.
+    pub fn new(config: &LoaderConfig) -> Result<GrpcLoader> {
+        let endpoint = config.endpoint.clone().unwrap_or_default();
+        let channel = Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| Error::LoaderFailed {
+                key: endpoint.clone(),
+                source: e.into(),
+            })?
+            .connect_timeout(Duration::from_millis(config.timeout_ms))
+            .connect_lazy();
+        Ok(GrpcLoader {
+            client: LoaderServiceClient::new(channel),
+            permits: Semaphore::new(config.max_concurrency),
+            timeout: Duration::from_millis(config.timeout_ms),
+        })
+    }
+}
+
+fn load_request(key: &Key) -> LoadRequest {
+    let (entity, id, field) = key_parts(key);
+    LoadRequest {
+        key: key.to_string(),
+        entity: entity.into(),
+        id: id.into(),
+        field: field.into(),
+    }
+}
+
+fn loaded(found: bool, value: bytes::Bytes, ttl: Option<prost_types::Duration>) -> Loaded {
+    Loaded {
+        value: found.then_some(value),
+        ttl: ttl.and_then(|ttl| Duration::try_from(ttl).ok()),
+    }
+}
+
+fn failed(key: &Key, status: tonic::Status) -> Error {
+    Error::LoaderFailed {
+        key: key.to_string(),
+        source: Box::new(status),
+    }
+}
+
+#[async_trait]
+impl Loader for GrpcLoader {
+    async fn load(&self, key: &Key) -> Result<Loaded> {
+        bounded(key, &self.permits, self.timeout, async {
+            let mut request = tonic::Request::new(load_request(key));
+            request.set_timeout(self.timeout);
+            let response = self
+                .client
+                .clone()
+                .load(request)
+                .await
+                .map_err(|status| failed(key, status))?
+                .into_inner();
+            Ok(loaded(response.found, response.value, response.ttl))
+        })
+        .await
+    }
+
+    async fn load_many(&self, keys: &[Key]) -> Result<Vec<Loaded>> {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        bounded(first, &self.permits, self.timeout, async {
+            let requests = keys.iter().map(load_request).collect();
+            let mut request = tonic::Request::new(BatchLoadRequest { requests });
+            request.set_timeout(self.timeout);
+            let response = self
+                .client
+                .clone()
+                .batch_load(request)
+                .await
+                .map_err(|status| failed(first, status))?
+                .into_inner();
+            let mut by_key: HashMap<String, Loaded> = response
+                .results
+                .into_iter()
+                .map(|r| (r.key, loaded(r.found, r.value, r.ttl)))
+                .collect();
+            Ok(keys
+                .iter()
+                .map(|key| {
+                    by_key.remove(key.as_str()).unwrap_or(Loaded {
+                        value: None,
+                        ttl: None,
+                    })
+                })
+                .collect())
+        })
+        .await
+    }
+}

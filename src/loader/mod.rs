@@ -1,0 +1,127 @@
+//! Loaders fill misses from the source of truth: the caller's own `LoaderService` over gRPC (`grpc`), or the
+//! built-in Postgres loader (`postgres`). Routes are matched against the key in configured order; the first
+//! match wins. Each loader bounds its own concurrency and time per load.
+
+mod grpc;
+mod postgres;
+
+pub use grpc::GrpcLoader;
+pub use postgres::PostgresLoader;
+
+use crate::config::{Config, LoaderKind};
+use crate::keys::{Key, Pattern};
+use crate::{Error, Result};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a loader found for one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    /// The value; `None` when the source has no such key.
+    pub value: Option<Bytes>,
+    /// A TTL the loader asks for, overriding the entity policy.
+    pub ttl: Option<Duration>,
+}
+
+/// A source of truth that can fill misses.
+#[async_trait]
+pub trait Loader: Send + Sync {
+    /// Loads one key.
+    async fn load(&self, key: &Key) -> Result<Loaded>;
+
+    /// Loads several keys (all matched by this loader's route) in one call; one answer per key, in order.
+    async fn load_many(&self, keys: &[Key]) -> Result<Vec<Loaded>>;
+}
+
+/// The parts a loader is told about: entity, id, and the field (everything after the id).
+pub fn key_parts(key: &Key) -> (&str, &str, &str) {
+    let mut parts = key.as_str().splitn(3, ':');
+    let entity = parts.next().unwrap_or_default();
+    let id = parts.next().unwrap_or_default();
+    let field = parts.next().unwrap_or_default();
+    (entity, id, field)
+}
+
+/// The loader routes, in configured order.
+#[derive(Clone, Default)]
+pub struct Loaders {
+    routes: Vec<(Pattern, Arc<dyn Loader>)>,
+}
+
+impl Loaders {
+    /// Builds every configured loader. Connections are made lazily, so a loader that is down at start-up does
+    /// not keep cachecoord from serving cached keys.
+    pub fn from_config(config: &Config) -> Result<Loaders> {
+        let mut routes: Vec<(Pattern, Arc<dyn Loader>)> = Vec::new();
+        for route in &config.loaders {
+            let pattern = Pattern::parse(&route.pattern, config.limits.max_key_bytes, true)?;
+            let loader: Arc<dyn Loader> = match route.kind {
+                LoaderKind::Grpc => Arc::new(GrpcLoader::new(route)?),
+                LoaderKind::Postgres => Arc::new(PostgresLoader::new(route, &config.postgres)?),
+            };
+            routes.push((pattern, loader));
+        }
+        Ok(Loaders { routes })
+    }
+
+    /// Loaders given directly, for embedding and tests.
+    pub fn from_routes(routes: Vec<(Pattern, Arc<dyn Loader>)>) -> Loaders {
+        Loaders { routes }
+    }
+
+    /// The route that fills `key`: its index (to group keys per loader) and the loader.
+    pub fn for_key(&self, key: &Key) -> Option<(usize, &Arc<dyn Loader>)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, (pattern, _))| pattern.matches(key.as_str()))
+            .map(|(index, (_, loader))| (index, loader))
+    }
+}
+
+/// Runs one load under the loader's concurrency limit and timeout.
+pub(crate) async fn bounded<T>(
+    key: &Key,
+    permits: &tokio::sync::Semaphore,
+    timeout: Duration,
+    load: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let bounded = async {
+        let _permit = permits.acquire().await.map_err(|e| Error::LoaderFailed {
+            key: key.to_string(),
+            source: e.into(),
+        })?;
+        load.await
+    };
+    tokio::time::timeout(timeout, bounded)
+        .await
+        .map_err(|_| Error::LoaderFailed {
+            key: key.to_string(),
+            source: format!("no answer within {timeout:?}").into(),
+        })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_keys_into_entity_id_and_field() {
+        let parts = |raw| {
+            let key = Key::parse(raw, 512).unwrap();
+            let (e, i, f) = key_parts(&key);
+            (e.to_owned(), i.to_owned(), f.to_owned())
+        };
+        assert_eq!(parts("user:123"), ("user".into(), "123".into(), "".into()));
+        assert_eq!(
+            parts("user:123:posts"),
+            ("user".into(), "123".into(), "posts".into())
+        );
+        assert_eq!(
+            parts("posts:page:1:x"),
+            ("posts".into(), "page".into(), "1:x".into())
+        );
+    }
+}
