@@ -7,6 +7,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cluster;
+pub mod loader;
 pub mod ports;
 pub mod postgres;
 pub mod server;

@@ -1,0 +1,353 @@
+//! Read-through loading against the real Redis Cluster and a real LoaderService: one load per key across
+//! replicas, no stale write-back, negative caching, cache-only reads, stale windows and versioned writes.
+
+mod support;
+
+use cachecoord::proto::cache_service_client::CacheServiceClient;
+use cachecoord::proto::{
+    BatchGetRequest, GetRequest, GetResponse, InvalidateRequest, SetRequest, Source,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use support::loader::TestLoader;
+use support::{Backend, TestServer, assert_error, unique};
+use tonic::Code;
+use tonic::transport::Channel;
+
+type Client = CacheServiceClient<Channel>;
+
+async fn get(client: &mut Client, key: &str) -> GetResponse {
+    client
+        .get(GetRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn cached(client: &mut Client, key: &str) -> GetResponse {
+    client
+        .get(GetRequest {
+            key: key.into(),
+            cache_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Three cachecoord replicas share one cluster; 300 concurrent Gets of one cold key, spread over them, with a
+/// 200 ms loader: exactly one loader call, and every caller gets the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stampede_across_three_replicas_loads_once() {
+    let loader = TestLoader::start().await;
+    loader.source.set_delay(Duration::from_millis(200));
+    let key = format!("user:{}", unique(""));
+    loader.source.put(&key, b"{\"name\":\"Ada\"}");
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let mut config = Backend::Cluster.config();
+        loader.route(&mut config, "user:*");
+        replicas.push(TestServer::start_with(config).await);
+    }
+    let mut clients = Vec::new();
+    for replica in &replicas {
+        clients.push(replica.client().await);
+    }
+
+    let callers = (0..300).map(|i| {
+        let mut client = clients[i % 3].clone();
+        let key = key.clone();
+        tokio::spawn(async move { get(&mut client, &key).await })
+    });
+    let answers = futures::future::join_all(callers).await;
+    let mut by_source = std::collections::BTreeMap::new();
+    for answer in answers {
+        let answer = answer.unwrap();
+        assert!(answer.found);
+        assert_eq!(&answer.value[..], b"{\"name\":\"Ada\"}");
+        *by_source
+            .entry(format!("{:?}", answer.source()))
+            .or_insert(0) += 1;
+    }
+    println!("300 callers by source: {by_source:?}");
+    assert_eq!(
+        loader.source.loads_of(&key),
+        1,
+        "exactly one load for 300 callers on 3 replicas"
+    );
+    assert_eq!(by_source.get("Loaded"), Some(&1));
+}
+
+/// The race that breaks naive cache-aside: a reader misses and loads the old row; meanwhile a writer updates the
+/// row and invalidates. Answers how many of `rounds` left a stale value in the cache after quiescence.
+async fn stale_values_after_racing_invalidations(leases: bool, rounds: usize) -> usize {
+    let loader = TestLoader::start().await;
+    loader.source.set_delay(Duration::from_millis(20));
+    let mut config = Backend::Cluster.config();
+    config.read_through.leases = leases;
+    loader.route(&mut config, "user:*");
+    let server = TestServer::start_with(config).await;
+    let client = server.client().await;
+    let stale = Arc::new(AtomicUsize::new(0));
+    let id = unique("");
+    const PARALLEL_KEYS: usize = 50;
+
+    let workers = (0..PARALLEL_KEYS).map(|k| {
+        let source = loader.source.clone();
+        let mut client = client.clone();
+        let stale = stale.clone();
+        let key = format!("user:{id}:{k}");
+        tokio::spawn(async move {
+            for round in 0..rounds / PARALLEL_KEYS {
+                let (old, new) = (format!("v{}", 2 * round), format!("v{}", 2 * round + 1));
+                source.put(&key, old.as_bytes());
+                let mut reads = source.subscribe_reads();
+                let mut reader = client.clone();
+                let reader_key = key.clone();
+                let read = tokio::spawn(async move { get(&mut reader, &reader_key).await });
+                // Wait until the loader has read the old row, then update the row and invalidate.
+                while reads.recv().await.unwrap() != key {}
+                source.put(&key, new.as_bytes());
+                client
+                    .invalidate(InvalidateRequest {
+                        keys: vec![key.clone()],
+                    })
+                    .await
+                    .unwrap();
+                read.await.unwrap();
+                let after = cached(&mut client, &key).await;
+                if after.found && after.value != new.as_bytes() {
+                    stale.fetch_add(1, Ordering::Relaxed);
+                }
+                client
+                    .invalidate(InvalidateRequest {
+                        keys: vec![key.clone()],
+                    })
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    for worker in futures::future::join_all(workers).await {
+        worker.unwrap();
+    }
+    stale.load(Ordering::Relaxed)
+}
+
+/// With leases, 1,000 rounds of load-vs-invalidate races leave no stale value in the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_invalidations_never_leave_stale_values() {
+    let stale = stale_values_after_racing_invalidations(true, 1000).await;
+    println!("leases on: {stale} stale values in 1000 rounds");
+    assert_eq!(stale, 0);
+}
+
+/// The same race with leases turned off does write stale values back: the test above can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_leases_the_race_leaves_stale_values() {
+    let stale = stale_values_after_racing_invalidations(false, 200).await;
+    println!("leases off: {stale} stale values in 200 rounds");
+    assert!(stale > 0, "the race must be observable without leases");
+}
+
+/// A loader's "not found" is cached: the second Get answers NEGATIVE without calling the loader.
+#[tokio::test]
+async fn not_found_is_cached_negatively() {
+    let loader = TestLoader::start().await;
+    let mut config = Backend::Cluster.config();
+    loader.route(&mut config, "user:*");
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let key = format!("user:{}", unique("ghost"));
+    let first = get(&mut client, &key).await;
+    assert!(!first.found);
+    assert_eq!(first.source(), Source::Loaded);
+    let second = get(&mut client, &key).await;
+    assert!(!second.found);
+    assert_eq!(second.source(), Source::Negative);
+    assert_eq!(loader.source.loads_of(&key), 1);
+}
+
+/// cache_only never calls the loader; a normal Get then loads, and the next is a HIT.
+#[tokio::test]
+async fn cache_only_reads_do_not_load() {
+    let loader = TestLoader::start().await;
+    let mut config = Backend::Cluster.config();
+    loader.route(&mut config, "user:*");
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let key = format!("user:{}", unique(""));
+    loader.source.put(&key, b"row");
+    assert_eq!(cached(&mut client, &key).await.source(), Source::Miss);
+    assert_eq!(loader.source.loads_of(&key), 0);
+    let loaded = get(&mut client, &key).await;
+    assert_eq!(
+        (loaded.source(), &loaded.value[..]),
+        (Source::Loaded, &b"row"[..])
+    );
+    assert!(loaded.ttl_remaining.is_some());
+    assert_eq!(get(&mut client, &key).await.source(), Source::Hit);
+}
+
+/// BatchGet with misses of two entities makes one BatchLoad per entity, and answers every key in order.
+#[tokio::test]
+async fn batch_get_loads_each_entity_in_one_call() {
+    let loader = TestLoader::start().await;
+    let mut config = Backend::Cluster.config();
+    loader.route(&mut config, "user:*");
+    loader.route(&mut config, "posts:*");
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let id = unique("");
+    let users: Vec<String> = (0..20).map(|i| format!("user:{id}{i}")).collect();
+    let posts: Vec<String> = (0..20).map(|i| format!("posts:{id}{i}")).collect();
+    for key in users.iter().chain(&posts) {
+        loader.source.put(key, key.as_bytes());
+    }
+    let mut keys: Vec<String> = users
+        .iter()
+        .zip(&posts)
+        .flat_map(|(u, p)| [u.clone(), p.clone()])
+        .collect();
+    keys.push(format!("user:{id}missing"));
+    let results = client
+        .batch_get(BatchGetRequest {
+            keys: keys.clone(),
+            cache_only: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    for (result, key) in results.iter().zip(&keys) {
+        assert_eq!(&result.key, key);
+        if key.ends_with("missing") {
+            assert!(!result.found);
+        } else {
+            assert!(result.found, "{key}");
+            assert_eq!(&result.value[..], key.as_bytes());
+            assert_eq!(result.source(), Source::Loaded);
+        }
+    }
+    let batches = loader.source.batches();
+    assert_eq!(batches.len(), 2, "one BatchLoad per entity: {batches:?}");
+    assert_eq!(loader.source.loads.load(Ordering::Relaxed), 0);
+    for batch in batches {
+        let entity = batch[0].split(':').next().unwrap().to_owned();
+        assert!(batch.iter().all(|k| k.starts_with(&format!("{entity}:"))));
+    }
+}
+
+/// A failing loader answers UNAVAILABLE / LOADER_FAILED; inside stale_if_error the expired value is served
+/// STALE instead.
+#[tokio::test]
+async fn loader_failure_serves_stale_within_stale_if_error() {
+    let loader = TestLoader::start().await;
+    let mut config = Backend::Cluster.config();
+    config.policies.insert(0, brief_policy("brief:*", 0, 300));
+    loader.route(&mut config, "brief:*");
+    loader.route(&mut config, "user:*");
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    loader.source.set_failing(true);
+    let status = client
+        .get(GetRequest {
+            key: format!("user:{}", unique("")),
+            cache_only: false,
+        })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::Unavailable, "LOADER_FAILED");
+
+    loader.source.set_failing(false);
+    let key = format!("brief:{}", unique(""));
+    loader.source.put(&key, b"first");
+    assert_eq!(get(&mut client, &key).await.source(), Source::Loaded);
+    wait_until_expired(&mut client, &key).await;
+    loader.source.set_failing(true);
+    let stale = get(&mut client, &key).await;
+    assert_eq!(
+        (stale.source(), &stale.value[..]),
+        (Source::Stale, &b"first"[..])
+    );
+}
+
+/// Inside stale_while_revalidate an expired value is served STALE at once while one background load refreshes
+/// it; the refreshed value follows.
+#[tokio::test]
+async fn stale_while_revalidate_serves_then_refreshes() {
+    let loader = TestLoader::start().await;
+    let mut config = Backend::Cluster.config();
+    config.policies.insert(0, brief_policy("brief:*", 300, 0));
+    loader.route(&mut config, "brief:*");
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let key = format!("brief:{}", unique(""));
+    loader.source.put(&key, b"v1");
+    assert_eq!(get(&mut client, &key).await.source(), Source::Loaded);
+    wait_until_expired(&mut client, &key).await;
+    loader.source.put(&key, b"v2");
+    let stale = get(&mut client, &key).await;
+    assert_eq!(
+        (stale.source(), &stale.value[..]),
+        (Source::Stale, &b"v1"[..])
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = cached(&mut client, &key).await;
+        if answer.source() == Source::Hit {
+            assert_eq!(&answer.value[..], b"v2");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never refreshed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(loader.source.loads_of(&key), 2);
+}
+
+/// A versioned Set older than the stored version is refused with FAILED_PRECONDITION / STALE_VERSION.
+#[tokio::test]
+async fn versioned_sets_refuse_older_versions() {
+    for backend in [Backend::Embedded, Backend::Cluster] {
+        let server = TestServer::start(backend).await;
+        let mut client = server.client().await;
+        let key = format!("user:{}", unique(""));
+        let set = |version, value: &str| SetRequest {
+            key: key.clone(),
+            value: value.as_bytes().to_vec().into(),
+            ttl: None,
+            version: Some(version),
+        };
+        client.set(set(5, "five")).await.unwrap();
+        let status = client.set(set(4, "four")).await.unwrap_err();
+        assert_error(&status, Code::FailedPrecondition, "STALE_VERSION");
+        client.set(set(6, "six")).await.unwrap();
+        assert_eq!(&get(&mut client, &key).await.value[..], b"six");
+    }
+}
+
+/// A one-second policy with the given stale windows (seconds).
+fn brief_policy(pattern: &str, swr: u64, sie: u64) -> cachecoord::config::PolicyConfig {
+    cachecoord::config::PolicyConfig {
+        name: "brief".into(),
+        pattern: pattern.into(),
+        ttl_secs: 1,
+        negative_ttl_secs: None,
+        stale_while_revalidate_secs: Some(swr),
+        stale_if_error_secs: Some(sie),
+        xfetch_beta: Some(0.0),
+    }
+}
+
+/// Polls (cache-only) until the entry's one-second TTL has run out; bounded generously.
+async fn wait_until_expired(client: &mut Client, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cached(client, key).await.source() == Source::Hit {
+        assert!(Instant::now() < deadline, "{key} never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

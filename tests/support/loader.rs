@@ -1,0 +1,176 @@
+//! A real LoaderService on loopback, backed by an in-memory "source of truth" the test controls: values, delay,
+//! failure, and a record of every call.
+
+use cachecoord::config::{Config, LoaderConfig, LoaderKind};
+use cachecoord::proto::loader_service_server::{LoaderService, LoaderServiceServer};
+use cachecoord::proto::{
+    BatchLoadRequest, BatchLoadResponse, BatchLoadResult, LoadRequest, LoadResponse,
+};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tonic::{Request, Response, Status};
+
+/// The loader's state, shared with the test.
+#[derive(Default)]
+pub struct SourceOfTruth {
+    values: Mutex<HashMap<String, Vec<u8>>>,
+    delay_ms: AtomicU64,
+    failing: AtomicBool,
+    /// Load calls, all keys.
+    pub loads: AtomicUsize,
+    /// BatchLoad calls, all keys.
+    pub batch_loads: AtomicUsize,
+    per_key: Mutex<HashMap<String, usize>>,
+    batches: Mutex<Vec<Vec<String>>>,
+    reads: Option<broadcast::Sender<String>>,
+}
+
+impl SourceOfTruth {
+    /// Sets the source's value for `key`.
+    pub fn put(&self, key: &str, value: &[u8]) {
+        self.values
+            .lock()
+            .unwrap()
+            .insert(key.into(), value.to_vec());
+    }
+
+    /// The source's current value for `key`.
+    pub fn value(&self, key: &str) -> Option<Vec<u8>> {
+        self.values.lock().unwrap().get(key).cloned()
+    }
+
+    /// Every load waits this long after reading the source (the window in which a racing update lands).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Makes every load fail with UNAVAILABLE (or succeed again).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// How many times `key` was loaded (single or batch).
+    pub fn loads_of(&self, key: &str) -> usize {
+        self.per_key.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+
+    /// The keys of every BatchLoad call, in call order.
+    pub fn batches(&self) -> Vec<Vec<String>> {
+        self.batches.lock().unwrap().clone()
+    }
+
+    /// Announces, for every load, the key just read from the source (before the delay).
+    pub fn subscribe_reads(&self) -> broadcast::Receiver<String> {
+        self.reads.as_ref().expect("reads channel").subscribe()
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, Status> {
+        *self.per_key.lock().unwrap().entry(key.into()).or_default() += 1;
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(Status::unavailable("source of truth is down (test)"));
+        }
+        let value = self.value(key);
+        if let Some(reads) = &self.reads {
+            let _ = reads.send(key.to_owned());
+        }
+        let delay = self.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        Ok(value)
+    }
+}
+
+#[derive(Clone)]
+struct Service(Arc<SourceOfTruth>);
+
+#[tonic::async_trait]
+impl LoaderService for Service {
+    async fn load(&self, request: Request<LoadRequest>) -> Result<Response<LoadResponse>, Status> {
+        self.0.loads.fetch_add(1, Ordering::Relaxed);
+        let request = request.into_inner();
+        let value = self.0.read(&request.key).await?;
+        Ok(Response::new(LoadResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default().into(),
+            ttl: None,
+        }))
+    }
+
+    async fn batch_load(
+        &self,
+        request: Request<BatchLoadRequest>,
+    ) -> Result<Response<BatchLoadResponse>, Status> {
+        self.0.batch_loads.fetch_add(1, Ordering::Relaxed);
+        let keys: Vec<String> = request
+            .into_inner()
+            .requests
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        self.0.batches.lock().unwrap().push(keys.clone());
+        let mut results = Vec::new();
+        for key in keys {
+            let value = self.0.read(&key).await?;
+            results.push(BatchLoadResult {
+                key,
+                found: value.is_some(),
+                value: value.unwrap_or_default().into(),
+                ttl: None,
+            });
+        }
+        Ok(Response::new(BatchLoadResponse { results }))
+    }
+}
+
+/// A running test loader.
+pub struct TestLoader {
+    /// What it serves, and what it recorded.
+    pub source: Arc<SourceOfTruth>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl TestLoader {
+    /// Starts a LoaderService on 127.0.0.1:0 in the current runtime.
+    pub async fn start() -> TestLoader {
+        let source = Arc::new(SourceOfTruth {
+            reads: Some(broadcast::channel(65_536).0),
+            ..SourceOfTruth::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = LoaderServiceServer::new(Service(source.clone()));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        TestLoader { source, addr }
+    }
+
+    /// Routes keys matching `pattern` in `config` to this loader.
+    pub fn route(&self, config: &mut Config, pattern: &str) {
+        config
+            .loaders
+            .push(grpc_loader(pattern, &format!("http://{}", self.addr)));
+    }
+}
+
+/// A gRPC loader route.
+pub fn grpc_loader(pattern: &str, endpoint: &str) -> LoaderConfig {
+    LoaderConfig {
+        pattern: pattern.into(),
+        kind: LoaderKind::Grpc,
+        endpoint: Some(endpoint.into()),
+        query: None,
+        batch_query: None,
+        timeout_ms: 5_000,
+        max_concurrency: 64,
+    }
+}
