@@ -1,6 +1,7 @@
 """Generates the cachecoord.v1 Python stubs from proto/ (grpcio-tools) and imports them.
 
-Usage from any script:  from cachecoord_client import connect, pb
+Usage from any script:  from cachecoord_client import connect, pb          (CacheService)
+                        from cachecoord_client import loader_pb, loader_grpc  (to implement LoaderService)
 """
 import os
 import sys
@@ -21,7 +22,7 @@ def _generate_stubs():
     code = protoc.main([
         "protoc", "-I", PROTO_DIR, "-I", well_known,
         f"--python_out={out}", f"--grpc_python_out={out}",
-        "cachecoord/v1/cache_service.proto",
+        "cachecoord/v1/cache_service.proto", "cachecoord/v1/loader_service.proto",
     ])
     if code != 0:
         raise RuntimeError("grpc_tools.protoc failed")
@@ -31,6 +32,8 @@ def _generate_stubs():
 _generate_stubs()
 from cachecoord.v1 import cache_service_pb2 as pb  # noqa: E402
 from cachecoord.v1 import cache_service_pb2_grpc as pb_grpc  # noqa: E402
+from cachecoord.v1 import loader_service_pb2 as loader_pb  # noqa: E402,F401
+from cachecoord.v1 import loader_service_pb2_grpc as loader_grpc  # noqa: E402,F401
 
 
 def connect(addr="127.0.0.1:50051"):

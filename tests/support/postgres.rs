@@ -45,7 +45,11 @@ impl Postgres {
                 "--locale=C",
             ],
         );
-        let options = format!("-p {port} -h 127.0.0.1 -k {} -c fsync=off", dir.display());
+        // log_statement=all lets tests count the queries a loader ran.
+        let options = format!(
+            "-p {port} -h 127.0.0.1 -k {} -c fsync=off -c log_statement=all",
+            dir.display()
+        );
         let pg_ctl = bin.join("pg_ctl");
         on_process_exit(&format!(
             "{} {} -D {} stop -m immediate; rm -rf {}",
@@ -68,6 +72,24 @@ impl Postgres {
             ],
         );
         Postgres { port, dir }
+    }
+
+    /// Statements logged so far that contain `marker` and were executed (not just parsed).
+    pub fn executions_of(&self, marker: &str) -> usize {
+        let log = std::fs::read_to_string(self.dir.join("pg.log")).unwrap_or_default();
+        log.lines()
+            .filter(|line| line.contains(marker) && (line.contains("execute") || line.contains("statement:")))
+            .count()
+    }
+
+    /// A connected tokio-postgres client (its connection runs on the current runtime).
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.connection_string(), tokio_postgres::NoTls)
+                .await
+                .expect("connect to the private Postgres");
+        tokio::spawn(connection);
+        client
     }
 
     /// A tokio-postgres connection string for the `postgres` database.
