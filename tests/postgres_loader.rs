@@ -53,25 +53,36 @@ async fn postgres_rows_fill_misses_one_query_per_entity() {
     let mut client = server.client().await;
 
     let user = client
-        .get(GetRequest { key: "user:7".into(), cache_only: false })
+        .get(GetRequest {
+            key: "user:7".into(),
+            cache_only: false,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(user.source(), Source::Loaded);
     assert_eq!(&user.value[..], br#"{"id":7,"name":"user 7"}"#);
     let again = client
-        .get(GetRequest { key: "user:7".into(), cache_only: false })
+        .get(GetRequest {
+            key: "user:7".into(),
+            cache_only: false,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(again.source(), Source::Hit);
     assert_eq!(postgres.executions_of("users-one"), 1);
 
-    let mut keys: Vec<String> = (10..30).flat_map(|i| [format!("user:{i}"), format!("posts:{i}")]).collect();
+    let mut keys: Vec<String> = (10..30)
+        .flat_map(|i| [format!("user:{i}"), format!("posts:{i}")])
+        .collect();
     keys.push("user:999".into());
     keys.push("user:not-a-number".into());
     let results = client
-        .batch_get(BatchGetRequest { keys: keys.clone(), cache_only: false })
+        .batch_get(BatchGetRequest {
+            keys: keys.clone(),
+            cache_only: false,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -89,6 +100,14 @@ async fn postgres_rows_fill_misses_one_query_per_entity() {
         assert_eq!(String::from_utf8_lossy(&result.value), expected);
         assert_eq!(result.source(), Source::Loaded);
     }
-    assert_eq!(postgres.executions_of("users-batch"), 1, "one query for all user misses");
-    assert_eq!(postgres.executions_of("posts-batch"), 1, "one query for all posts misses");
+    assert_eq!(
+        postgres.executions_of("users-batch"),
+        1,
+        "one query for all user misses"
+    );
+    assert_eq!(
+        postgres.executions_of("posts-batch"),
+        1,
+        "one query for all posts misses"
+    );
 }

@@ -22,7 +22,8 @@ impl RedisCluster {
         CLUSTER.get_or_init(RedisCluster::start)
     }
 
-    fn start() -> RedisCluster {
+    /// A cluster of this test's own, for tests that kill and restart it.
+    pub fn start() -> RedisCluster {
         let dir = tempfile::Builder::new()
             .prefix("cachecoord-cluster-")
             .tempdir()
@@ -123,6 +124,45 @@ impl RedisCluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// Extra redis-server arguments of a cluster node.
+const CLUSTER_ARGS: &[&str] = &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
+
+impl RedisCluster {
+    /// Kills every node with SIGKILL and waits until none accepts connections.
+    pub fn kill_all(&self) {
+        for port in &self.ports {
+            kill_node(&self.dir.join(port.to_string()).join("redis.pid"), *port);
+        }
+    }
+
+    /// Restarts every node on its old port and directory (its nodes.conf keeps the topology; the data is gone,
+    /// as persistence is off) and waits until the cluster is healthy again.
+    pub fn restart_all(&self) {
+        for port in &self.ports {
+            start_redis(&self.dir.join(port.to_string()), *port, CLUSTER_ARGS);
+        }
+        for port in &self.ports {
+            wait_for_ping(*port);
+        }
+        self.wait_until_healthy();
+    }
+}
+
+/// Kills the redis-server whose pid is in `pidfile` and waits until `port` refuses connections.
+fn kill_node(pidfile: &Path, port: u16) {
+    let pid = std::fs::read_to_string(pidfile).unwrap();
+    let status = Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "redis on {port} did not die");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

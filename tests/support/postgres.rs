@@ -78,7 +78,9 @@ impl Postgres {
     pub fn executions_of(&self, marker: &str) -> usize {
         let log = std::fs::read_to_string(self.dir.join("pg.log")).unwrap_or_default();
         log.lines()
-            .filter(|line| line.contains(marker) && (line.contains("execute") || line.contains("statement:")))
+            .filter(|line| {
+                line.contains(marker) && (line.contains("execute") || line.contains("statement:"))
+            })
             .count()
     }
 
