@@ -107,6 +107,15 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The caller's deadline ran out before the answer was ready.
+    #[error(
+        "the call's deadline ({budget:?} after arrival) ran out; any load started keeps filling the cache"
+    )]
+    DeadlineExceeded {
+        /// The time the call had.
+        budget: Duration,
+    },
+
     /// An error shared by every caller that waited on the same load.
     #[error("{0}")]
     Shared(#[source] std::sync::Arc<Error>),

@@ -351,3 +351,60 @@ async fn wait_until_expired(client: &mut Client, key: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A lease left by a holder that died (taken straight in Redis, never filled) expires, and a waiting caller then
+/// loads the key itself.
+#[tokio::test]
+async fn a_dead_holders_lease_expires_and_a_waiter_takes_over() {
+    let loader = TestLoader::start().await;
+    let mut config = Backend::Cluster.config();
+    loader.route(&mut config, "user:*");
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let key = format!("user:{}", unique("orphan"));
+    loader.source.put(&key, b"row");
+    let port = support::cluster::RedisCluster::shared().ports[0];
+    let lease = format!("{{{key}}}:lease");
+    let reply =
+        support::cluster::redis_cli(port, &["-c", "SET", &lease, "dead-holder", "PX", "1500"]);
+    assert_eq!(reply.trim(), "OK");
+
+    let answer = get(&mut client, &key).await;
+    assert_eq!(
+        (answer.source(), &answer.value[..]),
+        (Source::Loaded, &b"row"[..])
+    );
+    assert_eq!(loader.source.loads_of(&key), 1);
+}
+
+/// A caller's deadline is honoured: a Get on a slow loader answers DEADLINE_EXCEEDED in time, while the load it
+/// started carries on and fills the cache for the next caller.
+#[tokio::test]
+async fn the_callers_deadline_is_respected() {
+    let loader = TestLoader::start().await;
+    loader.source.set_delay(Duration::from_millis(1500));
+    let mut config = Backend::Cluster.config();
+    loader.route(&mut config, "user:*");
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let key = format!("user:{}", unique("slow"));
+    loader.source.put(&key, b"row");
+
+    let mut request = tonic::Request::new(GetRequest {
+        key: key.clone(),
+        cache_only: false,
+    });
+    request.set_timeout(Duration::from_millis(200));
+    let status = client.get(request).await.unwrap_err();
+    assert_error(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cached(&mut client, &key).await.source() != Source::Hit {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned load never filled the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(loader.source.loads_of(&key), 1);
+}

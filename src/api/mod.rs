@@ -1,6 +1,7 @@
 //! The API boundary: gRPC handlers for `cachecoord.v1.CacheService`. Handlers only convert proto messages to
 //! domain calls on the [`Coordinator`] and back; errors become statuses in [`status`].
 
+mod deadline;
 mod status;
 
 pub use status::{ERROR_DOMAIN, to_status};
@@ -39,24 +40,21 @@ fn respond<T>(result: Result<T>) -> Result<Response<T>, Status> {
 impl CacheService for CacheApi {
     #[instrument(skip_all, fields(key = %request.get_ref().key))]
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let budget = deadline::budget(request.metadata());
         let request = request.into_inner();
         let options = ReadOptions {
             cache_only: request.cache_only,
         };
-        respond(
-            self.coordinator
-                .get(&request.key, options)
-                .await
-                .map(|lookup| {
-                    let (found, value, source, ttl_remaining) = lookup_fields(lookup);
-                    GetResponse {
-                        found,
-                        value,
-                        source,
-                        ttl_remaining,
-                    }
-                }),
-        )
+        let lookup = deadline::within(budget, self.coordinator.get(&request.key, options)).await;
+        respond(lookup.map(|lookup| {
+            let (found, value, source, ttl_remaining) = lookup_fields(lookup);
+            GetResponse {
+                found,
+                value,
+                source,
+                ttl_remaining,
+            }
+        }))
     }
 
     #[instrument(skip_all, fields(keys = request.get_ref().keys.len()))]
@@ -64,30 +62,27 @@ impl CacheService for CacheApi {
         &self,
         request: Request<BatchGetRequest>,
     ) -> Result<Response<BatchGetResponse>, Status> {
+        let budget = deadline::budget(request.metadata());
         let BatchGetRequest { keys, cache_only } = request.into_inner();
         let options = ReadOptions { cache_only };
-        respond(
-            self.coordinator
-                .batch_get(&keys, options)
-                .await
-                .map(|lookups| {
-                    let results = keys
-                        .into_iter()
-                        .zip(lookups)
-                        .map(|(key, lookup)| {
-                            let (found, value, source, ttl_remaining) = lookup_fields(lookup);
-                            BatchGetResult {
-                                key,
-                                found,
-                                value,
-                                source,
-                                ttl_remaining,
-                            }
-                        })
-                        .collect();
-                    BatchGetResponse { results }
-                }),
-        )
+        let lookups = deadline::within(budget, self.coordinator.batch_get(&keys, options)).await;
+        respond(lookups.map(|lookups| {
+            let results = keys
+                .into_iter()
+                .zip(lookups)
+                .map(|(key, lookup)| {
+                    let (found, value, source, ttl_remaining) = lookup_fields(lookup);
+                    BatchGetResult {
+                        key,
+                        found,
+                        value,
+                        source,
+                        ttl_remaining,
+                    }
+                })
+                .collect();
+            BatchGetResponse { results }
+        }))
     }
 
     #[instrument(skip_all, fields(key = %request.get_ref().key))]

@@ -15,6 +15,7 @@ pub fn to_status(error: &Error) -> Status {
         Error::Shared(inner) => return to_status(inner),
         Error::StaleVersion { .. } => (Code::FailedPrecondition, "STALE_VERSION"),
         Error::LoaderFailed { .. } => (Code::Unavailable, "LOADER_FAILED"),
+        Error::DeadlineExceeded { .. } => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
         Error::InvalidKey { .. } => (Code::InvalidArgument, "INVALID_KEY"),
         Error::InvalidPattern { .. } => (Code::InvalidArgument, "INVALID_PATTERN"),
         Error::PatternTooBroad { .. } => (Code::InvalidArgument, "PATTERN_TOO_BROAD"),
