@@ -159,7 +159,8 @@ pub struct ReadThroughConfig {
     pub max_voided_retries: u32,
     /// Consecutive Redis failures that open the circuit breaker. Default 5.
     pub breaker_failures: u32,
-    /// How long the open breaker keeps Gets away from Redis before one probe, in milliseconds. Default 1000.
+    /// How long the open breaker keeps Gets away from Redis before letting requests probe it again, in
+    /// milliseconds. Default 1000.
     pub breaker_cooldown_ms: u64,
 }
 
@@ -434,6 +435,12 @@ impl Config {
             if !complete {
                 return fail(format!(
                     "loader {:?}: kind grpc needs endpoint; kind postgres needs query and postgres.url",
+                    loader.pattern
+                ));
+            }
+            if loader.timeout_ms >= self.read_through.lease_ttl_ms {
+                return fail(format!(
+                    "loader {:?}: timeout_ms must be below read_through.lease_ttl_ms, or a slow load outlives its lease",
                     loader.pattern
                 ));
             }

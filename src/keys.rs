@@ -129,6 +129,19 @@ impl Pattern {
         &self.raw
     }
 
+    /// When every key this pattern can match shares its first two segments (`{entity}:{id}`, both literal, then
+    /// `:` or the end), answers that group and the pattern for the rest of the key (which is empty or starts
+    /// with `:`). `user:123:*` → (`user:123`, `:*`); `user:123` → (`user:123`, ``); `user:*:posts` → `None`.
+    pub fn group_scope(&self) -> Option<(&str, &str)> {
+        let first = self.raw.find(':')?;
+        let second = self.raw[first + 1..]
+            .find(':')
+            .map_or(self.raw.len(), |i| first + 1 + i);
+        let group = &self.raw[..second];
+        let id = &group[first + 1..];
+        (!id.is_empty() && !has_wildcard(group)).then(|| (group, &self.raw[second..]))
+    }
+
     /// Whether `key` matches, with Redis glob semantics for `*` and `?`.
     pub fn matches(&self, key: &str) -> bool {
         glob_match(self.raw.as_bytes(), key.as_bytes())
@@ -240,6 +253,29 @@ mod tests {
             Pattern::parse("user:[12]", 512, true),
             Err(Error::InvalidPattern { .. })
         ));
+    }
+
+    #[test]
+    fn group_scope_covers_patterns_with_a_literal_entity_and_id() {
+        let scope = |s| {
+            Pattern::parse(s, 512, true)
+                .unwrap()
+                .group_scope()
+                .map(|(g, r)| (g.to_owned(), r.to_owned()))
+        };
+        assert_eq!(scope("user:123:*"), Some(("user:123".into(), ":*".into())));
+        assert_eq!(scope("user:123"), Some(("user:123".into(), "".into())));
+        assert_eq!(
+            scope("posts:page:*"),
+            Some(("posts:page".into(), ":*".into()))
+        );
+        assert_eq!(
+            scope("user:123:po?ts"),
+            Some(("user:123".into(), ":po?ts".into()))
+        );
+        for broad in ["user:*:posts", "user:12*", "user:*", "*", "user", "user:"] {
+            assert_eq!(scope(broad), None, "{broad}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ async fn batches_span_every_primary() {
     let server = TestServer::start(Backend::Cluster).await;
     let mut client = server.client().await;
     let id = unique("");
-    let keys: Vec<String> = (0..300).map(|i| format!("user:{id}:{i}")).collect();
+    let keys: Vec<String> = (0..300).map(|i| format!("user:{id}x{i}")).collect();
     let entries = keys.iter().map(|k| set_request(k)).collect();
     assert_eq!(
         client
@@ -41,7 +41,7 @@ async fn batches_span_every_primary() {
     assert_eq!(primaries.len(), 3);
     let mut seen = 0;
     for port in &primaries {
-        let on_node = cluster.keys_on_node(*port, &format!("user:{id}:*"));
+        let on_node = cluster.keys_on_node(*port, &format!("{{user:{id}x*"));
         assert!(
             !on_node.is_empty(),
             "primary {port} holds none of the batch"
@@ -75,15 +75,16 @@ async fn batches_span_every_primary() {
     assert_eq!(deleted, 100);
 }
 
-/// InvalidatePattern removes the matching keys from every primary and leaves every other key alone.
+/// InvalidatePattern across groups (the SCAN path) removes the matching keys from every primary and leaves every
+/// other key alone.
 #[tokio::test]
 async fn pattern_invalidation_reaches_every_primary() {
     let cluster = RedisCluster::shared();
     let server = TestServer::start(Backend::Cluster).await;
     let mut client = server.client().await;
     let id = unique("");
-    let matching: Vec<String> = (0..300).map(|i| format!("user:{id}:posts:{i}")).collect();
-    let others: Vec<String> = (0..300).map(|i| format!("user:{id}:likes:{i}")).collect();
+    let matching: Vec<String> = (0..300).map(|i| format!("user:{id}x{i}:posts")).collect();
+    let others: Vec<String> = (0..300).map(|i| format!("user:{id}x{i}:likes")).collect();
     for batch in [&matching, &others] {
         let entries = batch.iter().map(|k| set_request(k)).collect();
         client.batch_set(BatchSetRequest { entries }).await.unwrap();
@@ -92,14 +93,14 @@ async fn pattern_invalidation_reaches_every_primary() {
     for port in &primaries {
         assert!(
             !cluster
-                .keys_on_node(*port, &format!("user:{id}:posts:*"))
+                .keys_on_node(*port, &format!("{{user:{id}x*:posts"))
                 .is_empty()
         );
     }
 
     let deleted = client
         .invalidate_pattern(InvalidatePatternRequest {
-            pattern: format!("user:{id}:posts:*"),
+            pattern: format!("user:{id}x*:posts"),
         })
         .await
         .unwrap()
@@ -111,12 +112,12 @@ async fn pattern_invalidation_reaches_every_primary() {
     for port in &primaries {
         assert!(
             cluster
-                .keys_on_node(*port, &format!("user:{id}:posts:*"))
+                .keys_on_node(*port, &format!("{{user:{id}x*:posts"))
                 .is_empty(),
             "primary {port} still holds matching keys"
         );
         others_left += cluster
-            .keys_on_node(*port, &format!("user:{id}:likes:*"))
+            .keys_on_node(*port, &format!("{{user:{id}x*:likes"))
             .len();
     }
     assert_eq!(others_left, 300, "non-matching keys were deleted");

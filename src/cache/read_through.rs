@@ -154,13 +154,9 @@ impl Core {
     /// Loads keys that share one loader: one key through its flight, several through one batch call.
     async fn load_group(self: Arc<Self>, keys: Vec<(Key, Option<Entry>)>) -> Result<Vec<Lookup>> {
         if keys.len() == 1 || !self.read_through.leases {
-            let flights = keys.into_iter().map(|(key, stale)| {
-                let core = self.clone();
-                async move {
-                    core.join_flight(key.clone(), |core| core.fly(key, stale).boxed())
-                        .await
-                }
-            });
+            let flights = keys
+                .into_iter()
+                .map(|(key, stale)| self.clone().load_one(key, stale));
             return futures::future::try_join_all(flights).await;
         }
         self.load_batch(keys).await
@@ -173,29 +169,25 @@ impl Core {
         start: impl FnOnce(Arc<Core>) -> BoxFuture<'static, FlightResult> + Send + 'static,
     ) -> Result<Lookup> {
         let (flight, leader) = {
-            let mut running = self
-                .flights
-                .running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut running = lock(&self.flights.running);
             match running.get(&key) {
                 Some(flight) => (flight.clone(), false),
                 None => {
                     let core = self.clone();
                     let flight_key = key.clone();
                     let task = tokio::spawn(async move {
-                        let result = start(core.clone()).await;
-                        core.flights
-                            .running
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&flight_key);
-                        result
+                        // Removed however the flight ends (done, panicked, aborted): a dead flight must not
+                        // answer for its key forever.
+                        let _landing = OnDrop(|| {
+                            lock(&core.flights.running).remove(&flight_key);
+                        });
+                        start(core.clone()).await
                     });
+                    let failed_key = key.to_string();
                     let flight = async move {
                         task.await.unwrap_or_else(|join| {
                             Err(Arc::new(Error::LoaderFailed {
-                                key: String::new(),
+                                key: failed_key,
                                 source: join.into(),
                             }))
                         })
@@ -262,7 +254,15 @@ impl Core {
                         return Ok(lookup);
                     };
                     match self.store.fill(token, &write).await {
-                        Ok(false) if voided < self.read_through.max_voided_retries => {
+                        Ok(false) => {
+                            // Voided by a Set or an invalidation (or the lease ran out). A Set's value is newer
+                            // than ours: serve it. Otherwise load again, after the invalidation.
+                            if let Some(fresh) = self.fresh_entry(&key).await {
+                                return Ok(Lookup::from_entry(&fresh, Source::Coalesced));
+                            }
+                            if voided == self.read_through.max_voided_retries {
+                                return Ok(lookup);
+                            }
                             voided += 1;
                             tracing::debug!(key = %key, voided, "load voided by an invalidation; loading again");
                         }
@@ -303,26 +303,29 @@ impl Core {
             }
             break;
         }
-        match self.store.get_many(std::slice::from_ref(key)).await {
-            Ok(mut stored) => {
-                if let Some(entry) = stored.pop().flatten().and_then(Entry::decode)
-                    && entry.stale_for().is_none()
-                {
-                    let source = if entry.value.is_some() {
-                        Source::Coalesced
-                    } else {
-                        Source::Negative
-                    };
-                    return Waited::Filled(Lookup::from_entry(&entry, source));
-                }
-            }
-            Err(_) => return Waited::Retry,
+        if let Some(entry) = self.fresh_entry(key).await {
+            let source = if entry.value.is_some() {
+                Source::Coalesced
+            } else {
+                Source::Negative
+            };
+            return Waited::Filled(Lookup::from_entry(&entry, source));
         }
         if Instant::now() >= deadline {
             Waited::TimedOut
         } else {
             Waited::Retry
         }
+    }
+
+    /// The key's entry if the store holds a fresh one (errors count as none).
+    async fn fresh_entry(&self, key: &Key) -> Option<Entry> {
+        let mut stored = self.store.get_many(std::slice::from_ref(key)).await.ok()?;
+        stored
+            .pop()
+            .flatten()
+            .and_then(Entry::decode)
+            .filter(|entry| entry.stale_for().is_none())
     }
 
     /// Calls the loader and builds the entry to fill. On loader failure, a stale entry inside `stale_if_error`
@@ -342,9 +345,7 @@ impl Core {
             }
             Err(error) => {
                 tracing::warn!(key = %key, %error, "loader failed");
-                match stale.filter(|e| {
-                    e.value.is_some() && e.stale_for().is_some_and(|s| s <= policy.stale_if_error)
-                }) {
+                match stale.filter(|e| stale_if_error_allows(e, policy)) {
                     Some(entry) => Ok((None, Lookup::from_entry(&entry, Source::Stale))),
                     None => Err(Arc::new(error)),
                 }
@@ -401,6 +402,40 @@ impl Core {
     /// Several misses of one loader: lease what can be leased, load those in one batch call and fill them;
     /// keys whose lease someone else holds (or whose fill was voided) go through their single-key flight.
     async fn load_batch(self: Arc<Self>, keys: Vec<(Key, Option<Entry>)>) -> Result<Vec<Lookup>> {
+        // The leased part runs in its own task: a caller that leaves must not strand leases that other callers,
+        // on every replica, are waiting on.
+        let batch = tokio::spawn(self.clone().load_leased(keys.clone()));
+        let mut answers = batch.await.map_err(|join| Error::LoaderFailed {
+            key: keys.first().map(|(k, _)| k.to_string()).unwrap_or_default(),
+            source: join.into(),
+        })??;
+        let rest: Vec<usize> = (0..keys.len()).filter(|&i| answers[i].is_none()).collect();
+        let singles = rest.iter().map(|&i| {
+            let (key, stale) = keys[i].clone();
+            self.clone().load_one(key, stale)
+        });
+        for (&i, lookup) in rest
+            .iter()
+            .zip(futures::future::try_join_all(singles).await?)
+        {
+            answers[i] = Some(lookup);
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(Lookup::miss))
+            .collect())
+    }
+
+    /// Leases what it can of `keys`, loads those in one call and fills them. Answers per key: `Some` when
+    /// settled here, `None` when the key's own flight must settle it (leased elsewhere, or the fill was voided).
+    async fn load_leased(
+        self: Arc<Self>,
+        keys: Vec<(Key, Option<Entry>)>,
+    ) -> Result<Vec<Option<Lookup>>> {
+        let mut answers: Vec<Option<Lookup>> = vec![None; keys.len()];
+        let Some((_, loader)) = keys.first().and_then(|(key, _)| self.loaders.for_key(key)) else {
+            return Ok(answers);
+        };
         let lease_ttl = Duration::from_millis(self.read_through.lease_ttl_ms);
         let tokens: Vec<LeaseToken> = keys.iter().map(|_| rand::random()).collect();
         let leases = futures::future::join_all(
@@ -409,69 +444,71 @@ impl Core {
                 .map(|((key, _), token)| self.store.try_lease(key, *token, lease_ttl)),
         )
         .await;
-        let leased: Vec<usize> = leases
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| matches!(r, Ok(true)).then_some(i))
-            .collect();
-
-        let mut answers: Vec<Option<Lookup>> = vec![None; keys.len()];
-        if let Some(&first) = leased.first()
-            && let Some((_, loader)) = self.loaders.for_key(&keys[first].0)
-        {
-            let batch: Vec<Key> = leased.iter().map(|&i| keys[i].0.clone()).collect();
-            let started = Instant::now();
-            match loader.load_many(&batch).await {
-                Ok(loaded) => {
-                    let elapsed = started.elapsed();
-                    let fills = leased.iter().zip(loaded).map(|(&i, loaded)| {
-                        let key = &keys[i].0;
-                        let policy = self.policies.for_key(key);
-                        let (write, lookup) = self.entry_for(key, policy, loaded, elapsed);
-                        let token = tokens[i];
-                        let store = &self.store;
-                        async move { (i, store.fill(token, &write).await, lookup) }
-                    });
-                    for (i, filled, lookup) in futures::future::join_all(fills).await {
-                        // A voided fill is retried through the key's own flight below.
-                        if !matches!(filled, Ok(false)) {
-                            answers[i] = Some(lookup);
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, keys = batch.len(), "batch loader failed");
-                    for &i in &leased {
-                        let _ = self.store.release_lease(&keys[i].0, tokens[i]).await;
-                    }
-                }
+        let mut leased = Vec::new();
+        for (i, lease) in leases.iter().enumerate() {
+            self.observe(lease);
+            if matches!(lease, Ok(true)) {
+                leased.push(i);
             }
         }
+        if leased.is_empty() {
+            return Ok(answers);
+        }
 
-        let rest = answers
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| a.is_none())
-            .map(|(i, _)| i)
-            .collect::<Vec<_>>();
-        let singles = rest.iter().map(|&i| {
-            let core = self.clone();
-            let (key, stale) = keys[i].clone();
-            async move {
-                core.join_flight(key.clone(), |core| core.fly(key, stale).boxed())
-                    .await
+        let batch: Vec<Key> = leased.iter().map(|&i| keys[i].0.clone()).collect();
+        let started = Instant::now();
+        let loaded = match loader.load_many(&batch).await {
+            Ok(loaded) if loaded.len() == batch.len() => loaded,
+            outcome => {
+                let error = match outcome {
+                    Err(error) => error,
+                    Ok(loaded) => Error::LoaderFailed {
+                        key: batch[0].to_string(),
+                        source: format!("{} answers for {} keys", loaded.len(), batch.len()).into(),
+                    },
+                };
+                tracing::warn!(%error, keys = batch.len(), "batch loader failed");
+                for &i in &leased {
+                    let _ = self.store.release_lease(&keys[i].0, tokens[i]).await;
+                }
+                // Serve what stale_if_error allows; without it, the whole read fails: no per-key retries
+                // against a loader that just failed.
+                for &i in &leased {
+                    let policy = self.policies.for_key(&keys[i].0);
+                    match keys[i]
+                        .1
+                        .as_ref()
+                        .filter(|e| stale_if_error_allows(e, policy))
+                    {
+                        Some(entry) => answers[i] = Some(Lookup::from_entry(entry, Source::Stale)),
+                        None => return Err(error),
+                    }
+                }
+                return Ok(answers);
             }
+        };
+        let elapsed = started.elapsed();
+        let fills = leased.iter().zip(loaded).map(|(&i, loaded)| {
+            let key = &keys[i].0;
+            let policy = self.policies.for_key(key);
+            let (write, lookup) = self.entry_for(key, policy, loaded, elapsed);
+            let token = tokens[i];
+            let store = &self.store;
+            async move { (i, store.fill(token, &write).await, lookup) }
         });
-        for (i, lookup) in rest
-            .iter()
-            .zip(futures::future::try_join_all(singles).await?)
-        {
-            answers[*i] = Some(lookup);
+        for (i, filled, lookup) in futures::future::join_all(fills).await {
+            // A voided fill is settled by the key's own flight (which serves a newer Set or loads again).
+            if !matches!(filled, Ok(false)) {
+                answers[i] = Some(lookup);
+            }
         }
-        Ok(answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(Lookup::miss))
-            .collect())
+        Ok(answers)
+    }
+
+    /// Joins (or starts) the single-key flight of `key`.
+    async fn load_one(self: Arc<Self>, key: Key, stale: Option<Entry>) -> Result<Lookup> {
+        self.join_flight(key.clone(), |core| core.fly(key, stale).boxed())
+            .await
     }
 
     /// Builds the store write and the answer for what a loader returned.
@@ -511,41 +548,59 @@ impl Core {
     /// Refreshes `key` in the background unless this replica already is; only the lease holder loads, so across
     /// replicas one refresh runs per key.
     fn refresh_in_background(self: Arc<Self>, key: Key) {
-        if !self
-            .flights
-            .refreshing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone())
-        {
+        if !lock(&self.flights.refreshing).insert(key.clone()) {
             return;
         }
         tokio::spawn(async move {
+            let _landing = OnDrop(|| {
+                lock(&self.flights.refreshing).remove(&key);
+            });
+            let Some((_, loader)) = self.loaders.for_key(&key) else {
+                return;
+            };
             let token: LeaseToken = rand::random();
             let lease_ttl = Duration::from_millis(self.read_through.lease_ttl_ms);
-            if let (Ok(true), Some((_, loader))) = (
-                self.store.try_lease(&key, token, lease_ttl).await,
-                self.loaders.for_key(&key),
-            ) {
-                let policy = self.policies.for_key(&key);
-                let started = Instant::now();
-                match loader.load(&key).await {
-                    Ok(loaded) => {
-                        let (write, _) = self.entry_for(&key, policy, loaded, started.elapsed());
-                        let _ = self.store.fill(token, &write).await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(key = %key, %error, "background refresh failed");
-                        let _ = self.store.release_lease(&key, token).await;
-                    }
+            // Someone else holds the lease: they are loading it already.
+            if !matches!(self.store.try_lease(&key, token, lease_ttl).await, Ok(true)) {
+                return;
+            }
+            let policy = self.policies.for_key(&key);
+            let started = Instant::now();
+            match loader.load(&key).await {
+                Ok(loaded) => {
+                    let (write, _) = self.entry_for(&key, policy, loaded, started.elapsed());
+                    let _ = self.store.fill(token, &write).await;
+                }
+                Err(error) => {
+                    tracing::warn!(key = %key, %error, "background refresh failed");
+                    let _ = self.store.release_lease(&key, token).await;
                 }
             }
-            self.flights
-                .refreshing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
         });
+    }
+}
+
+/// Whether an expired entry may stand in for a failed load.
+fn stale_if_error_allows(entry: &Entry, policy: &Policy) -> bool {
+    entry.value.is_some()
+        && entry
+            .stale_for()
+            .is_some_and(|s| s <= policy.stale_if_error)
+}
+
+/// Locks a flight map; a panic elsewhere cannot leave it inconsistent (each step is one insert or remove).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs its closure when dropped: cleanup that must happen however a task ends.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
     }
 }
 

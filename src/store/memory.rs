@@ -17,6 +17,8 @@ use tokio::sync::broadcast;
 
 /// Bytes charged per entry on top of key and value, for the map's own bookkeeping.
 const ENTRY_OVERHEAD_BYTES: usize = 96;
+/// Outstanding leases above which expired ones are swept on the next lease taken.
+const LEASE_SWEEP_THRESHOLD: usize = 1024;
 /// Lease events buffered for slow subscribers before the oldest are dropped (waiters also poll).
 const EVENT_BUFFER: usize = 4096;
 
@@ -150,6 +152,10 @@ impl Store for MemoryStore {
     async fn try_lease(&self, key: &Key, token: LeaseToken, ttl: Duration) -> Result<bool> {
         let now = Instant::now();
         let mut leases = self.leases();
+        // Leases of holders that never came back expire; sweep them before the map grows (amortised O(1)).
+        if leases.len() >= LEASE_SWEEP_THRESHOLD {
+            leases.retain(|_, &mut (_, expires)| expires > now);
+        }
         match leases.get(key.as_str()) {
             Some(&(_, expires)) if expires > now => Ok(false),
             _ => {

@@ -12,6 +12,7 @@
 
 mod memory;
 mod redis;
+mod redis_layout;
 
 pub use memory::MemoryStore;
 pub use redis::RedisStore;

@@ -2,13 +2,19 @@
 //!
 //! On a cluster, multi-key commands must stay inside one hash slot (MGET across slots fails with CROSSSLOT), so
 //! batches are grouped by slot and the per-slot commands are sent concurrently; fred pipelines them on each
-//! primary's connection, so a batch costs about one round trip per primary. Pattern deletion SCANs every primary
-//! (never KEYS) and UNLINKs page by page, so Redis stays responsive while a large pattern is deleted.
+//! primary's connection, so a batch costs about one round trip per primary. Pattern deletion never uses KEYS.
 //!
-//! A key's lease lives at `{<key>}:lease`. Keys never contain braces, so the hash tag is exactly the key: the
-//! lease always sits in its key's slot, which lets one Lua script check the lease and write the value atomically
-//! on any cluster topology, and no caller key can collide with a lease key.
+//! Keys are laid out by group (`redis_layout`): a group's values, its index of keys, its epoch and its leases
+//! share one hash slot. That makes the common pattern `user:123:*` one atomic script on one primary whose cost is
+//! the group's size, not the keyspace's. Patterns that span groups (`user:*:posts`) SCAN every primary instead,
+//! a page at a time, so Redis stays responsive while a large pattern is deleted.
+//!
+//! Eviction can drop bookkeeping (the chart sets `allkeys-lru`); it may then invalidate more than asked, never
+//! less: every value carries its group's epoch and is served only while the epoch key still holds it; a write
+//! that finds the group's index missing starts a new epoch (so values the lost index knew of are dropped), and so
+//! does a pattern invalidation that finds the index missing.
 
+use super::redis_layout::{self as layout, Found};
 use super::{LeaseToken, Store, StoreWrite};
 use crate::config::Config;
 use crate::keys::{Key, Pattern};
@@ -18,8 +24,9 @@ use bytes::Bytes;
 use fred::clients::{Client, SubscriberClient};
 use fred::prelude::{
     Builder, ClientLike, Config as FredConfig, Error as FredError, ErrorKind, EventInterface,
-    Expiration, KeysInterface, PubsubInterface, ReconnectPolicy,
+    KeysInterface, PubsubInterface, ReconnectPolicy,
 };
+use fred::types::Value;
 use fred::types::scan::{ScanResult, Scanner};
 use fred::types::scripts::Script;
 use futures::{Stream, StreamExt, future};
@@ -33,62 +40,138 @@ use tokio::sync::broadcast;
 const LEASE_CHANNEL: &str = "cachecoord:lease-events";
 /// Lease events buffered for slow local subscribers before the oldest are dropped (waiters also poll).
 const EVENT_BUFFER: usize = 4096;
+/// Bytes of group epoch in front of every stored value.
+const EPOCH_LEN: usize = 8;
 
-/// Set, voiding the lease. With ARGV[3] = "1", refuse when the stored entry's version (envelope bytes 11..19,
-/// big-endian, see `cache::entry`) exceeds ARGV[4] (8 big-endian bytes). Compared byte by byte: Lua's string
-/// `<` follows the server's collation locale, not byte order.
+/// Shared by the write scripts: `extend` lengthens a bookkeeping key's TTL to cover a new member; `epoch_for`
+/// answers the group epoch a write must carry, starting a new one (ARGV `fresh`) when the epoch or the index is
+/// missing, since a missing index may have forgotten live values.
+const WRITE_HELPERS: &str = r"
+local function extend(key, ttl)
+  local left = redis.call('PTTL', key)
+  if left == -1 or left < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+local function epoch_for(epoch_key, index_key, fresh, ttl)
+  local epoch = redis.call('GET', epoch_key)
+  if not epoch or redis.call('EXISTS', index_key) == 0 then
+    epoch = fresh
+    redis.call('SET', epoch_key, epoch, 'PX', ttl)
+  else
+    extend(epoch_key, ttl)
+  end
+  return epoch
+end
+local function store(k, member, value, ttl, fresh)
+  local epoch = epoch_for(k[5], k[3], fresh, ttl)
+  redis.call('SET', k[1], epoch .. value, 'PX', ttl)
+  redis.call('SADD', k[3], member)
+  extend(k[3], ttl)
+  redis.call('DEL', k[2])
+  redis.call('SREM', k[4], member)
+end
+";
+
+/// Set. KEYS: value, lease, index, lease set, epoch. ARGV: envelope, ttl ms, versioned ("1"/"0"), version (8 B
+/// big-endian), member, fresh epoch. A versioned write is refused when the live stored entry's version
+/// (envelope bytes 11..19, see `cache::entry`, after the 8-byte epoch) is higher; compared byte by byte because
+/// Lua's string `<` follows the server's collation locale.
 static SET_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
-        r"
+    Script::from_lua(format!(
+        r"{WRITE_HELPERS}
+local ttl = tonumber(ARGV[2])
 if ARGV[3] == '1' then
   local cur = redis.call('GET', KEYS[1])
-  if cur and string.len(cur) >= 23 and string.byte(cur, 1) == 204 and string.byte(cur, 2) == 2 then
+  local epoch = redis.call('GET', KEYS[5])
+  if cur and epoch and string.len(cur) >= 31 and string.sub(cur, 1, 8) == epoch
+      and string.byte(cur, 9) == 204 and string.byte(cur, 10) == 2 then
     for i = 1, 8 do
-      local old, new = string.byte(cur, 11 + i), string.byte(ARGV[4], i)
+      local old, new = string.byte(cur, 19 + i), string.byte(ARGV[4], i)
       if old > new then return 0 end
       if old < new then break end
     end
   end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('DEL', KEYS[2])
+store(KEYS, ARGV[5], ARGV[1], ttl, ARGV[6])
+return 1"
+    ))
+});
+
+/// Fill: write only while ARGV[1] holds the lease, then release it. KEYS as SET_SCRIPT. ARGV: token, envelope,
+/// ttl ms, member, fresh epoch.
+static FILL_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(format!(
+        r"{WRITE_HELPERS}
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+store(KEYS, ARGV[4], ARGV[2], tonumber(ARGV[3]), ARGV[5])
+return 1"
+    ))
+});
+
+/// Take a lease. KEYS: lease, lease set. ARGV: token, ttl ms, member.
+static LEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[2], ARGV[3])
+local left = redis.call('PTTL', KEYS[2])
+if left == -1 or left < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
 return 1",
     )
 });
 
-/// Fill: write only while ARGV[1] holds the lease, then release it.
-static FILL_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
-        r"
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-return 0",
-    )
-});
-
-/// Release the lease if ARGV[1] still holds it.
+/// Release a lease still held by ARGV[1]. KEYS: lease, lease set. ARGV: token, member.
 static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0",
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+return 1",
     )
 });
 
-/// Invalidate keys of one slot: KEYS alternates lease, key. Each lease is voided before its key is deleted, in
-/// one atomic step, so no fill can land in between. Answers how many keys existed.
+/// Invalidate keys of one slot. KEYS: per key, value, lease, index, lease set. ARGV: per key, its member. Each
+/// lease is voided before its value is deleted, in one atomic step, so no fill can land in between. Answers how
+/// many values existed.
 static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r"
 local n = 0
-for i = 1, #KEYS, 2 do
-  redis.call('DEL', KEYS[i])
-  n = n + redis.call('UNLINK', KEYS[i + 1])
+for i = 1, #ARGV do
+  local b = (i - 1) * 4
+  redis.call('DEL', KEYS[b + 2])
+  redis.call('SREM', KEYS[b + 4], ARGV[i])
+  n = n + redis.call('UNLINK', KEYS[b + 1])
+  redis.call('SREM', KEYS[b + 3], ARGV[i])
+end
+return n",
+    )
+});
+
+/// Invalidate the keys of one group matching a pattern. KEYS: index, lease set, epoch. ARGV: Lua pattern over
+/// members, group tag, fresh epoch. Voids matching leases first, then deletes matching values. If the index is
+/// gone (evicted, or every member expired) while the epoch lives, the whole group is dropped by a new epoch:
+/// more than asked, never less. Cost: the size of the group, whatever the size of the keyspace.
+static GROUP_PATTERN_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r"
+local pattern, tag = ARGV[1], ARGV[2]
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if string.match(member, pattern) then
+    redis.call('DEL', tag .. '#lease' .. member)
+    redis.call('SREM', KEYS[2], member)
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('SET', KEYS[3], ARGV[3], 'KEEPTTL') end
+  return 0
+end
+local n = 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if string.match(member, pattern) then
+    n = n + redis.call('UNLINK', tag .. member)
+    redis.call('SREM', KEYS[1], member)
+  end
 end
 return n",
     )
@@ -165,12 +248,12 @@ impl RedisStore {
         })
     }
 
-    /// Groups item indices by hash slot; on a standalone server everything is one group.
+    /// Groups item indices by hash slot (of their group tag); on a standalone server everything is one group.
     fn by_slot<'k>(&self, keys: impl Iterator<Item = &'k str>) -> BTreeMap<u16, Vec<usize>> {
         let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
         for (index, key) in keys.enumerate() {
             let slot = if self.clustered {
-                fred::util::redis_keyslot(key.as_bytes())
+                fred::util::redis_keyslot(layout::split(key).0.as_bytes())
             } else {
                 0
             };
@@ -183,25 +266,40 @@ impl RedisStore {
     async fn delete_keys(&self, keys: &[&str]) -> Result<u64> {
         let groups = self.by_slot(keys.iter().copied());
         let deletes = groups.values().map(|indices| {
-            let script_keys: Vec<String> = indices
-                .iter()
-                .flat_map(|&i| [lease_key(keys[i]), keys[i].to_owned()])
-                .collect();
-            DELETE_SCRIPT.evalsha_with_reload::<u64, _, _>(&self.client, script_keys, ())
+            let mut script_keys = Vec::with_capacity(indices.len() * 4);
+            let mut members = Vec::with_capacity(indices.len());
+            for &i in indices {
+                let (group, rest) = layout::split(keys[i]);
+                script_keys.extend([
+                    layout::value_key(keys[i]),
+                    layout::lease_key(keys[i]),
+                    layout::index_key(group),
+                    layout::leases_key(group),
+                ]);
+                members.push(rest.to_owned());
+            }
+            DELETE_SCRIPT.evalsha_with_reload::<u64, _, _>(&self.client, script_keys, members)
         });
         let counts = future::try_join_all(deletes).await.map_err(backend_error)?;
         Ok(counts.into_iter().sum())
     }
 
-    /// Unlinks `keys` as they are (used for lease keys found by SCAN), one UNLINK per slot.
-    async fn unlink_keys(&self, keys: &[&str]) -> Result<u64> {
-        let groups = self.by_slot(keys.iter().copied());
-        let unlinks = groups.values().map(|indices| {
-            let group: Vec<&str> = indices.iter().map(|&i| keys[i]).collect();
-            self.client.unlink::<u64, _>(group)
-        });
-        let counts = future::try_join_all(unlinks).await.map_err(backend_error)?;
-        Ok(counts.into_iter().sum())
+    /// Pattern invalidation within one group: one script on the group's slot.
+    async fn delete_in_group(&self, group: &str, rest_pattern: &str) -> Result<u64> {
+        let keys = vec![
+            layout::index_key(group),
+            layout::leases_key(group),
+            layout::epoch_key(group),
+        ];
+        let args: Vec<Value> = vec![
+            layout::glob_to_lua(rest_pattern).into(),
+            layout::tag(group).into(),
+            fresh_epoch(),
+        ];
+        GROUP_PATTERN_SCRIPT
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(backend_error)
     }
 
     fn scan(&self, pattern: String) -> ScanPages {
@@ -213,7 +311,7 @@ impl RedisStore {
         }
     }
 
-    /// Runs `apply` on every page of keys matching `pattern`, on every primary; answers the sum of its results.
+    /// Runs `apply` on every page of Redis keys matching `pattern`, on every primary; answers the sum.
     async fn for_each_scan_page<F, Fut>(&self, pattern: String, apply: F) -> Result<u64>
     where
         F: Fn(Vec<String>) -> Fut,
@@ -244,21 +342,95 @@ impl RedisStore {
         Ok(total)
     }
 
+    /// Pattern invalidation across groups: SCAN every primary (twice: leases first, so a fill racing the scan is
+    /// refused or deleted) and delete what matches. Cost: the keyspace of the pattern's entity.
+    async fn delete_by_scan(&self, pattern: &Pattern) -> Result<u64> {
+        let entity = pattern.as_str().split(':').next().unwrap_or_default();
+        let redis_pattern = if entity.contains(['*', '?']) || !pattern.as_str().contains(':') {
+            "{*".to_owned()
+        } else {
+            format!("{{{entity}:*")
+        };
+        self.for_each_scan_page(redis_pattern.clone(), |page| async move {
+            let leases: Vec<String> = page
+                .iter()
+                .filter_map(|redis_key| match layout::classify(redis_key) {
+                    Found::Lease(key) if pattern.matches(&key) => Some(key),
+                    _ => None,
+                })
+                .collect();
+            for key in &leases {
+                let (group, rest) = layout::split(key);
+                let _: () = self
+                    .client
+                    .del(layout::lease_key(key))
+                    .await
+                    .map_err(backend_error)?;
+                let _: () = fred::interfaces::SetsInterface::srem(
+                    &self.client,
+                    layout::leases_key(group),
+                    rest,
+                )
+                .await
+                .map_err(backend_error)?;
+            }
+            Ok(0)
+        })
+        .await?;
+        self.for_each_scan_page(redis_pattern, |page| async move {
+            let keys: Vec<String> = page
+                .iter()
+                .filter_map(|redis_key| match layout::classify(redis_key) {
+                    Found::Value(key) if pattern.matches(&key) => Some(key),
+                    _ => None,
+                })
+                .collect();
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            if keys.is_empty() {
+                Ok(0)
+            } else {
+                self.delete_keys(&keys).await
+            }
+        })
+        .await
+    }
+
     async fn announce(&self, key: &str) {
         // Best effort: waiters poll as well, so a lost announcement only costs them a poll interval.
         if let Err(error) = self.client.publish::<(), _, _>(LEASE_CHANNEL, key).await {
             tracing::debug!(%error, key, "could not announce a lease event");
         }
     }
+
+    /// Runs a write script (SET_SCRIPT or FILL_SCRIPT) whose KEYS are the five of `key`'s layout.
+    async fn write_script(&self, script: &Script, key: &Key, args: Vec<Value>) -> Result<bool> {
+        let (group, _) = layout::split(key.as_str());
+        let keys = vec![
+            layout::value_key(key.as_str()),
+            layout::lease_key(key.as_str()),
+            layout::index_key(group),
+            layout::leases_key(group),
+            layout::epoch_key(group),
+        ];
+        let written: i64 = script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(backend_error)?;
+        Ok(written == 1)
+    }
 }
 
-/// Where `key`'s lease lives: hash-tagged by the whole key, so it shares the key's slot.
-fn lease_key(key: &str) -> String {
-    format!("{{{key}}}:lease")
+/// 8 random bytes, offered to a script in case the group needs a new epoch.
+fn fresh_epoch() -> Value {
+    Bytes::copy_from_slice(&rand::random::<[u8; EPOCH_LEN]>()).into()
 }
 
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+fn member(key: &Key) -> String {
+    layout::split(key.as_str()).1.to_owned()
 }
 
 #[async_trait]
@@ -266,10 +438,37 @@ impl Store for RedisStore {
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
         let groups = self.by_slot(keys.iter().map(Key::as_str));
         let reads = groups.into_values().map(|indices| async move {
-            let group: Vec<&str> = indices.iter().map(|&i| keys[i].as_str()).collect();
-            // A one-key MGET still answers an array, so one code path serves every group size.
-            let values: Vec<Option<Bytes>> = self.client.mget(group).await?;
-            Ok::<_, FredError>((indices, values))
+            // One MGET per slot: the values, then the epochs of their groups (same slot by construction).
+            let mut epochs: Vec<&str> = indices
+                .iter()
+                .map(|&i| layout::split(keys[i].as_str()).0)
+                .collect();
+            epochs.sort_unstable();
+            epochs.dedup();
+            let mut redis_keys: Vec<String> = indices
+                .iter()
+                .map(|&i| layout::value_key(keys[i].as_str()))
+                .collect();
+            redis_keys.extend(epochs.iter().map(|group| layout::epoch_key(group)));
+            let mut values: Vec<Option<Bytes>> = self.client.mget(redis_keys).await?;
+            let epoch_values = values.split_off(indices.len());
+            let epoch_of = |group: &str| {
+                epochs
+                    .binary_search(&group)
+                    .ok()
+                    .and_then(|at| epoch_values[at].clone())
+            };
+            let answers: Vec<Option<Bytes>> = indices
+                .iter()
+                .zip(values)
+                .map(|(&i, value)| {
+                    let value = value?;
+                    let epoch = epoch_of(layout::split(keys[i].as_str()).0)?;
+                    (value.len() >= EPOCH_LEN && value[..EPOCH_LEN] == epoch[..])
+                        .then(|| value.slice(EPOCH_LEN..))
+                })
+                .collect();
+            Ok::<_, FredError>((indices, answers))
         });
         let mut answers = vec![None; keys.len()];
         for (indices, values) in future::try_join_all(reads).await.map_err(backend_error)? {
@@ -282,18 +481,18 @@ impl Store for RedisStore {
 
     async fn set_many(&self, writes: &[StoreWrite]) -> Result<Vec<bool>> {
         let sets = writes.iter().map(|write| {
-            let keys = vec![write.key.as_str().to_owned(), lease_key(write.key.as_str())];
             let version = write.version.unwrap_or(0).to_be_bytes();
-            let args: Vec<fred::types::Value> = vec![
+            let args: Vec<Value> = vec![
                 write.value.clone().into(),
                 ttl_ms(write.ttl).into(),
                 if write.version.is_some() { "1" } else { "0" }.into(),
                 Bytes::copy_from_slice(&version).into(),
+                member(&write.key).into(),
+                fresh_epoch(),
             ];
-            SET_SCRIPT.evalsha_with_reload::<i64, _, _>(&self.client, keys, args)
+            self.write_script(&SET_SCRIPT, &write.key, args)
         });
-        let applied = future::try_join_all(sets).await.map_err(backend_error)?;
-        Ok(applied.into_iter().map(|n| n == 1).collect())
+        future::try_join_all(sets).await
     }
 
     async fn delete_many(&self, keys: &[Key]) -> Result<u64> {
@@ -302,59 +501,52 @@ impl Store for RedisStore {
     }
 
     async fn delete_matching(&self, pattern: &Pattern) -> Result<u64> {
-        // Leases first: a fill that lands after its lease is gone is refused, and one that landed before is
-        // deleted by the key scan that follows.
-        self.for_each_scan_page(lease_key(pattern.as_str()), |leases| async move {
-            let leases: Vec<&str> = leases.iter().map(String::as_str).collect();
-            self.unlink_keys(&leases).await
-        })
-        .await?;
-        self.for_each_scan_page(pattern.as_str().to_owned(), |keys| async move {
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            self.delete_keys(&keys).await
-        })
-        .await
+        match pattern.group_scope() {
+            Some((group, rest)) => self.delete_in_group(group, rest).await,
+            None => self.delete_by_scan(pattern).await,
+        }
     }
 
     async fn try_lease(&self, key: &Key, token: LeaseToken, ttl: Duration) -> Result<bool> {
-        let taken: Option<String> = self
-            .client
-            .set(
-                lease_key(key.as_str()),
-                token.to_string(),
-                Some(Expiration::PX(ttl_ms(ttl))),
-                Some(fred::types::SetOptions::NX),
-                false,
-            )
-            .await
-            .map_err(backend_error)?;
-        Ok(taken.is_some())
-    }
-
-    async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<bool> {
-        let keys = vec![write.key.as_str().to_owned(), lease_key(write.key.as_str())];
-        let args: Vec<fred::types::Value> = vec![
-            token.to_string().into(),
-            write.value.clone().into(),
-            ttl_ms(write.ttl).into(),
+        let keys = vec![
+            layout::lease_key(key.as_str()),
+            layout::leases_key(layout::split(key.as_str()).0),
         ];
-        let filled: i64 = FILL_SCRIPT
+        let args: Vec<Value> = vec![
+            token.to_string().into(),
+            ttl_ms(ttl).into(),
+            member(key).into(),
+        ];
+        let taken: i64 = LEASE_SCRIPT
             .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(backend_error)?;
-        if filled == 1 {
+        Ok(taken == 1)
+    }
+
+    async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<bool> {
+        let args: Vec<Value> = vec![
+            token.to_string().into(),
+            write.value.clone().into(),
+            ttl_ms(write.ttl).into(),
+            member(&write.key).into(),
+            fresh_epoch(),
+        ];
+        let filled = self.write_script(&FILL_SCRIPT, &write.key, args).await?;
+        if filled {
             self.announce(write.key.as_str()).await;
         }
-        Ok(filled == 1)
+        Ok(filled)
     }
 
     async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<()> {
+        let keys = vec![
+            layout::lease_key(key.as_str()),
+            layout::leases_key(layout::split(key.as_str()).0),
+        ];
+        let args: Vec<Value> = vec![token.to_string().into(), member(key).into()];
         let released: i64 = RELEASE_SCRIPT
-            .evalsha_with_reload(
-                &self.client,
-                vec![lease_key(key.as_str())],
-                token.to_string(),
-            )
+            .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(backend_error)?;
         if released == 1 {
@@ -383,9 +575,15 @@ fn backend_error(error: FredError) -> Error {
             | ErrorKind::Cluster
             | ErrorKind::Routing
             | ErrorKind::Backpressure
-    ) || ["CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN"]
-        .iter()
-        .any(|code| error.details().starts_with(code));
+    ) || [
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "LOADING",
+        "MASTERDOWN",
+        "READONLY",
+    ]
+    .iter()
+    .any(|code| error.details().starts_with(code));
     let source = Box::new(error);
     if transient {
         Error::BackendUnavailable { source }

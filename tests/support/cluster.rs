@@ -96,10 +96,12 @@ impl RedisCluster {
         ports
     }
 
-    /// Keys matching `pattern` held by the primary on `port`, read straight from that node.
+    /// Value keys (not bookkeeping) matching the Redis glob `pattern` held by the node on `port`, read straight
+    /// from that node. Values of key `user:1:posts` are stored at `{user:1}:posts`.
     pub fn keys_on_node(&self, port: u16, pattern: &str) -> Vec<String> {
         let mut keys: Vec<String> = redis_cli(port, &["--scan", "--pattern", pattern])
             .lines()
+            .filter(|key| !key.contains("}#"))
             .map(str::to_owned)
             .collect();
         keys.sort();
