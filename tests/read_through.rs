@@ -5,7 +5,8 @@ mod support;
 
 use cachecoord::proto::cache_service_client::CacheServiceClient;
 use cachecoord::proto::{
-    BatchGetRequest, GetRequest, GetResponse, InvalidateRequest, SetRequest, Source,
+    BatchGetRequest, GetRequest, GetResponse, InvalidatePatternRequest, InvalidateRequest,
+    SetRequest, Source,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -82,9 +83,24 @@ async fn a_stampede_across_three_replicas_loads_once() {
     assert_eq!(by_source.get("Loaded"), Some(&1));
 }
 
+/// How the racing writer invalidates.
+#[derive(Clone, Copy)]
+enum Invalidation {
+    /// Invalidate of the key itself.
+    Key,
+    /// InvalidatePattern scoped to the key's `{entity}:{id}` group (one script on one primary).
+    GroupPattern,
+    /// InvalidatePattern spanning groups (SCAN on every primary).
+    ScanPattern,
+}
+
 /// The race that breaks naive cache-aside: a reader misses and loads the old row; meanwhile a writer updates the
 /// row and invalidates. Answers how many of `rounds` left a stale value in the cache after quiescence.
 async fn stale_values_after_racing_invalidations(leases: bool, rounds: usize) -> usize {
+    stale_values_after_racing(leases, rounds, Invalidation::Key).await
+}
+
+async fn stale_values_after_racing(leases: bool, rounds: usize, how: Invalidation) -> usize {
     let loader = TestLoader::start().await;
     loader.source.set_delay(Duration::from_millis(20));
     let mut config = Backend::Cluster.config();
@@ -100,7 +116,13 @@ async fn stale_values_after_racing_invalidations(leases: bool, rounds: usize) ->
         let source = loader.source.clone();
         let mut client = client.clone();
         let stale = stale.clone();
-        let key = format!("user:{id}:{k}");
+        let key = format!("user:{id}x{k}:data");
+        let pattern = match how {
+            Invalidation::Key => None,
+            Invalidation::GroupPattern => Some(format!("user:{id}x{k}:*")),
+            // A wildcard in the id sends the pattern down the cross-group SCAN path.
+            Invalidation::ScanPattern => Some(format!("user:?{}x{k}:da*", &id[1..])),
+        };
         tokio::spawn(async move {
             for round in 0..rounds / PARALLEL_KEYS {
                 let (old, new) = (format!("v{}", 2 * round), format!("v{}", 2 * round + 1));
@@ -112,12 +134,17 @@ async fn stale_values_after_racing_invalidations(leases: bool, rounds: usize) ->
                 // Wait until the loader has read the old row, then update the row and invalidate.
                 while reads.recv().await.unwrap() != key {}
                 source.put(&key, new.as_bytes());
-                client
-                    .invalidate(InvalidateRequest {
-                        keys: vec![key.clone()],
-                    })
-                    .await
-                    .unwrap();
+                match &pattern {
+                    None => {
+                        let keys = vec![key.clone()];
+                        client.invalidate(InvalidateRequest { keys }).await.unwrap();
+                    }
+                    Some(pattern) => {
+                        let pattern = pattern.clone();
+                        let request = InvalidatePatternRequest { pattern };
+                        client.invalidate_pattern(request).await.unwrap();
+                    }
+                }
                 read.await.unwrap();
                 let after = cached(&mut client, &key).await;
                 if after.found && after.value != new.as_bytes() {
@@ -144,6 +171,24 @@ async fn racing_invalidations_never_leave_stale_values() {
     let stale = stale_values_after_racing_invalidations(true, 1000).await;
     println!("leases on: {stale} stale values in 1000 rounds");
     assert_eq!(stale, 0);
+}
+
+/// The same race against InvalidatePattern, scoped to one group and spanning groups: a fill that started before
+/// the pattern invalidation never makes a matching key visible afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_pattern_invalidations_never_leave_stale_values() {
+    let group = stale_values_after_racing(true, 500, Invalidation::GroupPattern).await;
+    let scan = stale_values_after_racing(true, 200, Invalidation::ScanPattern).await;
+    let unprotected = stale_values_after_racing(false, 100, Invalidation::ScanPattern).await;
+    println!(
+        "leases on: {group} stale in 500 group-pattern rounds, {scan} in 200 scan-pattern rounds; \
+         leases off: {unprotected} stale in 100 scan-pattern rounds"
+    );
+    assert_eq!((group, scan), (0, 0));
+    assert!(
+        unprotected > 0,
+        "the pattern race must be observable without leases"
+    );
 }
 
 /// The same race with leases turned off does write stale values back: the test above can fail.
