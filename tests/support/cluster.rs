@@ -24,6 +24,11 @@ impl RedisCluster {
 
     /// A cluster of this test's own, for tests that kill and restart it.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(&[])
+    }
+
+    /// A cluster of this test's own whose nodes get `extra` redis-server arguments (e.g. a maxmemory).
+    pub fn start_with(extra: &[&str]) -> RedisCluster {
         let dir = tempfile::Builder::new()
             .prefix("cachecoord-cluster-")
             .tempdir()
@@ -34,11 +39,8 @@ impl RedisCluster {
         for port in &ports {
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
-            pidfiles.push(start_redis(
-                &node_dir,
-                *port,
-                &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
-            ));
+            let args: Vec<&str> = CLUSTER_ARGS.iter().chain(extra).copied().collect();
+            pidfiles.push(start_redis(&node_dir, *port, &args));
         }
         on_process_exit(&stop_script(&pidfiles, &dir));
         for port in &ports {
