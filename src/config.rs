@@ -43,6 +43,20 @@ pub struct Cli {
     /// Log filter, e.g. info or cachecoord=debug [default: info].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    /// What to do; serving is the default.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands besides serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Serve cachecoord.v1 (the default).
+    Serve,
+    /// Install the Postgres outbox (table, trigger function, and a trigger on every `[[outbox.tables]]` table)
+    /// into the database at `postgres.url`, then exit. Idempotent.
+    Migrate,
 }
 
 /// The root of the configuration tree.
@@ -71,6 +85,54 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// Leases, waiting and the Redis circuit breaker.
     pub read_through: ReadThroughConfig,
+    /// Invalidation driven by Postgres row changes.
+    pub outbox: OutboxConfig,
+}
+
+/// The Postgres outbox listener (uses `postgres.url`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Listen for outbox rows and apply them. Default false.
+    pub enabled: bool,
+    /// Rows applied per transaction. Default 500.
+    pub batch_size: i64,
+    /// Safety poll of the outbox in milliseconds, in case a NOTIFY is missed. Default 1000.
+    pub poll_interval_ms: u64,
+    /// Which keys and patterns each table's changed row invalidates.
+    pub tables: Vec<OutboxTable>,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            enabled: false,
+            batch_size: 500,
+            poll_interval_ms: 1000,
+            tables: Vec::new(),
+        }
+    }
+}
+
+/// One table's mapping from a changed row to cache keys.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxTable {
+    /// Table name (in the search path), e.g. `users`.
+    pub table: String,
+    /// Column holding the row id. Default `id`.
+    #[serde(default = "default_id_column")]
+    pub id_column: String,
+    /// Keys to invalidate; `{id}` is replaced by the row id, e.g. `user:{id}`.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Patterns to invalidate; `{id}` is replaced by the row id, e.g. `user:{id}:*` or `posts:page:*`.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+}
+
+fn default_id_column() -> String {
+    "id".into()
 }
 
 /// One loader route.
@@ -284,6 +346,7 @@ impl Default for Config {
             loaders: Vec::new(),
             postgres: PostgresConfig::default(),
             read_through: ReadThroughConfig::default(),
+            outbox: OutboxConfig::default(),
         }
     }
 }
@@ -448,6 +511,31 @@ impl Config {
                 return fail(format!(
                     "loader {:?}: timeout_ms and max_concurrency must be positive",
                     loader.pattern
+                ));
+            }
+        }
+        if self.outbox.enabled && self.postgres.url.is_none() {
+            return fail("outbox.enabled needs postgres.url".into());
+        }
+        for table in &self.outbox.tables {
+            let sample = |template: &str| template.replace("{id}", "1");
+            for key in &table.keys {
+                if let Err(e) = crate::keys::Key::parse(&sample(key), self.limits.max_key_bytes) {
+                    return fail(format!("outbox table {:?}: {e}", table.table));
+                }
+            }
+            for pattern in &table.patterns {
+                let allow = self.invalidation.allow_cross_entity_patterns;
+                if let Err(e) = Pattern::parse(&sample(pattern), self.limits.max_key_bytes, allow) {
+                    return fail(format!("outbox table {:?}: {e}", table.table));
+                }
+            }
+            let plain =
+                |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !plain(&table.table) || !plain(&table.id_column) {
+                return fail(format!(
+                    "outbox table {:?}: table and id_column must be plain identifiers",
+                    table.table
                 ));
             }
         }

@@ -8,6 +8,7 @@
 //! - [`cache`]: the coordinator — validation, per-entity policies, the entry envelope. Talks only to traits.
 //! - [`store`]: the `Store` trait and its backends, `memory` (embedded default) and `redis` (fred), with leases.
 //! - [`loader`]: the `Loader` trait and its backends, `grpc` (the caller's LoaderService) and `postgres`.
+//! - [`invalidation`]: invalidation from outside the API: the Postgres outbox listener and its migration.
 //! - [`server`]: wires store → coordinator → API with health and reflection, and serves.
 //!
 //! A request flows `api` → `cache::Coordinator` → `dyn store::Store`; on a miss the coordinator elects one
@@ -19,6 +20,7 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod invalidation;
 pub mod keys;
 pub mod loader;
 pub mod server;

@@ -1,7 +1,7 @@
 //! The `cachecoord` binary: flags → configuration → logging → server, until SIGTERM or SIGINT.
 
 use anyhow::Context;
-use cachecoord::config::{Cli, Config};
+use cachecoord::config::{Cli, Command, Config};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -13,6 +13,14 @@ async fn main() -> anyhow::Result<()> {
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .context("invalid log_level")?;
     tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    if let Some(Command::Migrate) = cli.command {
+        cachecoord::invalidation::outbox::migrate(&config)
+            .await
+            .context("outbox migration failed")?;
+        tracing::info!("outbox migration applied");
+        return Ok(());
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await

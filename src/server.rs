@@ -4,12 +4,14 @@
 use crate::api::CacheApi;
 use crate::cache::Coordinator;
 use crate::config::Config;
+use crate::invalidation::outbox;
 use crate::loader::Loaders;
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::{proto, store};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 /// Why the server could not start or stopped with an error.
@@ -45,7 +47,7 @@ pub async fn serve(
         .build_v1()
         .map_err(ServerError::Reflection)?;
 
-    let cache_service = CacheServiceServer::new(CacheApi::new(coordinator))
+    let cache_service = CacheServiceServer::new(CacheApi::new(coordinator.clone()))
         // tonic refuses larger requests before buffering them.
         .max_decoding_message_size(config.limits.max_request_bytes);
 
@@ -58,11 +60,22 @@ pub async fn serve(
         store = if config.store.redis_url.is_some() { "redis" } else { "embedded" },
         "cachecoord serving"
     );
-    tonic::transport::Server::builder()
+    // Background work stops when serving does.
+    let (stop, stopped) = watch::channel(false);
+    let outbox = config
+        .outbox
+        .enabled
+        .then(|| tokio::spawn(outbox::run(config.clone(), coordinator.clone(), stopped)));
+    let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(cache_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
-        .map_err(ServerError::Transport)
+        .map_err(ServerError::Transport);
+    let _ = stop.send(true);
+    if let Some(outbox) = outbox {
+        let _ = outbox.await;
+    }
+    served
 }

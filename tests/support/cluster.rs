@@ -34,18 +34,22 @@ impl RedisCluster {
             .tempdir()
             .unwrap()
             .keep();
-        let ports: Vec<u16> = (0..6).map(|_| free_port_with_offset(10_000)).collect();
-        let mut pidfiles = Vec::new();
-        for port in &ports {
+        let args: Vec<&str> = CLUSTER_ARGS.iter().chain(extra).copied().collect();
+        let (mut ports, mut pidfiles) = (Vec::new(), Vec::new());
+        while ports.len() < 6 {
+            let port = free_port_with_offset(10_000);
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
-            let args: Vec<&str> = CLUSTER_ARGS.iter().chain(extra).copied().collect();
-            pidfiles.push(start_redis(&node_dir, *port, &args));
+            let pidfile = start_redis(&node_dir, port, &args);
+            // A port (or its bus port) can be taken between picking and binding: pick another.
+            if answers_ping(port, Duration::from_secs(5)) {
+                ports.push(port);
+                pidfiles.push(pidfile);
+            } else {
+                eprintln!("redis-server did not come up on {port}; trying another port");
+            }
         }
         on_process_exit(&stop_script(&pidfiles, &dir));
-        for port in &ports {
-            wait_for_ping(*port);
-        }
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let output = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -265,14 +269,21 @@ fn stop_script(pidfiles: &[PathBuf], dir: &Path) -> String {
 }
 
 fn wait_for_ping(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    assert!(
+        answers_ping(port, Duration::from_secs(10)),
+        "redis on {port} never answered PING"
+    );
+}
+
+fn answers_ping(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
     while redis_cli(port, &["ping"]).trim() != "PONG" {
-        assert!(
-            Instant::now() < deadline,
-            "redis on {port} never answered PING"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    true
 }
 
 /// Runs redis-cli against one node and answers its stdout.

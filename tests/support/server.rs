@@ -35,6 +35,7 @@ pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -48,7 +49,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
@@ -59,6 +60,7 @@ impl TestServer {
         TestServer {
             addr,
             stop: Some(stop),
+            task: Some(task),
         }
     }
 
@@ -81,6 +83,18 @@ impl TestServer {
             .connect()
             .await
             .unwrap()
+    }
+}
+
+impl TestServer {
+    /// Stops the server and waits until it, and its background tasks, have finished.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
     }
 }
 
