@@ -87,6 +87,33 @@ pub struct Config {
     pub read_through: ReadThroughConfig,
     /// Invalidation driven by Postgres row changes.
     pub outbox: OutboxConfig,
+    /// The per-replica in-process near-cache.
+    pub near_cache: NearCacheConfig,
+}
+
+/// The near-cache: hot keys of opted-in entities answered from this replica's memory, kept coherent by notices
+/// over Redis pub/sub.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NearCacheConfig {
+    /// Memory budget in bytes; 0 turns the near-cache off. Default 0. Entities opt in with
+    /// `near_cache_ttl_secs` in their policy.
+    pub max_bytes: u64,
+    /// How often this replica checks its own subscription by publishing a heartbeat, in ms. Default 200.
+    pub heartbeat_ms: u64,
+    /// Without hearing its own heartbeat for this long (ms), the replica stops serving from the near-cache (it
+    /// may be missing invalidations) until it hears one again, after flushing. Default 1000.
+    pub deaf_after_ms: u64,
+}
+
+impl Default for NearCacheConfig {
+    fn default() -> Self {
+        NearCacheConfig {
+            max_bytes: 0,
+            heartbeat_ms: 200,
+            deaf_after_ms: 1000,
+        }
+    }
 }
 
 /// The Postgres outbox listener (uses `postgres.url`).
@@ -331,6 +358,10 @@ pub struct PolicyConfig {
     /// Overrides `policy_defaults.xfetch_beta` for this policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xfetch_beta: Option<f64>,
+    /// Opts this policy's keys into the near-cache, holding each for at most this many seconds (never past its
+    /// TTL). Unset: never near-cached. Another replica's invalidation reaches this one within the pub/sub delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub near_cache_ttl_secs: Option<u64>,
 }
 
 impl Default for Config {
@@ -347,6 +378,7 @@ impl Default for Config {
             postgres: PostgresConfig::default(),
             read_through: ReadThroughConfig::default(),
             outbox: OutboxConfig::default(),
+            near_cache: NearCacheConfig::default(),
         }
     }
 }
@@ -408,6 +440,7 @@ fn seed_policies() -> Vec<PolicyConfig> {
         stale_while_revalidate_secs: None,
         stale_if_error_secs: None,
         xfetch_beta: None,
+        near_cache_ttl_secs: None,
     };
     vec![
         policy("posts_list", "posts:page:*", 15 * 60),

@@ -62,10 +62,14 @@ pub async fn serve(
     );
     // Background work stops when serving does.
     let (stop, stopped) = watch::channel(false);
-    let outbox = config
-        .outbox
-        .enabled
-        .then(|| tokio::spawn(outbox::run(config.clone(), coordinator.clone(), stopped)));
+    let mut background = Vec::new();
+    if config.outbox.enabled {
+        let listener = outbox::run(config.clone(), coordinator.clone(), stopped.clone());
+        background.push(tokio::spawn(listener));
+    }
+    if let Some(near_cache) = coordinator.background(stopped) {
+        background.push(tokio::spawn(near_cache));
+    }
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
@@ -74,8 +78,8 @@ pub async fn serve(
         .await
         .map_err(ServerError::Transport);
     let _ = stop.send(true);
-    if let Some(outbox) = outbox {
-        let _ = outbox.await;
+    for task in background {
+        let _ = task.await;
     }
     served
 }

@@ -385,6 +385,7 @@ fn brief_policy(pattern: &str, swr: u64, sie: u64) -> cachecoord::config::Policy
         stale_while_revalidate_secs: Some(swr),
         stale_if_error_secs: Some(sie),
         xfetch_beta: Some(0.0),
+        near_cache_ttl_secs: None,
     }
 }
 

@@ -157,6 +157,7 @@ fn lookup_fields(lookup: Lookup) -> (bool, bytes::Bytes, i32, Option<prost_types
         Source::Stale => proto::Source::Stale,
         Source::Fallback => proto::Source::Fallback,
         Source::Negative => proto::Source::Negative,
+        Source::NearHit => proto::Source::NearHit,
     };
     (
         lookup.value.is_some(),

@@ -11,6 +11,7 @@
 
 mod breaker;
 mod entry;
+mod near;
 mod policy;
 mod read_through;
 
@@ -20,14 +21,16 @@ pub use policy::{Policies, Policy};
 use crate::config::{Config, InvalidationConfig, LimitsConfig, ReadThroughConfig};
 use crate::keys::{Key, Pattern};
 use crate::loader::Loaders;
-use crate::store::{Store, StoreWrite};
+use crate::store::{Notice, Store, StoreWrite};
 use crate::{Error, Result};
 use breaker::Breaker;
 use bytes::Bytes;
+use near::NearCache;
 use read_through::Flights;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Where an answer came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +49,8 @@ pub enum Source {
     Fallback,
     /// The cache remembers that the loader found nothing.
     Negative,
+    /// The value came from this replica's near-cache.
+    NearHit,
 }
 
 /// The answer for one key.
@@ -116,6 +121,8 @@ struct Core {
     read_through: ReadThroughConfig,
     breaker: Breaker,
     flights: Flights,
+    /// The near-cache, when `near_cache.max_bytes` is set.
+    near: Option<Arc<NearCache>>,
 }
 
 /// Cache-aside coordination over one store and its loaders.
@@ -140,8 +147,20 @@ impl Coordinator {
                     Duration::from_millis(rt.breaker_cooldown_ms),
                 ),
                 flights: Flights::default(),
+                near: (config.near_cache.max_bytes > 0)
+                    .then(|| Arc::new(NearCache::new(&config.near_cache))),
             }),
         })
+    }
+
+    /// Background work the coordinator needs while serving (the near-cache's notices and heartbeats); runs
+    /// until `stop` turns true. `None` when there is none.
+    pub fn background(
+        &self,
+        stop: watch::Receiver<bool>,
+    ) -> Option<impl Future<Output = ()> + use<>> {
+        let near = self.core.near.clone()?;
+        Some(near.run(self.core.store.clone(), stop))
     }
 
     /// The policy table, for callers that report per-entity figures.
@@ -191,6 +210,7 @@ impl Coordinator {
             .core
             .guarded(self.core.store.set_many(std::slice::from_ref(&write)))
             .await?;
+        self.core.announce(std::slice::from_ref(&write.key)).await?;
         if applied.first() == Some(&false) {
             return Err(Error::StaleVersion {
                 key: write.key.to_string(),
@@ -208,6 +228,8 @@ impl Coordinator {
             .map(|command| self.core.prepare_write(command))
             .collect::<Result<Vec<_>>>()?;
         let applied = self.core.guarded(self.core.store.set_many(&writes)).await?;
+        let keys: Vec<Key> = writes.iter().map(|w| w.key.clone()).collect();
+        self.core.announce(&keys).await?;
         let mut outcome = BatchSetOutcome::default();
         for (write, applied) in writes.iter().zip(applied) {
             if applied {
@@ -228,9 +250,12 @@ impl Coordinator {
             .filter(|raw| seen.insert(raw.as_str()))
             .map(|raw| self.core.parse_key(raw))
             .collect::<Result<Vec<_>>>()?;
-        self.core
+        let deleted = self
+            .core
             .guarded(self.core.store.delete_many(&distinct))
-            .await
+            .await?;
+        self.core.announce(&distinct).await?;
+        Ok(deleted)
     }
 
     /// Deletes every key matching `pattern` and voids their loads in flight; answers how many were deleted.
@@ -240,9 +265,21 @@ impl Coordinator {
             self.core.limits.max_key_bytes,
             self.core.invalidation.allow_cross_entity_patterns,
         )?;
-        self.core
+        let deleted = self
+            .core
             .guarded(self.core.store.delete_matching(&pattern))
-            .await
+            .await?;
+        if let Some(near) = &self.core.near {
+            near.evict_matching(&pattern);
+            self.core
+                .guarded(
+                    self.core
+                        .store
+                        .publish(&Notice::Pattern(pattern.to_string())),
+                )
+                .await?;
+        }
+        Ok(deleted)
     }
 }
 
@@ -275,6 +312,18 @@ impl Core {
         let result = call.await;
         self.observe(&result);
         result
+    }
+
+    /// Tells every replica's near-cache (this one's at once) that `keys` changed. Without a near-cache, nothing
+    /// to tell. A notice that cannot be sent fails the call: the write happened, but other replicas may still
+    /// serve the old value, and the caller should retry (writes and invalidations are idempotent).
+    async fn announce(&self, keys: &[Key]) -> Result<()> {
+        let Some(near) = &self.near else {
+            return Ok(());
+        };
+        near.evict(keys);
+        let notice = Notice::Keys(keys.iter().map(Key::to_string).collect());
+        self.guarded(self.store.publish(&notice)).await
     }
 
     /// Feeds a store call's outcome to the breaker.

@@ -22,6 +22,8 @@ pub struct Policy {
     pub stale_if_error: Duration,
     /// XFetch β; 0 disables early refresh.
     pub xfetch_beta: f64,
+    /// How long the near-cache may hold this policy's keys; `None` keeps them out of it.
+    pub near_cache_ttl: Option<Duration>,
     pattern: Option<Pattern>,
 }
 
@@ -62,6 +64,7 @@ impl Policies {
                     ),
                     stale_if_error: secs(rule.stale_if_error_secs, defaults.stale_if_error_secs),
                     xfetch_beta: rule.xfetch_beta.unwrap_or(defaults.xfetch_beta),
+                    near_cache_ttl: rule.near_cache_ttl_secs.map(Duration::from_secs),
                     pattern: Some(Pattern::parse(
                         &rule.pattern,
                         config.limits.max_key_bytes,
@@ -79,6 +82,7 @@ impl Policies {
                 stale_while_revalidate: Duration::from_secs(defaults.stale_while_revalidate_secs),
                 stale_if_error: Duration::from_secs(defaults.stale_if_error_secs),
                 xfetch_beta: defaults.xfetch_beta,
+                near_cache_ttl: None,
                 pattern: None,
             },
             jitter_ratio: config.policy_defaults.jitter_ratio,

@@ -61,6 +61,54 @@ impl Core {
         keys: Vec<Key>,
         options: ReadOptions,
     ) -> Result<Vec<Lookup>> {
+        let Some(near) = self.near.clone() else {
+            return self.read_from_store(keys, options, None).await;
+        };
+        // Near-cache first: its hits answer without a Redis round trip.
+        let mut answers: Vec<Option<Lookup>> = vec![None; keys.len()];
+        let (mut rest, mut rest_at) = (Vec::new(), Vec::new());
+        for (index, key) in keys.into_iter().enumerate() {
+            let held = self
+                .policies
+                .for_key(&key)
+                .near_cache_ttl
+                .and_then(|_| near.get(&key));
+            match held {
+                Some(entry) => {
+                    let source = if entry.value.is_some() {
+                        Source::NearHit
+                    } else {
+                        Source::Negative
+                    };
+                    answers[index] = Some(Lookup::from_entry(&entry, source));
+                }
+                None => {
+                    rest.push(key);
+                    rest_at.push(index);
+                }
+            }
+        }
+        if !rest.is_empty() {
+            let sequence = near.sequence();
+            let looked_up = self.read_from_store(rest, options, Some(sequence)).await?;
+            for (index, lookup) in rest_at.into_iter().zip(looked_up) {
+                answers[index] = Some(lookup);
+            }
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(Lookup::miss))
+            .collect())
+    }
+
+    /// Answers `keys` from the store (and loaders). `near_sequence` is the near-cache's notice sequence taken
+    /// before the read, when hits may be copied into it.
+    async fn read_from_store(
+        self: Arc<Self>,
+        keys: Vec<Key>,
+        options: ReadOptions,
+        near_sequence: Option<u64>,
+    ) -> Result<Vec<Lookup>> {
         let stored = if self.breaker.is_open() {
             None
         } else {
@@ -83,7 +131,10 @@ impl Core {
             let loader = (!options.cache_only)
                 .then(|| self.loaders.for_key(key))
                 .flatten();
-            match self.clone().judge(key, entry, loader.is_some()) {
+            match self
+                .clone()
+                .judge(key, entry, loader.is_some(), near_sequence)
+            {
                 Verdict::Answer(lookup) => answers[index] = Some(lookup),
                 Verdict::Load(stale) => match loader {
                     Some((route, _)) => to_load.entry(route).or_default().push((index, stale)),
@@ -122,7 +173,13 @@ impl Core {
     }
 
     /// Decides what a cached entry means: a hit (maybe refreshing early), a stale serve, or a load.
-    fn judge(self: Arc<Self>, key: &Key, entry: Option<Entry>, has_loader: bool) -> Verdict {
+    fn judge(
+        self: Arc<Self>,
+        key: &Key,
+        entry: Option<Entry>,
+        has_loader: bool,
+        near_sequence: Option<u64>,
+    ) -> Verdict {
         let Some(entry) = entry else {
             return Verdict::Load(None);
         };
@@ -131,6 +188,11 @@ impl Core {
             None => {
                 if has_loader && xfetch_says_refresh(&entry, policy.xfetch_beta) {
                     self.clone().refresh_in_background(key.clone());
+                }
+                if let (Some(near), Some(sequence), Some(cap)) =
+                    (&self.near, near_sequence, policy.near_cache_ttl)
+                {
+                    near.insert(key, &entry, cap, sequence);
                 }
                 let source = if entry.value.is_some() {
                     Source::Hit

@@ -3,7 +3,7 @@
 //! and fill leases — on a moka cache. One mutex orders every lease-sensitive step (write, fill, delete), which is
 //! what Redis's single-threaded scripts give the Redis store.
 
-use super::{LeaseToken, Store, StoreWrite};
+use super::{Heard, LeaseToken, Notice, Store, StoreWrite};
 use crate::Result;
 use crate::keys::{Key, Pattern};
 use async_trait::async_trait;
@@ -54,6 +54,8 @@ pub struct MemoryStore {
     /// Lease holders and their expiry. Its mutex also serialises writes against fills.
     leases: Mutex<HashMap<String, (LeaseToken, Instant)>>,
     events: broadcast::Sender<Arc<str>>,
+    /// In one process every "replica" hears every notice at once; nothing can be lost.
+    notices: broadcast::Sender<Heard>,
 }
 
 impl MemoryStore {
@@ -71,6 +73,7 @@ impl MemoryStore {
             cache,
             leases: Mutex::new(HashMap::new()),
             events: broadcast::channel(EVENT_BUFFER).0,
+            notices: broadcast::channel(EVENT_BUFFER).0,
         }
     }
 
@@ -202,6 +205,15 @@ impl Store for MemoryStore {
 
     fn lease_events(&self) -> broadcast::Receiver<Arc<str>> {
         self.events.subscribe()
+    }
+
+    async fn publish(&self, notice: &Notice) -> Result<()> {
+        let _ = self.notices.send(Heard::Notice(notice.clone()));
+        Ok(())
+    }
+
+    fn notices(&self) -> broadcast::Receiver<Heard> {
+        self.notices.subscribe()
     }
 
     async fn ping(&self) -> Result<()> {

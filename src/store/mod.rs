@@ -43,6 +43,26 @@ pub struct StoreWrite {
 /// A random token naming one holder of one lease.
 pub type LeaseToken = u64;
 
+/// What one replica tells every replica's near-cache (its own included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// These keys changed or were deleted.
+    Keys(Vec<String>),
+    /// Every key matching this pattern was deleted.
+    Pattern(String),
+    /// A replica's liveness probe of its own subscription: (replica id, sequence number).
+    Heartbeat(u64, u64),
+}
+
+/// What a replica hears on the notice channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// A notice from some replica.
+    Notice(Notice),
+    /// The subscription was lost: notices may have been missed until it is back.
+    Lost,
+}
+
 /// The operations the coordinator needs from a backend.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -72,6 +92,12 @@ pub trait Store: Send + Sync {
 
     /// Keys whose lease was just filled or released, on any replica. Lossy under overload: waiters also poll.
     fn lease_events(&self) -> broadcast::Receiver<Arc<str>>;
+
+    /// Sends `notice` to every replica's near-cache.
+    async fn publish(&self, notice: &Notice) -> Result<()>;
+
+    /// Notices from every replica, and word when the subscription is lost.
+    fn notices(&self) -> broadcast::Receiver<Heard>;
 
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<()>;

@@ -15,7 +15,7 @@
 //! does a pattern invalidation that finds the index missing.
 
 use super::redis_layout::{self as layout, Found};
-use super::{LeaseToken, Store, StoreWrite};
+use super::{Heard, LeaseToken, Notice, Store, StoreWrite};
 use crate::config::Config;
 use crate::keys::{Key, Pattern};
 use crate::{Error, Result};
@@ -38,6 +38,8 @@ use tokio::sync::broadcast;
 
 /// Channel on which every replica announces filled and released leases.
 const LEASE_CHANNEL: &str = "cachecoord:lease-events";
+/// Channel carrying near-cache notices (invalidated keys and patterns, heartbeats).
+const NOTICE_CHANNEL: &str = "cachecoord:notices";
 /// Lease events buffered for slow local subscribers before the oldest are dropped (waiters also poll).
 const EVENT_BUFFER: usize = 4096;
 /// Bytes of group epoch in front of every stored value.
@@ -186,6 +188,7 @@ pub struct RedisStore {
     /// Kept so its connection (and the task forwarding its messages) lives as long as the store.
     _subscriber: SubscriberClient,
     events: broadcast::Sender<Arc<str>>,
+    notices: broadcast::Sender<Heard>,
     clustered: bool,
     scan_count: u32,
     command_timeout: Duration,
@@ -213,7 +216,9 @@ impl RedisStore {
             client.init().await?;
             subscriber.init().await?;
             subscriber.manage_subscriptions();
-            subscriber.subscribe(LEASE_CHANNEL).await
+            subscriber
+                .subscribe(vec![LEASE_CHANNEL, NOTICE_CHANNEL])
+                .await
         };
         tokio::time::timeout(connect_timeout, connecting)
             .await
@@ -223,25 +228,43 @@ impl RedisStore {
             .map_err(backend_error)?;
 
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let forward = events.clone();
+        let (notices, _) = broadcast::channel(EVENT_BUFFER);
+        let (forward_events, forward_notices) = (events.clone(), notices.clone());
         let mut messages = subscriber.message_rx();
         tokio::spawn(async move {
             loop {
                 match messages.recv().await {
                     Ok(message) => {
-                        if let Some(key) = message.value.as_str() {
-                            let _ = forward.send(Arc::from(&*key));
+                        let Some(text) = message.value.as_str() else {
+                            continue;
+                        };
+                        if &*message.channel == LEASE_CHANNEL {
+                            let _ = forward_events.send(Arc::from(&*text));
+                        } else if let Some(notice) = decode_notice(&text) {
+                            let _ = forward_notices.send(Heard::Notice(notice));
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    // Missed messages are missed notices: the near-cache must not trust itself.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = forward_notices.send(Heard::Lost);
+                    }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
+            }
+        });
+        // A subscriber connection that ends (or errs) may have dropped notices.
+        let lost = notices.clone();
+        let mut errors = subscriber.error_rx();
+        tokio::spawn(async move {
+            while let Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) = errors.recv().await {
+                let _ = lost.send(Heard::Lost);
             }
         });
         Ok(RedisStore {
             client,
             _subscriber: subscriber,
             events,
+            notices,
             clustered,
             scan_count: config.invalidation.scan_count,
             command_timeout,
@@ -420,6 +443,28 @@ impl RedisStore {
     }
 }
 
+/// Notices on the wire: a tag line, then one item per line (keys and patterns hold no whitespace).
+fn encode_notice(notice: &Notice) -> String {
+    match notice {
+        Notice::Keys(keys) => format!("k\n{}", keys.join("\n")),
+        Notice::Pattern(pattern) => format!("p\n{pattern}"),
+        Notice::Heartbeat(replica, seq) => format!("h\n{replica}\n{seq}"),
+    }
+}
+
+fn decode_notice(text: &str) -> Option<Notice> {
+    let mut lines = text.split('\n');
+    match lines.next()? {
+        "k" => Some(Notice::Keys(lines.map(str::to_owned).collect())),
+        "p" => Some(Notice::Pattern(lines.next()?.to_owned())),
+        "h" => Some(Notice::Heartbeat(
+            lines.next()?.parse().ok()?,
+            lines.next()?.parse().ok()?,
+        )),
+        _ => None,
+    }
+}
+
 /// 8 random bytes, offered to a script in case the group needs a new epoch.
 fn fresh_epoch() -> Value {
     Bytes::copy_from_slice(&rand::random::<[u8; EPOCH_LEN]>()).into()
@@ -557,6 +602,17 @@ impl Store for RedisStore {
 
     fn lease_events(&self) -> broadcast::Receiver<Arc<str>> {
         self.events.subscribe()
+    }
+
+    async fn publish(&self, notice: &Notice) -> Result<()> {
+        self.client
+            .publish::<(), _, _>(NOTICE_CHANNEL, encode_notice(notice))
+            .await
+            .map_err(backend_error)
+    }
+
+    fn notices(&self) -> broadcast::Receiver<Heard> {
+        self.notices.subscribe()
     }
 
     async fn ping(&self) -> Result<()> {
