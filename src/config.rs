@@ -44,6 +44,14 @@ pub struct Cli {
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
 
+    /// Log JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+
+    /// Address of the Prometheus /metrics endpoint [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// What to do; serving is the default.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -89,6 +97,57 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// The per-replica in-process near-cache.
     pub near_cache: NearCacheConfig,
+    /// Logs, metrics and traces.
+    pub telemetry: TelemetryConfig,
+    /// How the server stops.
+    pub shutdown: ShutdownConfig,
+}
+
+/// Logs, metrics and traces.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Address of the Prometheus `/metrics` endpoint. Default `127.0.0.1:9464`; the chart sets `0.0.0.0:9464`.
+    /// Unset (empty in the environment) turns it off.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Logs as JSON lines instead of human-readable text. Default false.
+    pub log_json: bool,
+    /// OTLP/gRPC endpoint for trace export, e.g. `http://otel-collector:4317`. Default unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of traces sampled when exporting, 0.0–1.0 (a sampled parent is always followed). Default 1.0.
+    pub trace_sampling_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            log_json: false,
+            otlp_endpoint: None,
+            trace_sampling_ratio: 1.0,
+        }
+    }
+}
+
+/// Draining on SIGTERM/SIGINT.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After the signal, health says NOT_SERVING but calls are still accepted for this long (ms), so load
+    /// balancers stop sending new ones first. Default 0; the chart sets 5000.
+    pub drain_delay_ms: u64,
+    /// Then in-flight calls get this long (ms) to finish before the process exits anyway. Default 20000. Keep
+    /// the pod's terminationGracePeriodSeconds above drain delay + grace period.
+    pub grace_period_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_delay_ms: 0,
+            grace_period_ms: 20_000,
+        }
+    }
 }
 
 /// The near-cache: hot keys of opted-in entities answered from this replica's memory, kept coherent by notices
@@ -362,6 +421,9 @@ pub struct PolicyConfig {
     /// TTL). Unset: never near-cached. Another replica's invalidation reaches this one within the pub/sub delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub near_cache_ttl_secs: Option<u64>,
+    /// Marks the entity's keys as sensitive: they are redacted from logs and traces. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sensitive: bool,
 }
 
 impl Default for Config {
@@ -379,6 +441,8 @@ impl Default for Config {
             read_through: ReadThroughConfig::default(),
             outbox: OutboxConfig::default(),
             near_cache: NearCacheConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -441,6 +505,7 @@ fn seed_policies() -> Vec<PolicyConfig> {
         stale_if_error_secs: None,
         xfetch_beta: None,
         near_cache_ttl_secs: None,
+        sensitive: false,
     };
     vec![
         policy("posts_list", "posts:page:*", 15 * 60),
@@ -482,6 +547,12 @@ impl Config {
         }
         if let Some(level) = &cli.log_level {
             figment = figment.merge(Serialized::default("log_level", level));
+        }
+        if cli.log_json {
+            figment = figment.merge(Serialized::default("telemetry.log_json", true));
+        }
+        if let Some(addr) = cli.metrics_addr {
+            figment = figment.merge(Serialized::default("telemetry.metrics_addr", addr));
         }
         let config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
         config.validate()?;
@@ -571,6 +642,9 @@ impl Config {
                     table.table
                 ));
             }
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.trace_sampling_ratio) {
+            return fail("telemetry.trace_sampling_ratio must be within 0.0..=1.0".into());
         }
         let rt = &self.read_through;
         if rt.lease_ttl_ms == 0 || rt.lease_poll_ms == 0 || rt.breaker_failures == 0 {

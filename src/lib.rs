@@ -9,6 +9,7 @@
 //! - [`store`]: the `Store` trait and its backends, `memory` (embedded default) and `redis` (fred), with leases.
 //! - [`loader`]: the `Loader` trait and its backends, `grpc` (the caller's LoaderService) and `postgres`.
 //! - [`invalidation`]: invalidation from outside the API: the Postgres outbox listener and its migration.
+//! - [`telemetry`]: logs (text or JSON) and the Prometheus `/metrics` endpoint, installed once by `main`.
 //! - [`server`]: wires store → coordinator → API with health and reflection, and serves.
 //!
 //! A request flows `api` → `cache::Coordinator` → `dyn store::Store`; on a miss the coordinator elects one
@@ -25,6 +26,7 @@ pub mod keys;
 pub mod loader;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 
 pub use error::{Error, Result};
 

@@ -3,16 +3,12 @@
 use anyhow::Context;
 use cachecoord::config::{Cli, Command, Config};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli)?;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_level))
-        .context("invalid log_level")?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    cachecoord::telemetry::init(&config)?;
 
     if let Some(Command::Migrate) = cli.command {
         cachecoord::invalidation::outbox::migrate(&config)

@@ -10,9 +10,11 @@ use crate::proto::cache_service_server::CacheServiceServer;
 use crate::{proto, store};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -70,13 +72,38 @@ pub async fn serve(
     if let Some(near_cache) = coordinator.background(stopped) {
         background.push(tokio::spawn(near_cache));
     }
-    let served = tonic::transport::Server::builder()
+    // Drain: on the signal, report NOT_SERVING while still accepting calls for drain_delay_ms (load balancers
+    // move away), then stop accepting and let in-flight calls finish, for at most grace_period_ms.
+    let drained = Arc::new(Notify::new());
+    let drain = {
+        let (health, drained) = (health.clone(), drained.clone());
+        let delay = Duration::from_millis(config.shutdown.drain_delay_ms);
+        async move {
+            shutdown.await;
+            health
+                .set_not_serving::<CacheServiceServer<CacheApi>>()
+                .await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            tracing::info!(?delay, "draining: health NOT_SERVING");
+            tokio::time::sleep(delay).await;
+            drained.notify_one();
+        }
+    };
+    let grace = Duration::from_millis(config.shutdown.grace_period_ms);
+    let serving = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(cache_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(ServerError::Transport);
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+    let served = tokio::select! {
+        served = serving => served.map_err(ServerError::Transport),
+        () = async { drained.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "grace period over; in-flight calls are cut off");
+            Ok(())
+        }
+    };
     let _ = stop.send(true);
     for task in background {
         let _ = task.await;

@@ -386,6 +386,7 @@ fn brief_policy(pattern: &str, swr: u64, sie: u64) -> cachecoord::config::Policy
         stale_if_error_secs: Some(sie),
         xfetch_beta: Some(0.0),
         near_cache_ttl_secs: None,
+        sensitive: false,
     }
 }
 

@@ -1,5 +1,9 @@
 //! The API boundary: gRPC handlers for `cachecoord.v1.CacheService`. Handlers only convert proto messages to
 //! domain calls on the [`Coordinator`] and back; errors become statuses in [`status`].
+//!
+//! Every handler runs in an `rpc` span with fields for the key (redacted for sensitive entities), entity, source
+//! and status code, and is counted in `cachecoord_requests_total{rpc, code}` and timed in
+//! `cachecoord_request_duration_seconds{rpc}`. Values are never logged.
 
 mod deadline;
 mod status;
@@ -10,14 +14,14 @@ use crate::cache::{Coordinator, Lookup, ReadOptions, SetCommand, Source};
 use crate::proto::cache_service_server::CacheService;
 use crate::proto::{
     self, BatchGetRequest, BatchGetResponse, BatchGetResult, BatchSetRequest, BatchSetResponse,
-    GetRequest, GetResponse, InvalidatePatternRequest, InvalidatePatternResponse,
-    InvalidateRequest, InvalidateResponse, SetRequest, SetResponse,
+    EntityStats, GetRequest, GetResponse, InvalidatePatternRequest, InvalidatePatternResponse,
+    InvalidateRequest, InvalidateResponse, SetRequest, SetResponse, StatsRequest, StatsResponse,
 };
 use crate::{Error, Result};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
-use tracing::instrument;
+use tracing::{Span, field::Empty, instrument};
 
 /// The CacheService implementation handed to tonic.
 #[derive(Clone)]
@@ -30,23 +34,53 @@ impl CacheApi {
     pub fn new(coordinator: Arc<Coordinator>) -> CacheApi {
         CacheApi { coordinator }
     }
+
+    /// Records the key and entity on the current span; keys of sensitive entities are redacted.
+    fn describe_key(&self, raw: &str) {
+        let policy = self.coordinator.policies().for_raw(raw);
+        let span = Span::current();
+        span.record("entity", policy.name.as_str());
+        if policy.sensitive {
+            span.record("key", "<redacted>");
+        } else {
+            span.record("key", raw);
+        }
+    }
 }
 
-fn respond<T>(result: Result<T>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(|e| to_status(&e))
+/// Ends a handler: counts and times the call, records its status code, converts the result.
+fn finish<T>(
+    rpc: &'static str,
+    started: Instant,
+    result: Result<T>,
+) -> Result<Response<T>, Status> {
+    let result = result.map(Response::new).map_err(|e| to_status(&e));
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    let code_name = format!("{code:?}");
+    Span::current().record("code", code_name.as_str());
+    metrics::counter!("cachecoord_requests_total", "rpc" => rpc, "code" => code_name).increment(1);
+    metrics::histogram!("cachecoord_request_duration_seconds", "rpc" => rpc)
+        .record(started.elapsed().as_secs_f64());
+    result
 }
 
 #[tonic::async_trait]
 impl CacheService for CacheApi {
-    #[instrument(skip_all, fields(key = %request.get_ref().key))]
+    #[instrument(name = "rpc", skip_all, fields(rpc = "Get", key = Empty, entity = Empty, source = Empty, code = Empty))]
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let started = Instant::now();
         let budget = deadline::budget(request.metadata());
         let request = request.into_inner();
+        self.describe_key(&request.key);
         let options = ReadOptions {
             cache_only: request.cache_only,
         };
         let lookup = deadline::within(budget, self.coordinator.get(&request.key, options)).await;
-        respond(lookup.map(|lookup| {
+        let response = lookup.map(|lookup| {
+            Span::current().record("source", lookup.source.label());
             let (found, value, source, ttl_remaining) = lookup_fields(lookup);
             GetResponse {
                 found,
@@ -54,19 +88,21 @@ impl CacheService for CacheApi {
                 source,
                 ttl_remaining,
             }
-        }))
+        });
+        finish("Get", started, response)
     }
 
-    #[instrument(skip_all, fields(keys = request.get_ref().keys.len()))]
+    #[instrument(name = "rpc", skip_all, fields(rpc = "BatchGet", keys = request.get_ref().keys.len(), code = Empty))]
     async fn batch_get(
         &self,
         request: Request<BatchGetRequest>,
     ) -> Result<Response<BatchGetResponse>, Status> {
+        let started = Instant::now();
         let budget = deadline::budget(request.metadata());
         let BatchGetRequest { keys, cache_only } = request.into_inner();
         let options = ReadOptions { cache_only };
         let lookups = deadline::within(budget, self.coordinator.batch_get(&keys, options)).await;
-        respond(lookups.map(|lookups| {
+        let response = lookups.map(|lookups| {
             let results = keys
                 .into_iter()
                 .zip(lookups)
@@ -82,26 +118,30 @@ impl CacheService for CacheApi {
                 })
                 .collect();
             BatchGetResponse { results }
-        }))
+        });
+        finish("BatchGet", started, response)
     }
 
-    #[instrument(skip_all, fields(key = %request.get_ref().key))]
+    #[instrument(name = "rpc", skip_all, fields(rpc = "Set", key = Empty, entity = Empty, code = Empty))]
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        self.describe_key(&request.key);
         let result = async {
-            let command = set_command(request.into_inner())?;
-            let ttl = self.coordinator.set(command).await?;
+            let ttl = self.coordinator.set(set_command(request)?).await?;
             Ok(SetResponse {
                 ttl: Some(to_proto_duration(ttl)),
             })
         };
-        respond(result.await)
+        finish("Set", started, result.await)
     }
 
-    #[instrument(skip_all, fields(entries = request.get_ref().entries.len()))]
+    #[instrument(name = "rpc", skip_all, fields(rpc = "BatchSet", entries = request.get_ref().entries.len(), code = Empty))]
     async fn batch_set(
         &self,
         request: Request<BatchSetRequest>,
     ) -> Result<Response<BatchSetResponse>, Status> {
+        let started = Instant::now();
         let result = async {
             let commands = request
                 .into_inner()
@@ -115,35 +155,58 @@ impl CacheService for CacheApi {
                 stale_keys: outcome.stale_keys,
             })
         };
-        respond(result.await)
+        finish("BatchSet", started, result.await)
     }
 
-    #[instrument(skip_all, fields(keys = request.get_ref().keys.len()))]
+    #[instrument(name = "rpc", skip_all, fields(rpc = "Invalidate", keys = request.get_ref().keys.len(), code = Empty))]
     async fn invalidate(
         &self,
         request: Request<InvalidateRequest>,
     ) -> Result<Response<InvalidateResponse>, Status> {
+        let started = Instant::now();
         let keys = request.into_inner().keys;
-        respond(
-            self.coordinator
-                .invalidate(&keys)
-                .await
-                .map(|deleted| InvalidateResponse { deleted }),
+        let deleted = self.coordinator.invalidate(&keys).await;
+        finish(
+            "Invalidate",
+            started,
+            deleted.map(|deleted| InvalidateResponse { deleted }),
         )
     }
 
-    #[instrument(skip_all, fields(pattern = %request.get_ref().pattern))]
+    #[instrument(name = "rpc", skip_all, fields(rpc = "InvalidatePattern", key = Empty, entity = Empty, code = Empty))]
     async fn invalidate_pattern(
         &self,
         request: Request<InvalidatePatternRequest>,
     ) -> Result<Response<InvalidatePatternResponse>, Status> {
+        let started = Instant::now();
         let pattern = request.into_inner().pattern;
-        respond(
-            self.coordinator
-                .invalidate_pattern(&pattern)
-                .await
-                .map(|deleted| InvalidatePatternResponse { deleted }),
-        )
+        self.describe_key(&pattern);
+        let deleted = self.coordinator.invalidate_pattern(&pattern).await;
+        let response = deleted.map(|deleted| InvalidatePatternResponse { deleted });
+        finish("InvalidatePattern", started, response)
+    }
+
+    #[instrument(name = "rpc", skip_all, fields(rpc = "Stats", code = Empty))]
+    async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        let started = Instant::now();
+        let entities = self
+            .coordinator
+            .stats()
+            .into_iter()
+            .map(|stats| EntityStats {
+                hits: stats.count(Source::Hit),
+                near_hits: stats.count(Source::NearHit),
+                negative_hits: stats.count(Source::Negative),
+                stale: stats.count(Source::Stale),
+                misses: stats.count(Source::Miss),
+                loads: stats.count(Source::Loaded),
+                coalesced: stats.count(Source::Coalesced),
+                fallbacks: stats.count(Source::Fallback),
+                hit_ratio: stats.hit_ratio(),
+                entity: stats.entity,
+            })
+            .collect();
+        finish("Stats", started, Ok(StatsResponse { entities }))
     }
 }
 

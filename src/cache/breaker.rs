@@ -34,6 +34,7 @@ impl Breaker {
     pub(crate) fn record_success(&self) {
         if self.failures.swap(0, Ordering::Relaxed) != 0 {
             self.open_until_ms.store(0, Ordering::Relaxed);
+            metrics::gauge!("cachecoord_breaker_open").set(0.0);
             tracing::info!("store reachable again: circuit breaker closed");
         }
     }
@@ -45,6 +46,7 @@ impl Breaker {
             self.open_until_ms
                 .store(now_ms().saturating_add(self.cooldown_ms), Ordering::Relaxed);
             if failures == self.threshold {
+                metrics::gauge!("cachecoord_breaker_open").set(1.0);
                 tracing::warn!(failures, "store unreachable: circuit breaker open");
             }
         }

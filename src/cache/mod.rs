@@ -14,9 +14,11 @@ mod entry;
 mod near;
 mod policy;
 mod read_through;
+mod stats;
 
 pub use entry::Entry;
 pub use policy::{Policies, Policy};
+pub use stats::EntityStats;
 
 use crate::config::{Config, InvalidationConfig, LimitsConfig, ReadThroughConfig};
 use crate::keys::{Key, Pattern};
@@ -27,6 +29,7 @@ use breaker::Breaker;
 use bytes::Bytes;
 use near::NearCache;
 use read_through::Flights;
+use stats::Stats;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,6 +126,7 @@ struct Core {
     flights: Flights,
     /// The near-cache, when `near_cache.max_bytes` is set.
     near: Option<Arc<NearCache>>,
+    stats: Stats,
 }
 
 /// Cache-aside coordination over one store and its loaders.
@@ -149,6 +153,7 @@ impl Coordinator {
                 flights: Flights::default(),
                 near: (config.near_cache.max_bytes > 0)
                     .then(|| Arc::new(NearCache::new(&config.near_cache))),
+                stats: Stats::default(),
             }),
         })
     }
@@ -161,6 +166,11 @@ impl Coordinator {
     ) -> Option<impl Future<Output = ()> + use<>> {
         let near = self.core.near.clone()?;
         Some(near.run(self.core.store.clone(), stop))
+    }
+
+    /// Answers per entity and source since start-up, sorted by entity.
+    pub fn stats(&self) -> Vec<EntityStats> {
+        self.core.stats.snapshot()
     }
 
     /// The policy table, for callers that report per-entity figures.
@@ -176,8 +186,10 @@ impl Coordinator {
     /// Reads one key, loading it on a miss when its entity has a loader.
     pub async fn get(&self, key: &str, options: ReadOptions) -> Result<Lookup> {
         let key = self.core.parse_key(key)?;
-        let mut answers = self.core.clone().read(vec![key], options).await?;
-        Ok(answers.pop().unwrap_or_else(Lookup::miss))
+        let mut answers = self.core.clone().read(vec![key.clone()], options).await?;
+        let lookup = answers.pop().unwrap_or_else(Lookup::miss);
+        self.core.count(&key, lookup.source);
+        Ok(lookup)
     }
 
     /// Reads many keys; one answer per requested key, in request order. Duplicates are read once and answered
@@ -198,7 +210,10 @@ impl Coordinator {
             };
             positions.push(index);
         }
-        let lookups = self.core.clone().read(distinct, options).await?;
+        let lookups = self.core.clone().read(distinct.clone(), options).await?;
+        for &i in &positions {
+            self.core.count(&distinct[i], lookups[i].source);
+        }
         Ok(positions.into_iter().map(|i| lookups[i].clone()).collect())
     }
 
@@ -284,6 +299,11 @@ impl Coordinator {
 }
 
 impl Core {
+    /// Counts one answer under the entity (policy) of `key`.
+    fn count(&self, key: &Key, source: Source) {
+        self.stats.record(&self.policies.for_key(key).name, source);
+    }
+
     fn parse_key(&self, raw: &str) -> Result<Key> {
         Key::parse(raw, self.limits.max_key_bytes)
     }

@@ -24,6 +24,8 @@ pub struct Policy {
     pub xfetch_beta: f64,
     /// How long the near-cache may hold this policy's keys; `None` keeps them out of it.
     pub near_cache_ttl: Option<Duration>,
+    /// Keys are redacted from logs and traces.
+    pub sensitive: bool,
     pattern: Option<Pattern>,
 }
 
@@ -65,6 +67,7 @@ impl Policies {
                     stale_if_error: secs(rule.stale_if_error_secs, defaults.stale_if_error_secs),
                     xfetch_beta: rule.xfetch_beta.unwrap_or(defaults.xfetch_beta),
                     near_cache_ttl: rule.near_cache_ttl_secs.map(Duration::from_secs),
+                    sensitive: rule.sensitive,
                     pattern: Some(Pattern::parse(
                         &rule.pattern,
                         config.limits.max_key_bytes,
@@ -83,6 +86,7 @@ impl Policies {
                 stale_if_error: Duration::from_secs(defaults.stale_if_error_secs),
                 xfetch_beta: defaults.xfetch_beta,
                 near_cache_ttl: None,
+                sensitive: false,
                 pattern: None,
             },
             jitter_ratio: config.policy_defaults.jitter_ratio,
@@ -93,13 +97,14 @@ impl Policies {
 
     /// The policy that governs `key`.
     pub fn for_key(&self, key: &Key) -> &Policy {
+        self.for_raw(key.as_str())
+    }
+
+    /// The policy that would govern `raw` (valid key or not), e.g. to decide how to log it.
+    pub fn for_raw(&self, raw: &str) -> &Policy {
         self.rules
             .iter()
-            .find(|rule| {
-                rule.pattern
-                    .as_ref()
-                    .is_some_and(|p| p.matches(key.as_str()))
-            })
+            .find(|rule| rule.pattern.as_ref().is_some_and(|p| p.matches(raw)))
             .unwrap_or(&self.default)
     }
 

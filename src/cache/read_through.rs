@@ -28,6 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
+use tracing::Instrument;
 
 type FlightResult = Result<Lookup, Arc<Error>>;
 type Flight = Shared<BoxFuture<'static, FlightResult>>;
@@ -331,10 +332,15 @@ impl Core {
                         _ => return Ok(lookup),
                     }
                 }
-                Ok(false) => match self.wait_for_fill(&key, &mut events, deadline).await {
+                Ok(false) => match self
+                    .wait_for_fill(&key, &mut events, deadline)
+                    .instrument(tracing::debug_span!("lease_wait"))
+                    .await
+                {
                     Waited::Filled(lookup) => return Ok(lookup),
                     Waited::Retry => {}
                     Waited::TimedOut => {
+                        metrics::counter!("cachecoord_lease_wait_timeouts_total").increment(1);
                         tracing::warn!(key = %key, "lease wait timed out; loading without caching");
                         let (_, lookup) = self
                             .load_entry(&key, &policy, loader.as_ref(), stale)
@@ -353,6 +359,7 @@ impl Core {
         events: &mut broadcast::Receiver<Arc<str>>,
         deadline: Instant,
     ) -> Waited {
+        metrics::counter!("cachecoord_lease_waits_total").increment(1);
         let poll = Duration::from_millis(self.read_through.lease_poll_ms);
         let wake = Instant::now() + poll;
         loop {

@@ -61,7 +61,11 @@ impl Loaders {
                 LoaderKind::Grpc => Arc::new(GrpcLoader::new(route)?),
                 LoaderKind::Postgres => Arc::new(PostgresLoader::new(route, &config.postgres)?),
             };
-            routes.push((pattern, loader));
+            let metered = Metered {
+                route: route.pattern.clone(),
+                inner: loader,
+            };
+            routes.push((pattern, Arc::new(metered) as Arc<dyn Loader>));
         }
         Ok(Loaders { routes })
     }
@@ -78,6 +82,41 @@ impl Loaders {
             .enumerate()
             .find(|(_, (pattern, _))| pattern.matches(key.as_str()))
             .map(|(index, (_, loader))| (index, loader))
+    }
+}
+
+/// A loader decorator: a `loader` span per call, and the `cachecoord_loader_*` metrics under the route's
+/// pattern.
+struct Metered {
+    route: String,
+    inner: Arc<dyn Loader>,
+}
+
+impl Metered {
+    async fn observe<T>(&self, call: impl Future<Output = Result<T>>, keys: usize) -> Result<T> {
+        use tracing::Instrument;
+        let started = std::time::Instant::now();
+        let span = tracing::info_span!("loader", route = %self.route, keys, outcome = tracing::field::Empty);
+        let result = call.instrument(span.clone()).await;
+        let route = self.route.clone();
+        metrics::histogram!("cachecoord_loader_duration_seconds", "route" => route.clone())
+            .record(started.elapsed().as_secs_f64());
+        span.record("outcome", if result.is_ok() { "ok" } else { "error" });
+        if result.is_err() {
+            metrics::counter!("cachecoord_loader_errors_total", "route" => route).increment(1);
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Loader for Metered {
+    async fn load(&self, key: &Key) -> Result<Loaded> {
+        self.observe(self.inner.load(key), 1).await
+    }
+
+    async fn load_many(&self, keys: &[Key]) -> Result<Vec<Loaded>> {
+        self.observe(self.inner.load_many(keys), keys.len()).await
     }
 }
 

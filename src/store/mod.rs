@@ -11,10 +11,12 @@
 //! value back. Fills and released leases are announced on [`Store::lease_events`], on every replica.
 
 mod memory;
+mod metered;
 mod redis;
 mod redis_layout;
 
 pub use memory::MemoryStore;
+pub use metered::MeteredStore;
 pub use redis::RedisStore;
 
 use crate::Result;
@@ -103,10 +105,12 @@ pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<()>;
 }
 
-/// Opens the store the configuration asks for: Redis when `store.redis_url` is set, the embedded store otherwise.
+/// Opens the store the configuration asks for: Redis when `store.redis_url` is set, the embedded store otherwise;
+/// either way observed by [`MeteredStore`].
 pub async fn open(config: &Config) -> Result<Arc<dyn Store>> {
-    Ok(match &config.store.redis_url {
+    let backend: Arc<dyn Store> = match &config.store.redis_url {
         Some(url) => Arc::new(RedisStore::connect(url, config).await?),
         None => Arc::new(MemoryStore::new(config.store.memory_max_bytes)),
-    })
+    };
+    Ok(Arc::new(MeteredStore::new(backend)))
 }

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod loader;
 pub mod ports;
 pub mod postgres;
+pub mod process;
 pub mod server;
 
 #[allow(unused_imports)]

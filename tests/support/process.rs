@@ -1,0 +1,108 @@
+//! The real `cachecoord` binary as a child process, for tests of what only a process has: signals, exit codes,
+//! the metrics port.
+
+use super::ports::free_port;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// A running `cachecoord` process; killed on drop if still running.
+pub struct ServerProcess {
+    /// The child process.
+    pub child: Child,
+    /// gRPC port on 127.0.0.1.
+    pub port: u16,
+    /// Metrics port on 127.0.0.1.
+    pub metrics_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// Starts `cachecoord` with `config_toml` as its configuration file, and waits until health says SERVING.
+    pub async fn start(config_toml: &str) -> ServerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cachecoord.toml");
+        std::fs::write(&file, config_toml).unwrap();
+        let (port, metrics_port) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_cachecoord"))
+            .arg("--config")
+            .arg(&file)
+            .args(["--listen-addr", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn cachecoord");
+        let process = ServerProcess {
+            child,
+            port,
+            metrics_port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while process.health().await != Some(ServingStatus::Serving) {
+            assert!(Instant::now() < deadline, "cachecoord never became SERVING");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        process
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The overall health status on a fresh connection; `None` when it cannot be asked.
+    pub async fn health(&self) -> Option<ServingStatus> {
+        let channel = tonic::transport::Channel::from_shared(self.uri())
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let mut client = HealthClient::new(channel);
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        Some(client.check(request).await.ok()?.into_inner().status())
+    }
+
+    /// The text of `/metrics`.
+    pub async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("process still running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+/// The value of the metric line with `name` and every label in `labels`, from a Prometheus text exposition.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+}
