@@ -634,11 +634,14 @@ impl Config {
                     return fail(format!("outbox table {:?}: {e}", table.table));
                 }
             }
-            let plain =
-                |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            // Unquoted identifiers, as Postgres folds them: what the trigger reports as TG_TABLE_NAME.
+            let plain = |s: &str| {
+                let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+                !s.is_empty() && s.chars().all(allowed)
+            };
             if !plain(&table.table) || !plain(&table.id_column) {
                 return fail(format!(
-                    "outbox table {:?}: table and id_column must be plain identifiers",
+                    "outbox table {:?}: table and id_column must be lowercase identifiers ([a-z0-9_])",
                     table.table
                 ));
             }

@@ -224,8 +224,10 @@ impl Coordinator {
         let applied = self
             .core
             .guarded(self.core.store.set_many(std::slice::from_ref(&write)))
-            .await?;
-        self.core.announce(std::slice::from_ref(&write.key)).await?;
+            .await;
+        let keys = std::slice::from_ref(&write.key);
+        self.core.announce(keys, applied.is_ok()).await?;
+        let applied = applied?;
         if applied.first() == Some(&false) {
             return Err(Error::StaleVersion {
                 key: write.key.to_string(),
@@ -242,9 +244,10 @@ impl Coordinator {
             .into_iter()
             .map(|command| self.core.prepare_write(command))
             .collect::<Result<Vec<_>>>()?;
-        let applied = self.core.guarded(self.core.store.set_many(&writes)).await?;
+        let applied = self.core.guarded(self.core.store.set_many(&writes)).await;
         let keys: Vec<Key> = writes.iter().map(|w| w.key.clone()).collect();
-        self.core.announce(&keys).await?;
+        self.core.announce(&keys, applied.is_ok()).await?;
+        let applied = applied?;
         let mut outcome = BatchSetOutcome::default();
         for (write, applied) in writes.iter().zip(applied) {
             if applied {
@@ -268,9 +271,9 @@ impl Coordinator {
         let deleted = self
             .core
             .guarded(self.core.store.delete_many(&distinct))
-            .await?;
-        self.core.announce(&distinct).await?;
-        Ok(deleted)
+            .await;
+        self.core.announce(&distinct, deleted.is_ok()).await?;
+        deleted
     }
 
     /// Deletes every key matching `pattern` and voids their loads in flight; answers how many were deleted.
@@ -283,18 +286,17 @@ impl Coordinator {
         let deleted = self
             .core
             .guarded(self.core.store.delete_matching(&pattern))
-            .await?;
+            .await;
         if let Some(near) = &self.core.near {
+            // Even a failed call may have deleted some keys: tell the near-caches either way.
             near.evict_matching(&pattern);
-            self.core
-                .guarded(
-                    self.core
-                        .store
-                        .publish(&Notice::Pattern(pattern.to_string())),
-                )
-                .await?;
+            let notice = Notice::Pattern(pattern.to_string());
+            let published = self.core.store.publish(&notice).await;
+            if deleted.is_ok() {
+                published?;
+            }
         }
-        Ok(deleted)
+        deleted
     }
 }
 
@@ -337,13 +339,20 @@ impl Core {
     /// Tells every replica's near-cache (this one's at once) that `keys` changed. Without a near-cache, nothing
     /// to tell. A notice that cannot be sent fails the call: the write happened, but other replicas may still
     /// serve the old value, and the caller should retry (writes and invalidations are idempotent).
-    async fn announce(&self, keys: &[Key]) -> Result<()> {
+    /// `succeeded` says whether the store call did: a failed one may still have applied some keys, so it is
+    /// announced too, but only a successful call's failed announcement is an error of its own.
+    async fn announce(&self, keys: &[Key], succeeded: bool) -> Result<()> {
         let Some(near) = &self.near else {
             return Ok(());
         };
         near.evict(keys);
+        if !succeeded && self.breaker.is_open() {
+            // The store call was refused outright: nothing was applied, nothing to tell.
+            return Ok(());
+        }
         let notice = Notice::Keys(keys.iter().map(Key::to_string).collect());
-        self.guarded(self.store.publish(&notice)).await
+        let published = self.store.publish(&notice).await;
+        if succeeded { published } else { Ok(()) }
     }
 
     /// Feeds a store call's outcome to the breaker.

@@ -130,8 +130,8 @@ impl NearCache {
             hold_for: left.min(cap),
         };
         self.cache.insert(key.clone(), held);
-        // A notice that slipped in between the check and the insert evicts what it names; re-check and drop.
-        if self.sequence() != sequence {
+        // A notice (or a flush) that slipped in between the check and the insert may name this key: drop it.
+        if self.sequence() != sequence || !self.hearing() {
             self.cache.invalidate(key);
         }
     }
@@ -175,6 +175,12 @@ impl NearCache {
                 }
             }
             Heard::Notice(Notice::Heartbeat(replica, beat)) => {
+                // Silent too long, and the tick has not noticed yet: flush before hearing again. (Already deaf
+                // means already flushed, with `flushed_at_beat` set then.)
+                if replica == self.replica && !self.deaf.load(Ordering::Acquire) && !self.hearing()
+                {
+                    self.turn_deaf();
+                }
                 if replica == self.replica && beat >= self.flushed_at_beat.load(Ordering::Acquire) {
                     self.heard_at_ms.store(now_ms(), Ordering::Release);
                     self.deaf.store(false, Ordering::Release);
@@ -186,6 +192,8 @@ impl NearCache {
 
     /// Stops answering and forgets everything: notices may have been missed.
     fn turn_deaf(&self) {
+        // Voids inserts racing this flush (see `insert`).
+        self.sequence.fetch_add(1, Ordering::AcqRel);
         if !self.deaf.swap(true, Ordering::AcqRel) {
             tracing::warn!("near-cache lost its notices: serving from Redis until it hears again");
         }
@@ -214,10 +222,14 @@ impl NearCache {
                     if !self.hearing() && !self.deaf.load(Ordering::Acquire) {
                         self.turn_deaf();
                     }
-                    let beat = self.beat.fetch_add(1, Ordering::AcqRel);
-                    if let Err(error) = store.publish(&Notice::Heartbeat(self.replica, beat)).await {
-                        tracing::debug!(%error, "near-cache heartbeat not sent");
-                    }
+                    // Sent from its own task so a slow publish never delays applying notices.
+                    let notice = Notice::Heartbeat(self.replica, self.beat.fetch_add(1, Ordering::AcqRel));
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = store.publish(&notice).await {
+                            tracing::debug!(%error, "near-cache heartbeat not sent");
+                        }
+                    });
                 }
                 _ = stop.changed() => return,
             }

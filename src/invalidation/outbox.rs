@@ -149,7 +149,7 @@ async fn drain(
                 expand(mapping, &row_id, &mut keys, &mut patterns);
             }
         }
-        if let Err(error) = apply(coordinator, keys, patterns, config.limits.max_key_bytes).await {
+        if let Err(error) = apply(coordinator, keys, patterns, &config.limits).await {
             tracing::warn!(%error, rows = ids.len(), "outbox invalidation failed; rows stay for a retry");
             transaction.rollback().await.map_err(postgres_error)?;
             return Err(error);
@@ -178,12 +178,12 @@ async fn apply(
     coordinator: &Coordinator,
     keys: BTreeSet<String>,
     patterns: BTreeSet<String>,
-    max_key_bytes: usize,
+    limits: &crate::config::LimitsConfig,
 ) -> Result<()> {
     // A row id that cannot form a valid key (say, it holds a space) names nothing that can be cached: skip it.
-    let valid = |raw: &String| crate::keys::Key::parse(raw, max_key_bytes).is_ok();
+    let valid = |raw: &String| crate::keys::Key::parse(raw, limits.max_key_bytes).is_ok();
     let keys: Vec<String> = keys.into_iter().filter(valid).collect();
-    for chunk in keys.chunks(1000) {
+    for chunk in keys.chunks(limits.max_batch_keys) {
         coordinator.invalidate(chunk).await?;
     }
     for pattern in patterns {

@@ -104,6 +104,8 @@ static FILL_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(format!(
         r"{WRITE_HELPERS}
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+-- A lease missing from the group's lease set (evicted) could not have been voided by a pattern: refuse.
+if redis.call('SISMEMBER', KEYS[4], ARGV[4]) == 0 then return 0 end
 store(KEYS, ARGV[4], ARGV[2], tonumber(ARGV[3]), ARGV[5])
 return 1"
     ))
@@ -150,16 +152,35 @@ return n",
     )
 });
 
-/// Invalidate the keys of one group matching a pattern. KEYS: index, lease set, epoch. ARGV: Lua pattern over
-/// members, group tag, fresh epoch. Voids matching leases first, then deletes matching values. If the index is
+/// Invalidate the keys of one group matching a pattern. KEYS: index, lease set, epoch. ARGV: glob over members
+/// (`*` and `?` only; matched by `glob`, a linear-time port of `keys::glob_match`, never Lua's backtracking
+/// patterns), group tag, fresh epoch. Voids matching leases first, then deletes matching values. If the index is
 /// gone (evicted, or every member expired) while the epoch lives, the whole group is dropped by a new epoch:
 /// more than asked, never less. Cost: the size of the group, whatever the size of the keyspace.
 static GROUP_PATTERN_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r"
+local function glob(p, s)
+  local pi, si, star, mark = 1, 1, 0, 0
+  while si <= #s do
+    local c = string.sub(p, pi, pi)
+    if c == '*' then
+      star, mark, pi = pi, si, pi + 1
+    elseif pi <= #p and (c == '?' or c == string.sub(s, si, si)) then
+      pi, si = pi + 1, si + 1
+    elseif star > 0 then
+      mark = mark + 1
+      pi, si = star + 1, mark
+    else
+      return false
+    end
+  end
+  while string.sub(p, pi, pi) == '*' do pi = pi + 1 end
+  return pi > #p
+end
 local pattern, tag = ARGV[1], ARGV[2]
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  if string.match(member, pattern) then
+  if glob(pattern, member) then
     redis.call('DEL', tag .. '#lease' .. member)
     redis.call('SREM', KEYS[2], member)
   end
@@ -170,7 +191,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local n = 0
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if string.match(member, pattern) then
+  if glob(pattern, member) then
     n = n + redis.call('UNLINK', tag .. member)
     redis.call('SREM', KEYS[1], member)
   end
@@ -315,7 +336,7 @@ impl RedisStore {
             layout::epoch_key(group),
         ];
         let args: Vec<Value> = vec![
-            layout::glob_to_lua(rest_pattern).into(),
+            rest_pattern.into(),
             layout::tag(group).into(),
             fresh_epoch(),
         ];

@@ -87,26 +87,6 @@ pub(super) fn classify(redis_key: &str) -> Found {
     }
 }
 
-/// A glob over key remainders (only `*` and `?` are special; keys hold no other glob characters) as an anchored
-/// Lua pattern, every Lua magic character escaped.
-pub(super) fn glob_to_lua(glob: &str) -> String {
-    let mut lua = String::with_capacity(glob.len() * 2 + 2);
-    lua.push('^');
-    for c in glob.chars() {
-        match c {
-            '*' => lua.push_str(".*"),
-            '?' => lua.push('.'),
-            '^' | '$' | '(' | ')' | '%' | '.' | '[' | ']' | '+' | '-' => {
-                lua.push('%');
-                lua.push(c);
-            }
-            c => lua.push(c),
-        }
-    }
-    lua.push('$');
-    lua
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,12 +125,5 @@ mod tests {
         ] {
             assert_eq!(classify(other), Found::Other, "{other}");
         }
-    }
-
-    #[test]
-    fn globs_become_anchored_lua_patterns() {
-        assert_eq!(glob_to_lua(":*"), "^:.*$");
-        assert_eq!(glob_to_lua(""), "^$");
-        assert_eq!(glob_to_lua(":a.b-c?%"), "^:a%.b%-c.%%$");
     }
 }
