@@ -62,6 +62,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve cachecoord.v1 (the default).
     Serve,
+    /// Validate the configuration (file, environment, flags), print it as TOML, and exit.
+    CheckConfig,
     /// Install the Postgres outbox (table, trigger function, and a trigger on every `[[outbox.tables]]` table)
     /// into the database at `postgres.url`, then exit. Idempotent.
     Migrate,

@@ -8,6 +8,10 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli)?;
+    if let Some(Command::CheckConfig) = cli.command {
+        println!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
     cachecoord::telemetry::init(&config)?;
 
     if let Some(Command::Migrate) = cli.command {
