@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", toml::to_string_pretty(&config)?);
         return Ok(());
     }
-    cachecoord::telemetry::init(&config)?;
+    let telemetry = cachecoord::telemetry::init(&config)?;
 
     if let Some(Command::Migrate) = cli.command {
         cachecoord::invalidation::outbox::migrate(&config)
@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     cachecoord::server::serve(config, listener, shutdown_signal()).await?;
+    telemetry.shutdown();
     tracing::info!("cachecoord stopped");
     Ok(())
 }

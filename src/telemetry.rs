@@ -1,8 +1,17 @@
-//! Process-wide observability: the tracing subscriber (text or JSON logs), and the Prometheus exporter serving
-//! `/metrics` on its own port. Called once by `main`; the library itself only emits spans and metrics.
+//! Process-wide observability: the tracing subscriber (text or JSON logs), OpenTelemetry trace export over
+//! OTLP/gRPC (off unless an endpoint is configured), W3C trace-context propagation in gRPC metadata (in from
+//! callers, out to LoaderService calls), and the Prometheus exporter serving `/metrics` on its own port.
+//! `init` is called once by `main`; the library itself only emits spans and metrics.
 
 use crate::config::Config;
 use metrics_exporter_prometheus::PrometheusBuilder;
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tonic::metadata::{KeyRef, MetadataKey, MetadataMap, MetadataValue};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
@@ -15,6 +24,25 @@ pub enum TelemetryError {
     /// The metrics endpoint could not be set up.
     #[error("cannot serve metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    /// The OTLP exporter could not be built.
+    #[error("cannot export traces: {0}")]
+    Traces(#[from] opentelemetry_otlp::ExporterBuildError),
+}
+
+/// Keeps trace export running; `shutdown` flushes the spans still buffered.
+pub struct Telemetry {
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes and stops trace export.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.tracer_provider
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "trace export did not flush");
+        }
+    }
 }
 
 /// Latency buckets in seconds, 100 µs to 10 s: loopback Redis hits sit at the low end, slow loaders at the top.
@@ -23,8 +51,8 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
-/// Installs logging and, when configured, the `/metrics` endpoint. Must run inside the tokio runtime.
-pub fn init(config: &Config) -> Result<(), TelemetryError> {
+/// Installs logging, trace export and the `/metrics` endpoint as configured. Must run inside the tokio runtime.
+pub fn init(config: &Config) -> Result<Telemetry, TelemetryError> {
     let filter = match EnvFilter::try_from_default_env() {
         Ok(filter) => filter,
         Err(_) => EnvFilter::try_new(&config.log_level)?,
@@ -34,10 +62,40 @@ pub fn init(config: &Config) -> Result<(), TelemetryError> {
     } else {
         tracing_subscriber::fmt::layer().boxed()
     };
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let tracer_provider = match &config.telemetry.otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()?;
+            let ratio = config.telemetry.trace_sampling_ratio;
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name("cachecoord")
+                .build();
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                // A caller's sampling decision is followed; traces that start here are sampled at the ratio.
+                .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                    ratio,
+                ))))
+                .with_resource(resource)
+                .build();
+            Some(provider)
+        }
+        None => None,
+    };
+    let traces = tracer_provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("cachecoord")));
     tracing_subscriber::registry()
         .with(filter)
         .with(logs)
+        .with(traces)
         .init();
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        tracing::info!(%endpoint, "exporting traces over OTLP");
+    }
 
     if let Some(addr) = config.telemetry.metrics_addr {
         PrometheusBuilder::new()
@@ -47,7 +105,53 @@ pub fn init(config: &Config) -> Result<(), TelemetryError> {
         describe_metrics();
         tracing::info!(%addr, "metrics on /metrics");
     }
-    Ok(())
+    Ok(Telemetry { tracer_provider })
+}
+
+/// Makes `span` continue the caller's trace, when its gRPC metadata carries W3C trace context. Call before the
+/// span is first entered.
+pub fn continue_trace(span: &tracing::Span, metadata: &MetadataMap) {
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&MetadataCarrier(metadata)));
+    // Without the OpenTelemetry layer (export off) there is no trace to continue: nothing to do.
+    let _ = span.set_parent(parent);
+}
+
+/// Writes the current span's trace context into outgoing gRPC metadata, so the callee continues the trace.
+pub fn propagate_trace(metadata: &mut MetadataMap) {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&context, &mut MetadataSink(metadata))
+    });
+}
+
+struct MetadataCarrier<'a>(&'a MetadataMap);
+
+impl Extractor for MetadataCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|key| match key {
+                KeyRef::Ascii(key) => Some(key.as_str()),
+                KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+struct MetadataSink<'a>(&'a mut MetadataMap);
+
+impl Injector for MetadataSink<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let key = MetadataKey::from_bytes(key.as_bytes());
+        if let (Ok(key), Ok(value)) = (key, MetadataValue::try_from(value)) {
+            self.0.insert(key, value);
+        }
+    }
 }
 
 fn describe_metrics() {

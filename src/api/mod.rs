@@ -21,7 +21,7 @@ use crate::{Error, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
-use tracing::{Span, field::Empty, instrument};
+use tracing::{Instrument, Span, field::Empty};
 
 /// The CacheService implementation handed to tonic.
 #[derive(Clone)]
@@ -48,6 +48,20 @@ impl CacheApi {
     }
 }
 
+/// The span of one RPC, continuing the caller's trace when its metadata carries W3C trace context.
+fn rpc_span(rpc: &'static str, metadata: &tonic::metadata::MetadataMap) -> Span {
+    let span = tracing::info_span!(
+        "rpc",
+        rpc,
+        key = Empty,
+        entity = Empty,
+        source = Empty,
+        code = Empty
+    );
+    crate::telemetry::continue_trace(&span, metadata);
+    span
+}
+
 /// Ends a handler: counts and times the call, records its status code, converts the result.
 fn finish<T>(
     rpc: &'static str,
@@ -69,144 +83,177 @@ fn finish<T>(
 
 #[tonic::async_trait]
 impl CacheService for CacheApi {
-    #[instrument(name = "rpc", skip_all, fields(rpc = "Get", key = Empty, entity = Empty, source = Empty, code = Empty))]
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let started = Instant::now();
-        let budget = deadline::budget(request.metadata());
-        let request = request.into_inner();
-        self.describe_key(&request.key);
-        let options = ReadOptions {
-            cache_only: request.cache_only,
-        };
-        let lookup = deadline::within(budget, self.coordinator.get(&request.key, options)).await;
-        let response = lookup.map(|lookup| {
-            Span::current().record("source", lookup.source.label());
-            let (found, value, source, ttl_remaining) = lookup_fields(lookup);
-            GetResponse {
-                found,
-                value,
-                source,
-                ttl_remaining,
-            }
-        });
-        finish("Get", started, response)
+        let span = rpc_span("Get", request.metadata());
+        async move {
+            let started = Instant::now();
+            let budget = deadline::budget(request.metadata());
+            let request = request.into_inner();
+            self.describe_key(&request.key);
+            let options = ReadOptions {
+                cache_only: request.cache_only,
+            };
+            let lookup =
+                deadline::within(budget, self.coordinator.get(&request.key, options)).await;
+            let response = lookup.map(|lookup| {
+                Span::current().record("source", lookup.source.label());
+                let (found, value, source, ttl_remaining) = lookup_fields(lookup);
+                GetResponse {
+                    found,
+                    value,
+                    source,
+                    ttl_remaining,
+                }
+            });
+            finish("Get", started, response)
+        }
+        .instrument(span)
+        .await
     }
 
-    #[instrument(name = "rpc", skip_all, fields(rpc = "BatchGet", keys = request.get_ref().keys.len(), code = Empty))]
     async fn batch_get(
         &self,
         request: Request<BatchGetRequest>,
     ) -> Result<Response<BatchGetResponse>, Status> {
-        let started = Instant::now();
-        let budget = deadline::budget(request.metadata());
-        let BatchGetRequest { keys, cache_only } = request.into_inner();
-        let options = ReadOptions { cache_only };
-        let lookups = deadline::within(budget, self.coordinator.batch_get(&keys, options)).await;
-        let response = lookups.map(|lookups| {
-            let results = keys
-                .into_iter()
-                .zip(lookups)
-                .map(|(key, lookup)| {
-                    let (found, value, source, ttl_remaining) = lookup_fields(lookup);
-                    BatchGetResult {
-                        key,
-                        found,
-                        value,
-                        source,
-                        ttl_remaining,
-                    }
-                })
-                .collect();
-            BatchGetResponse { results }
-        });
-        finish("BatchGet", started, response)
+        let span = rpc_span("BatchGet", request.metadata());
+        async move {
+            let started = Instant::now();
+            let budget = deadline::budget(request.metadata());
+            let BatchGetRequest { keys, cache_only } = request.into_inner();
+            let options = ReadOptions { cache_only };
+            let lookups =
+                deadline::within(budget, self.coordinator.batch_get(&keys, options)).await;
+            let response = lookups.map(|lookups| {
+                let results = keys
+                    .into_iter()
+                    .zip(lookups)
+                    .map(|(key, lookup)| {
+                        let (found, value, source, ttl_remaining) = lookup_fields(lookup);
+                        BatchGetResult {
+                            key,
+                            found,
+                            value,
+                            source,
+                            ttl_remaining,
+                        }
+                    })
+                    .collect();
+                BatchGetResponse { results }
+            });
+            finish("BatchGet", started, response)
+        }
+        .instrument(span)
+        .await
     }
 
-    #[instrument(name = "rpc", skip_all, fields(rpc = "Set", key = Empty, entity = Empty, code = Empty))]
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
-        let started = Instant::now();
-        let request = request.into_inner();
-        self.describe_key(&request.key);
-        let result = async {
-            let ttl = self.coordinator.set(set_command(request)?).await?;
-            Ok(SetResponse {
-                ttl: Some(to_proto_duration(ttl)),
-            })
-        };
-        finish("Set", started, result.await)
+        let span = rpc_span("Set", request.metadata());
+        async move {
+            let started = Instant::now();
+            let request = request.into_inner();
+            self.describe_key(&request.key);
+            let result = async {
+                let ttl = self.coordinator.set(set_command(request)?).await?;
+                Ok(SetResponse {
+                    ttl: Some(to_proto_duration(ttl)),
+                })
+            };
+            finish("Set", started, result.await)
+        }
+        .instrument(span)
+        .await
     }
 
-    #[instrument(name = "rpc", skip_all, fields(rpc = "BatchSet", entries = request.get_ref().entries.len(), code = Empty))]
     async fn batch_set(
         &self,
         request: Request<BatchSetRequest>,
     ) -> Result<Response<BatchSetResponse>, Status> {
-        let started = Instant::now();
-        let result = async {
-            let commands = request
-                .into_inner()
-                .entries
-                .into_iter()
-                .map(set_command)
-                .collect::<Result<Vec<_>>>()?;
-            let outcome = self.coordinator.batch_set(commands).await?;
-            Ok(BatchSetResponse {
-                written: outcome.written,
-                stale_keys: outcome.stale_keys,
-            })
-        };
-        finish("BatchSet", started, result.await)
+        let span = rpc_span("BatchSet", request.metadata());
+        async move {
+            let started = Instant::now();
+            let result = async {
+                let commands = request
+                    .into_inner()
+                    .entries
+                    .into_iter()
+                    .map(set_command)
+                    .collect::<Result<Vec<_>>>()?;
+                let outcome = self.coordinator.batch_set(commands).await?;
+                Ok(BatchSetResponse {
+                    written: outcome.written,
+                    stale_keys: outcome.stale_keys,
+                })
+            };
+            finish("BatchSet", started, result.await)
+        }
+        .instrument(span)
+        .await
     }
 
-    #[instrument(name = "rpc", skip_all, fields(rpc = "Invalidate", keys = request.get_ref().keys.len(), code = Empty))]
     async fn invalidate(
         &self,
         request: Request<InvalidateRequest>,
     ) -> Result<Response<InvalidateResponse>, Status> {
-        let started = Instant::now();
-        let keys = request.into_inner().keys;
-        let deleted = self.coordinator.invalidate(&keys).await;
-        finish(
-            "Invalidate",
-            started,
-            deleted.map(|deleted| InvalidateResponse { deleted }),
-        )
+        let span = rpc_span("Invalidate", request.metadata());
+        async move {
+            let started = Instant::now();
+            let keys = request.into_inner().keys;
+            let deleted = self.coordinator.invalidate(&keys).await;
+            finish(
+                "Invalidate",
+                started,
+                deleted.map(|deleted| InvalidateResponse { deleted }),
+            )
+        }
+        .instrument(span)
+        .await
     }
 
-    #[instrument(name = "rpc", skip_all, fields(rpc = "InvalidatePattern", key = Empty, entity = Empty, code = Empty))]
     async fn invalidate_pattern(
         &self,
         request: Request<InvalidatePatternRequest>,
     ) -> Result<Response<InvalidatePatternResponse>, Status> {
-        let started = Instant::now();
-        let pattern = request.into_inner().pattern;
-        self.describe_key(&pattern);
-        let deleted = self.coordinator.invalidate_pattern(&pattern).await;
-        let response = deleted.map(|deleted| InvalidatePatternResponse { deleted });
-        finish("InvalidatePattern", started, response)
+        let span = rpc_span("InvalidatePattern", request.metadata());
+        async move {
+            let started = Instant::now();
+            let pattern = request.into_inner().pattern;
+            self.describe_key(&pattern);
+            let deleted = self.coordinator.invalidate_pattern(&pattern).await;
+            let response = deleted.map(|deleted| InvalidatePatternResponse { deleted });
+            finish("InvalidatePattern", started, response)
+        }
+        .instrument(span)
+        .await
     }
 
-    #[instrument(name = "rpc", skip_all, fields(rpc = "Stats", code = Empty))]
-    async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
-        let started = Instant::now();
-        let entities = self
-            .coordinator
-            .stats()
-            .into_iter()
-            .map(|stats| EntityStats {
-                hits: stats.count(Source::Hit),
-                near_hits: stats.count(Source::NearHit),
-                negative_hits: stats.count(Source::Negative),
-                stale: stats.count(Source::Stale),
-                misses: stats.count(Source::Miss),
-                loads: stats.count(Source::Loaded),
-                coalesced: stats.count(Source::Coalesced),
-                fallbacks: stats.count(Source::Fallback),
-                hit_ratio: stats.hit_ratio(),
-                entity: stats.entity,
-            })
-            .collect();
-        finish("Stats", started, Ok(StatsResponse { entities }))
+    async fn stats(
+        &self,
+        request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        let span = rpc_span("Stats", request.metadata());
+        async move {
+            let started = Instant::now();
+            let entities = self
+                .coordinator
+                .stats()
+                .into_iter()
+                .map(|stats| EntityStats {
+                    hits: stats.count(Source::Hit),
+                    near_hits: stats.count(Source::NearHit),
+                    negative_hits: stats.count(Source::Negative),
+                    stale: stats.count(Source::Stale),
+                    misses: stats.count(Source::Miss),
+                    loads: stats.count(Source::Loaded),
+                    coalesced: stats.count(Source::Coalesced),
+                    fallbacks: stats.count(Source::Fallback),
+                    hit_ratio: stats.hit_ratio(),
+                    entity: stats.entity,
+                })
+                .collect();
+            finish("Stats", started, Ok(StatsResponse { entities }))
+        }
+        .instrument(span)
+        .await
     }
 }
 

@@ -238,14 +238,17 @@ impl Core {
                 None => {
                     let core = self.clone();
                     let flight_key = key.clone();
-                    let task = tokio::spawn(async move {
+                    // The flight runs in the span of the call that started it, so its store and loader
+                    // calls show up in that caller's trace.
+                    let flight = async move {
                         // Removed however the flight ends (done, panicked, aborted): a dead flight must not
                         // answer for its key forever.
                         let _landing = OnDrop(|| {
                             lock(&core.flights.running).remove(&flight_key);
                         });
                         start(core.clone()).await
-                    });
+                    };
+                    let task = tokio::spawn(flight.in_current_span());
                     let failed_key = key.to_string();
                     let flight = async move {
                         task.await.unwrap_or_else(|join| {
@@ -334,7 +337,7 @@ impl Core {
                 }
                 Ok(false) => match self
                     .wait_for_fill(&key, &mut events, deadline)
-                    .instrument(tracing::debug_span!("lease_wait"))
+                    .instrument(tracing::info_span!("lease_wait"))
                     .await
                 {
                     Waited::Filled(lookup) => return Ok(lookup),
@@ -473,7 +476,7 @@ impl Core {
     async fn load_batch(self: Arc<Self>, keys: Vec<(Key, Option<Entry>)>) -> Result<Vec<Lookup>> {
         // The leased part runs in its own task: a caller that leaves must not strand leases that other callers,
         // on every replica, are waiting on.
-        let batch = tokio::spawn(self.clone().load_leased(keys.clone()));
+        let batch = tokio::spawn(self.clone().load_leased(keys.clone()).in_current_span());
         let mut answers = batch.await.map_err(|join| Error::LoaderFailed {
             key: keys.first().map(|(k, _)| k.to_string()).unwrap_or_default(),
             source: join.into(),
@@ -620,7 +623,8 @@ impl Core {
         if !lock(&self.flights.refreshing).insert(key.clone()) {
             return;
         }
-        tokio::spawn(async move {
+        let span = tracing::info_span!("refresh", key = %key);
+        let refresh = async move {
             let _landing = OnDrop(|| {
                 lock(&self.flights.refreshing).remove(&key);
             });
@@ -645,7 +649,8 @@ impl Core {
                     let _ = self.store.release_lease(&key, token).await;
                 }
             }
-        });
+        };
+        tokio::spawn(refresh.instrument(span));
     }
 }
 

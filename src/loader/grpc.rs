@@ -68,6 +68,7 @@ impl Loader for GrpcLoader {
         bounded(key, &self.permits, self.timeout, async {
             let mut request = tonic::Request::new(load_request(key));
             request.set_timeout(self.timeout);
+            crate::telemetry::propagate_trace(request.metadata_mut());
             let response = self
                 .client
                 .clone()
@@ -88,6 +89,7 @@ impl Loader for GrpcLoader {
             let requests = keys.iter().map(load_request).collect();
             let mut request = tonic::Request::new(BatchLoadRequest { requests });
             request.set_timeout(self.timeout);
+            crate::telemetry::propagate_trace(request.metadata_mut());
             let response = self
                 .client
                 .clone()

@@ -26,7 +26,7 @@ impl MeteredStore {
 /// Runs one store call inside a `store` span, recording its duration and any failure under `op`.
 async fn observe<T>(op: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
     let started = Instant::now();
-    let span = tracing::debug_span!("store", op, outcome = tracing::field::Empty);
+    let span = tracing::info_span!("store", op, outcome = tracing::field::Empty);
     let result = call.instrument(span.clone()).await;
     metrics::histogram!("cachecoord_store_duration_seconds", "op" => op)
         .record(started.elapsed().as_secs_f64());

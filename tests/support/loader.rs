@@ -27,6 +27,7 @@ pub struct SourceOfTruth {
     per_key: Mutex<HashMap<String, usize>>,
     batches: Mutex<Vec<Vec<String>>>,
     reads: Option<broadcast::Sender<String>>,
+    traceparents: Mutex<Vec<String>>,
 }
 
 impl SourceOfTruth {
@@ -64,6 +65,11 @@ impl SourceOfTruth {
         self.batches.lock().unwrap().clone()
     }
 
+    /// The W3C `traceparent` headers of the Load calls received, in order.
+    pub fn traceparents(&self) -> Vec<String> {
+        self.traceparents.lock().unwrap().clone()
+    }
+
     /// Announces, for every load, the key just read from the source (before the delay).
     pub fn subscribe_reads(&self) -> broadcast::Receiver<String> {
         self.reads.as_ref().expect("reads channel").subscribe()
@@ -93,6 +99,10 @@ struct Service(Arc<SourceOfTruth>);
 impl LoaderService for Service {
     async fn load(&self, request: Request<LoadRequest>) -> Result<Response<LoadResponse>, Status> {
         self.0.loads.fetch_add(1, Ordering::Relaxed);
+        if let Some(traceparent) = request.metadata().get("traceparent") {
+            let traceparent = traceparent.to_str().unwrap_or_default().to_owned();
+            self.0.traceparents.lock().unwrap().push(traceparent);
+        }
         let request = request.into_inner();
         let value = self.0.read(&request.key).await?;
         Ok(Response::new(LoadResponse {
