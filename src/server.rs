@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 /// Why the server could not start or stopped with an error.
@@ -92,11 +92,16 @@ pub async fn serve(
         }
     };
     let grace = Duration::from_millis(config.shutdown.grace_period_ms);
+    // TCP_NODELAY: a response's header and body frames go out at once instead of waiting out the peer's
+    // delayed ACK (measured: 44 ms per small Get without it). Keepalive finds dead peers.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     let serving = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(cache_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+        .serve_with_incoming_shutdown(incoming, drain);
     let served = tokio::select! {
         served = serving => served.map_err(ServerError::Transport),
         () = async { drained.notified().await; tokio::time::sleep(grace).await } => {
