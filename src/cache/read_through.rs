@@ -304,6 +304,17 @@ impl Core {
                 }
                 Err(error) => return Err(Arc::new(error)),
                 Ok(true) => {
+                    // Someone may have filled the key between our miss and our lease (their lease was released
+                    // by the fill): look again before loading, or a key can be loaded twice.
+                    if let Some(filled) = self.fresh_entry(&key).await {
+                        let _ = self.store.release_lease(&key, token).await;
+                        let source = if filled.value.is_some() {
+                            Source::Coalesced
+                        } else {
+                            Source::Negative
+                        };
+                        return Ok(Lookup::from_entry(&filled, source));
+                    }
                     let loaded = self
                         .load_entry(&key, &policy, loader.as_ref(), stale.clone())
                         .await;
@@ -522,6 +533,24 @@ impl Core {
             if matches!(lease, Ok(true)) {
                 leased.push(i);
             }
+        }
+        // As in `fly`: keys filled between our miss and our lease are answered, not loaded again.
+        let leased_keys: Vec<Key> = leased.iter().map(|&i| keys[i].0.clone()).collect();
+        if let Ok(stored) = self.store.get_many(&leased_keys).await {
+            let mut still_missing = Vec::with_capacity(leased.len());
+            for (&i, bytes) in leased.iter().zip(stored) {
+                match bytes
+                    .and_then(Entry::decode)
+                    .filter(|e| e.stale_for().is_none())
+                {
+                    Some(filled) => {
+                        let _ = self.store.release_lease(&keys[i].0, tokens[i]).await;
+                        answers[i] = Some(Lookup::from_entry(&filled, Source::Coalesced));
+                    }
+                    None => still_missing.push(i),
+                }
+            }
+            leased = still_missing;
         }
         if leased.is_empty() {
             return Ok(answers);
