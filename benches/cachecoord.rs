@@ -76,34 +76,51 @@ where
         all.extend(latencies);
         errors += worker_errors;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
+    figures(
+        name,
+        concurrency,
+        all,
+        errors,
+        started.elapsed(),
+        String::new(),
+    )
+}
+
+/// Sorts the latencies (ns), takes percentiles and throughput, and prints one line.
+fn figures(
+    name: &str,
+    concurrency: usize,
+    mut latencies: Vec<u64>,
+    errors: u64,
+    elapsed: Duration,
+    note: String,
+) -> Figures {
+    latencies.sort_unstable();
     let at = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1e3
+        let index = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(index).copied().unwrap_or(0) as f64 / 1e3
     };
     let figures = Figures {
         name: name.to_owned(),
         concurrency,
-        requests: all.len() as u64,
+        requests: latencies.len() as u64,
         errors,
-        per_second: all.len() as f64 / elapsed,
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_us: at(0.5),
         p99_us: at(0.99),
         p999_us: at(0.999),
-        note: String::new(),
+        note,
     };
     eprintln!(
-        "{:<40} c={:<4} {:>10.0}/s p50 {:>8.0}µs p99 {:>8.0}µs p99.9 {:>8.0}µs errors {}",
+        "{:<40} c={:<4} {:>10.0}/s p50 {:>8.0}µs p99 {:>8.0}µs p99.9 {:>8.0}µs errors {} {}",
         figures.name,
         concurrency,
         figures.per_second,
         figures.p50_us,
         figures.p99_us,
         figures.p999_us,
-        errors
+        errors,
+        figures.note
     );
     figures
 }
@@ -245,27 +262,20 @@ async fn stampede(
         latencies.push(latency.as_nanos() as u64);
         errors += u64::from(!ok);
     }
-    latencies.sort_unstable();
     let total_loads: usize = names.iter().map(|k| loader.source.loads_of(k)).sum();
-    let at = |q: f64| {
-        latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] as f64 / 1e3
-    };
-    let figures = Figures {
-        name: format!("stampede, leases {}", if leases { "on" } else { "off" }),
-        concurrency: replicas * callers,
-        requests: latencies.len() as u64,
+    let note = format!(
+        "{replicas} replicas × {callers} callers × {keys} keys: {:.2} loader calls per key",
+        total_loads as f64 / keys as f64
+    );
+    let name = format!("stampede, leases {}", if leases { "on" } else { "off" });
+    figures(
+        &name,
+        replicas * callers,
+        latencies,
         errors,
-        per_second: latencies.len() as f64 / started.elapsed().as_secs_f64(),
-        p50_us: at(0.5),
-        p99_us: at(0.99),
-        p999_us: at(0.999),
-        note: format!(
-            "{replicas} replicas × {callers} callers × {keys} keys: {:.2} loader calls per key",
-            total_loads as f64 / keys as f64
-        ),
-    };
-    eprintln!("{:<40} {}", figures.name, figures.note);
-    figures
+        started.elapsed(),
+        note,
+    )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -432,44 +442,20 @@ async fn main() {
             .await,
         );
     }
-    loader.source.set_delay(Duration::from_millis(1));
-    results.push(
-        scenario(
-            "Get miss → load (loader 1 ms)",
-            concurrency,
-            duration,
-            &pool,
-            &keys,
-            |mut c, _, w, i| async move {
-                c.get(GetRequest {
-                    key: format!("load:a{w}x{i}"),
-                    cache_only: false,
-                })
-                .await
-                .is_ok()
-            },
-        )
-        .await,
-    );
-    loader.source.set_delay(Duration::from_millis(50));
-    results.push(
-        scenario(
-            "Get miss → load (loader 50 ms)",
-            concurrency,
-            duration,
-            &pool,
-            &keys,
-            |mut c, _, w, i| async move {
-                c.get(GetRequest {
-                    key: format!("load:b{w}x{i}"),
-                    cache_only: false,
-                })
-                .await
-                .is_ok()
-            },
-        )
-        .await,
-    );
+    for (delay_ms, tag) in [(1u64, 'a'), (50, 'b')] {
+        loader.source.set_delay(Duration::from_millis(delay_ms));
+        let name = format!("Get miss → load (loader {delay_ms} ms)");
+        let miss = move |mut c: Client, _, w, i| async move {
+            let key = format!("load:{tag}{w}x{i}");
+            c.get(GetRequest {
+                key,
+                cache_only: false,
+            })
+            .await
+            .is_ok()
+        };
+        results.push(scenario(&name, concurrency, duration, &pool, &keys, miss).await);
+    }
     results.push(
         scenario(
             "Invalidate",

@@ -1,6 +1,7 @@
 //! Bad input gets INVALID_ARGUMENT with an ErrorInfo reason, never a panic and never damage to other entries; an
 //! unreachable Redis gets UNAVAILABLE.
 
+#[macro_use]
 mod support;
 
 use cachecoord::proto::{
@@ -196,17 +197,6 @@ async fn match_all_pattern_needs_explicit_permission(backend: Backend) {
         .into_inner()
         .deleted;
     assert_eq!(deleted, 2);
-}
-
-macro_rules! on_both_stores {
-    ($($scenario:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test] async fn $scenario() { super::$scenario(super::Backend::Embedded).await })*
-        }
-        mod cluster {
-            $(#[tokio::test] async fn $scenario() { super::$scenario(super::Backend::Cluster).await })*
-        }
-    };
 }
 
 on_both_stores!(

@@ -1,5 +1,6 @@
 //! Every CacheService RPC, run against the embedded store and against the real Redis Cluster.
 
+#[macro_use]
 mod support;
 
 use cachecoord::proto::cache_service_client::CacheServiceClient;
@@ -229,17 +230,6 @@ async fn invalidate_pattern_deletes_exactly_the_matches(backend: Backend) {
         .into_inner()
         .deleted;
     assert_eq!(deleted, 5);
-}
-
-macro_rules! on_both_stores {
-    ($($scenario:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test] async fn $scenario() { super::$scenario(super::Backend::Embedded).await })*
-        }
-        mod cluster {
-            $(#[tokio::test] async fn $scenario() { super::$scenario(super::Backend::Cluster).await })*
-        }
-    };
 }
 
 on_both_stores!(

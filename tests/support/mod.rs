@@ -6,6 +6,20 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+/// Defines each named `async fn scenario(backend: Backend)` of the calling file as two tests, `embedded::<name>`
+/// and `cluster::<name>`: the same behaviour checked on both stores.
+#[allow(unused_macros)]
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test] async fn $scenario() { super::$scenario(super::Backend::Embedded).await })*
+        }
+        mod cluster {
+            $(#[tokio::test] async fn $scenario() { super::$scenario(super::Backend::Cluster).await })*
+        }
+    };
+}
+
 pub mod cluster;
 pub mod loader;
 pub mod ports;
