@@ -215,6 +215,79 @@ max_concurrency = 1024
     )
 }
 
+/// The expiry storm: `keys` hot keys loaded together (20 ms loader, 2 s TTL, no jitter) expire together under
+/// steady load. On: XFetch (β = 1) refreshes hits early in the background and stale-while-revalidate (5 s)
+/// serves an expired value while one refresh runs; off: every expiry is a miss that waits for a load. Runs `duration` (several expiries) and answers the figures of the whole run.
+async fn expiry_storm(
+    cluster: &RedisCluster,
+    xfetch: bool,
+    keys: usize,
+    duration: Duration,
+) -> Figures {
+    let loader = TestLoader::start().await;
+    loader.source.set_delay(Duration::from_millis(20));
+    let config = format!(
+        r#"
+log_level = "warn"
+[store]
+redis_url = "{}"
+[policy_defaults]
+jitter_ratio = 0.0
+[[policies]]
+name = "storm"
+pattern = "storm:*"
+ttl_secs = 2
+xfetch_beta = {}
+stale_while_revalidate_secs = {}
+[[loaders]]
+pattern = "storm:*"
+kind = "grpc"
+endpoint = "http://{}"
+max_concurrency = 1024
+"#,
+        cluster.url(),
+        if xfetch { "1.0" } else { "0.0" },
+        if xfetch { 5 } else { 0 },
+        loader.addr
+    );
+    let server = ServerProcess::start(&config).await;
+    let pool = Arc::new(clients(&server, 4).await);
+    let tag = format!("{}{}", if xfetch { "x" } else { "p" }, std::process::id());
+    let names: Arc<Vec<String>> = Arc::new((0..keys).map(|k| format!("storm:{tag}k{k}")).collect());
+    for name in names.iter() {
+        loader.source.put(name, b"row");
+    }
+    // Load every key at once (in batches of the 1,000-key limit), so they all expire together.
+    for chunk in names.chunks(1000) {
+        let batch = BatchGetRequest {
+            keys: chunk.to_vec(),
+            cache_only: false,
+        };
+        pool[0].clone().batch_get(batch).await.unwrap();
+    }
+    let state = if xfetch { "on" } else { "off" };
+    let name = format!("expiry storm, XFetch + stale-while-revalidate {state}");
+    let mut figures = closed_loop(&name, 32, duration, move |w, i| {
+        let mut client = pool[w % pool.len()].clone();
+        let key = names[((w as u64 * 97 + i) % names.len() as u64) as usize].clone();
+        async move {
+            client
+                .get(GetRequest {
+                    key,
+                    cache_only: false,
+                })
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let loads: usize = (0..keys)
+        .map(|k| loader.source.loads_of(&format!("storm:{tag}k{k}")))
+        .sum();
+    figures.note = format!("{keys} keys, 2 s TTL, {loads} loads in {duration:?}");
+    figures
+}
+
 /// The stampede: `replicas` servers × `callers` concurrent Gets on each of `keys` cold keys, 100 ms loader.
 async fn stampede(
     cluster: &RedisCluster,
@@ -320,6 +393,10 @@ async fn main() {
             .await
             .unwrap();
     }
+    let tagged: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|i| (format!("{{mg}}:{i}"), value.clone()))
+        .collect();
+    let _: () = redis.mset(tagged).await.unwrap();
     let keys = Arc::new(Keys { warm, hot });
 
     // Floor and alternative.
@@ -363,6 +440,44 @@ async fn main() {
         .await
     };
     results.push(direct);
+    let direct_set = {
+        let redis = redis.clone();
+        closed_loop(
+            "direct Redis SET (fred)",
+            concurrency,
+            duration,
+            move |w, i| {
+                let redis = redis.clone();
+                async move {
+                    let key = format!("direct:s{w}x{}", i % 1000);
+                    let set = redis.set::<(), _, _>(key, "0123456789abcdef", None, None, false);
+                    set.await.is_ok()
+                }
+            },
+        )
+        .await
+    };
+    results.push(direct_set);
+    let direct_mget = {
+        let redis = redis.clone();
+        closed_loop(
+            "direct Redis MGET of 10 (one slot)",
+            8,
+            duration,
+            move |_, i| {
+                let redis = redis.clone();
+                async move {
+                    // A hash tag keeps the 10 keys in one slot: plain MGET on a cluster allows nothing else.
+                    let keys: Vec<String> = (0..10)
+                        .map(|k| format!("{{mg}}:{}", (i + k) % 100))
+                        .collect();
+                    redis.mget::<Vec<Option<Vec<u8>>>, _>(keys).await.is_ok()
+                }
+            },
+        )
+        .await
+    };
+    results.push(direct_mget);
 
     results.push(
         scenario(
@@ -546,6 +661,9 @@ async fn main() {
     let (replicas, callers, keys) = if quick { (2, 20, 5) } else { (3, 100, 20) };
     results.push(stampede(&cluster, true, replicas, callers, keys).await);
     results.push(stampede(&cluster, false, replicas, callers, keys).await);
+    let storm_for = Duration::from_secs(if quick { 5 } else { 12 });
+    results.push(expiry_storm(&cluster, true, 2000, storm_for).await);
+    results.push(expiry_storm(&cluster, false, 2000, storm_for).await);
 
     report(&results, rss, quick);
 }
@@ -627,6 +745,21 @@ fn report(results: &[Figures], rss_mib: f64, quick: bool) {
         3.0 * get_hit.p50_us,
         check(batch100.p50_us <= 3.0 * get_hit.p50_us)
     );
+    let steady = find("Get hit (Redis)");
+    for storm in results
+        .iter()
+        .filter(|f| f.name.starts_with("expiry storm"))
+    {
+        let ratio = storm.p99_us / steady.p99_us;
+        let _ = writeln!(
+            md,
+            "- {} p99 ≤ 1.5 × steady Get-hit p99: {:.0} µs vs {:.0} µs ({ratio:.2} ×) — {}",
+            storm.name,
+            storm.p99_us,
+            steady.p99_us,
+            check(ratio <= 1.5)
+        );
+    }
     let storm = find("stampede, leases on");
     let _ = writeln!(
         md,

@@ -76,6 +76,13 @@ impl SourceOfTruth {
     }
 
     async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, Status> {
+        let value = self.read_now(key)?;
+        self.wait_delay().await;
+        Ok(value)
+    }
+
+    /// Reads `key` from the source, counting and announcing the read, without the delay.
+    fn read_now(&self, key: &str) -> Result<Option<Vec<u8>>, Status> {
         *self.per_key.lock().unwrap().entry(key.into()).or_default() += 1;
         if self.failing.load(Ordering::Relaxed) {
             return Err(Status::unavailable("source of truth is down (test)"));
@@ -84,11 +91,15 @@ impl SourceOfTruth {
         if let Some(reads) = &self.reads {
             let _ = reads.send(key.to_owned());
         }
+        Ok(value)
+    }
+
+    /// The configured latency of one call (a batch is one query: it waits once).
+    async fn wait_delay(&self) {
         let delay = self.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        Ok(value)
     }
 }
 
@@ -126,7 +137,7 @@ impl LoaderService for Service {
         self.0.batches.lock().unwrap().push(keys.clone());
         let mut results = Vec::new();
         for key in keys {
-            let value = self.0.read(&key).await?;
+            let value = self.0.read_now(&key)?;
             results.push(BatchLoadResult {
                 key,
                 found: value.is_some(),
@@ -134,6 +145,7 @@ impl LoaderService for Service {
                 ttl: None,
             });
         }
+        self.0.wait_delay().await;
         Ok(Response::new(BatchLoadResponse { results }))
     }
 }
