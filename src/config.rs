@@ -103,6 +103,29 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// How the server stops.
     pub shutdown: ShutdownConfig,
+    /// What must never be cached.
+    pub sensitive_data: SensitiveDataConfig,
+}
+
+/// What must never be cached: keys and JSON field names containing these words (case-insensitive).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SensitiveDataConfig {
+    /// Words that mark a key segment (the entity included) or a JSON field name as a secret. Default
+    /// `password, passwd, secret, token, api_key, session`. A Set touching one is refused (SENSITIVE_DATA); a
+    /// loader result touching one is served but not cached.
+    pub deny: Vec<String>,
+}
+
+impl Default for SensitiveDataConfig {
+    fn default() -> Self {
+        let deny = [
+            "password", "passwd", "secret", "token", "api_key", "session",
+        ];
+        SensitiveDataConfig {
+            deny: deny.iter().map(|w| (*w).to_owned()).collect(),
+        }
+    }
 }
 
 /// Logs, metrics and traces.
@@ -445,6 +468,7 @@ impl Default for Config {
             near_cache: NearCacheConfig::default(),
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig::default(),
+            sensitive_data: SensitiveDataConfig::default(),
         }
     }
 }

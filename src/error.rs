@@ -37,6 +37,17 @@ pub enum Error {
         pattern: String,
     },
 
+    /// The key or value names a secret, and secrets are never cached.
+    #[error(
+        "{key:?} is not cacheable: {reason} (secrets are never cached; see sensitive_data.deny)"
+    )]
+    SensitiveData {
+        /// The key written.
+        key: String,
+        /// What matched the deny-list.
+        reason: String,
+    },
+
     /// A value exceeds the configured maximum size.
     #[error("value for {key:?} is {size} bytes; the limit is {max} bytes")]
     ValueTooLarge {

@@ -20,6 +20,7 @@ pub fn to_status(error: &Error) -> Status {
         Error::InvalidPattern { .. } => (Code::InvalidArgument, "INVALID_PATTERN"),
         Error::PatternTooBroad { .. } => (Code::InvalidArgument, "PATTERN_TOO_BROAD"),
         Error::ValueTooLarge { .. } => (Code::InvalidArgument, "VALUE_TOO_LARGE"),
+        Error::SensitiveData { .. } => (Code::InvalidArgument, "SENSITIVE_DATA"),
         Error::TtlOutOfBounds { .. } => (Code::InvalidArgument, "TTL_OUT_OF_BOUNDS"),
         Error::InvalidTtl { .. } => (Code::InvalidArgument, "INVALID_TTL"),
         Error::EmptyRequest { .. } => (Code::InvalidArgument, "EMPTY_REQUEST"),

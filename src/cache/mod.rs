@@ -14,6 +14,7 @@ mod entry;
 mod near;
 mod policy;
 mod read_through;
+mod sensitive;
 mod stats;
 
 pub use entry::Entry;
@@ -29,6 +30,7 @@ use breaker::Breaker;
 use bytes::Bytes;
 use near::NearCache;
 use read_through::Flights;
+use sensitive::SensitiveData;
 use stats::Stats;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -127,6 +129,7 @@ struct Core {
     /// The near-cache, when `near_cache.max_bytes` is set.
     near: Option<Arc<NearCache>>,
     stats: Stats,
+    sensitive: SensitiveData,
 }
 
 /// Cache-aside coordination over one store and its loaders.
@@ -154,6 +157,7 @@ impl Coordinator {
                 near: (config.near_cache.max_bytes > 0)
                     .then(|| Arc::new(NearCache::new(&config.near_cache))),
                 stats: Stats::default(),
+                sensitive: SensitiveData::new(&config.sensitive_data.deny),
             }),
         })
     }
@@ -371,6 +375,16 @@ impl Core {
                 key: key.to_string(),
                 size: command.value.len(),
                 max: self.limits.max_value_bytes,
+            });
+        }
+        let violation = self
+            .sensitive
+            .key_violation(&key)
+            .or_else(|| self.sensitive.value_violation(&command.value));
+        if let Some(reason) = violation {
+            return Err(Error::SensitiveData {
+                key: key.to_string(),
+                reason,
             });
         }
         let ttl = self.policies.ttl_for(&key, command.ttl)?;

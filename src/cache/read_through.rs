@@ -422,10 +422,7 @@ impl Core {
     ) -> Result<(Option<StoreWrite>, Lookup), Arc<Error>> {
         let started = Instant::now();
         match loader.load(key).await {
-            Ok(loaded) => {
-                let (write, lookup) = self.entry_for(key, policy, loaded, started.elapsed());
-                Ok((Some(write), lookup))
-            }
+            Ok(loaded) => Ok(self.entry_for(key, policy, loaded, started.elapsed())),
             Err(error) => {
                 tracing::warn!(key = %key, %error, "loader failed");
                 match stale.filter(|e| stale_if_error_allows(e, policy)) {
@@ -595,7 +592,14 @@ impl Core {
             let (write, lookup) = self.entry_for(key, policy, loaded, elapsed);
             let token = tokens[i];
             let store = &self.store;
-            async move { (i, store.fill(token, &write).await, lookup) }
+            async move {
+                let filled = match &write {
+                    Some(write) => store.fill(token, write).await,
+                    // Not cacheable: give the lease back, and serve the value.
+                    None => store.release_lease(key, token).await.map(|()| true),
+                };
+                (i, filled, lookup)
+            }
         });
         for (i, filled, lookup) in futures::future::join_all(fills).await {
             // A voided fill is settled by the key's own flight (which serves a newer Set or loads again).
@@ -619,7 +623,7 @@ impl Core {
         policy: &Policy,
         loaded: Loaded,
         took: Duration,
-    ) -> (StoreWrite, Lookup) {
+    ) -> (Option<StoreWrite>, Lookup) {
         let found = loaded.value.is_some();
         let ttl = match (found, loaded.ttl) {
             (false, _) => policy.negative_ttl,
@@ -637,13 +641,24 @@ impl Core {
             ttl
         };
         let lookup = Lookup::from_entry(&entry, Source::Loaded);
+        // What must never be cached is served to this caller but not written.
+        let violation = self.sensitive.key_violation(key).or_else(|| {
+            let value = entry.value.as_deref().unwrap_or_default();
+            self.sensitive.value_violation(value)
+        });
+        if let Some(reason) = violation {
+            tracing::warn!(entity = %policy.name, %reason, "loader result not cached: sensitive data");
+            metrics::counter!("cachecoord_sensitive_not_cached_total", "entity" => policy.name.clone())
+                .increment(1);
+            return (None, lookup);
+        }
         let write = StoreWrite {
             key: key.clone(),
             value: entry.encode(),
             ttl: physical_ttl,
             version: None,
         };
-        (write, lookup)
+        (Some(write), lookup)
     }
 
     /// Refreshes `key` in the background unless this replica already is; only the lease holder loads, so across
@@ -669,10 +684,10 @@ impl Core {
             let policy = self.policies.for_key(&key);
             let started = Instant::now();
             match loader.load(&key).await {
-                Ok(loaded) => {
-                    let (write, _) = self.entry_for(&key, policy, loaded, started.elapsed());
-                    let _ = self.store.fill(token, &write).await;
-                }
+                Ok(loaded) => match self.entry_for(&key, policy, loaded, started.elapsed()).0 {
+                    Some(write) => drop(self.store.fill(token, &write).await),
+                    None => drop(self.store.release_lease(&key, token).await),
+                },
                 Err(error) => {
                     tracing::warn!(key = %key, %error, "background refresh failed");
                     let _ = self.store.release_lease(&key, token).await;
