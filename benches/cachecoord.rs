@@ -153,6 +153,20 @@ where
     .await
 }
 
+/// A cache-only Get of one of the seeded keys (`hot`: the near-cached ones); true when it was found.
+async fn get_seeded(mut client: Client, keys: Arc<Keys>, hot: bool, w: usize, i: u64) -> bool {
+    let seeded = if hot { &keys.hot } else { &keys.warm };
+    let key = seeded[((w as u64 * 31 + i) % seeded.len() as u64) as usize].clone();
+    let request = GetRequest {
+        key,
+        cache_only: true,
+    };
+    client
+        .get(request)
+        .await
+        .is_ok_and(|r| r.into_inner().found)
+}
+
 fn set(key: String, value: &[u8]) -> SetRequest {
     SetRequest {
         key,
@@ -486,15 +500,7 @@ async fn main() {
             duration,
             &pool,
             &keys,
-            |mut c, keys, w, i| async move {
-                let key = keys.warm[((w as u64 * 31 + i) % 1000) as usize].clone();
-                c.get(GetRequest {
-                    key,
-                    cache_only: true,
-                })
-                .await
-                .is_ok_and(|r| r.into_inner().found)
-            },
+            |c, keys, w, i| get_seeded(c, keys, false, w, i),
         )
         .await,
     );
@@ -505,15 +511,7 @@ async fn main() {
             duration,
             &pool,
             &keys,
-            |mut c, keys, w, i| async move {
-                let key = keys.hot[((w as u64 * 31 + i) % 1000) as usize].clone();
-                c.get(GetRequest {
-                    key,
-                    cache_only: true,
-                })
-                .await
-                .is_ok_and(|r| r.into_inner().found)
-            },
+            |c, keys, w, i| get_seeded(c, keys, true, w, i),
         )
         .await,
     );
@@ -596,15 +594,7 @@ async fn main() {
                 duration,
                 &pool,
                 &keys,
-                |mut c, keys, w, i| async move {
-                    let key = keys.warm[((w as u64 * 31 + i) % 1000) as usize].clone();
-                    c.get(GetRequest {
-                        key,
-                        cache_only: true,
-                    })
-                    .await
-                    .is_ok()
-                },
+                |c, keys, w, i| get_seeded(c, keys, false, w, i),
             )
             .await,
         );
