@@ -67,6 +67,8 @@ pub enum Command {
     /// Install the Postgres outbox (table, trigger function, and a trigger on every `[[outbox.tables]]` table)
     /// into the database at `postgres.url`, then exit. Idempotent.
     Migrate,
+    /// Read a bearer token from stdin and print the SHA-256 the tokens file stores for it.
+    HashToken,
 }
 
 /// The root of the configuration tree.
@@ -105,6 +107,60 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// What must never be cached.
     pub sensitive_data: SensitiveDataConfig,
+    /// Bearer-token authentication, namespaces and scopes.
+    pub auth: AuthConfig,
+    /// TLS (and optionally mutual TLS) on the gRPC port.
+    pub tls: TlsConfig,
+    /// Encryption at rest for entities whose policy says `encrypt = true`.
+    pub encryption: EncryptionConfig,
+}
+
+/// Bearer-token authentication.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require a bearer token on every CacheService call. Default false (local runs); the Helm chart's
+    /// production values turn it on. Health and reflection never need one.
+    pub enabled: bool,
+    /// TOML file of `[[tokens]]` (name, namespace, sha256, read, write, invalidate); see
+    /// config/tokens.example.toml. Required when enabled. Re-read when it changes.
+    pub tokens_file: Option<PathBuf>,
+    /// How often the tokens file is checked for changes, in ms. Default 5000.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: false,
+            tokens_file: None,
+            reload_interval_ms: 5000,
+        }
+    }
+}
+
+/// TLS on the gRPC port. Both files set turns it on.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the server.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Keys for encrypting entries at rest.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Directory holding one file per key: the file name is the key id, the content 64 hex digits (32 bytes for
+    /// AES-256-GCM). A Kubernetes Secret mounted as a volume has exactly this shape.
+    pub keys_dir: Option<PathBuf>,
+    /// Id of the key new entries are encrypted with. Older keys stay in the directory until the entries they
+    /// encrypted have expired.
+    pub active_key: Option<String>,
 }
 
 /// What must never be cached: keys and JSON field names containing these words (case-insensitive).
@@ -269,9 +325,13 @@ pub struct LoaderConfig {
     /// Timeout of one load, in milliseconds. Default 2000.
     #[serde(default = "default_loader_timeout_ms")]
     pub timeout_ms: u64,
-    /// Most loads in flight at once through this loader (per replica). Default 64.
+    /// Most loads in flight at once through this loader (per replica). Default 64. Give each entity its own
+    /// route to bound loads per entity.
     #[serde(default = "default_loader_concurrency")]
     pub max_concurrency: usize,
+    /// gRPC over TLS (`https://` endpoints): PEM CA bundle to verify the loader with. Unset: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// Which loader implementation a route uses.
@@ -301,6 +361,9 @@ pub struct PostgresConfig {
     pub url: Option<String>,
     /// Connections in the pool. Default 8.
     pub pool_size: usize,
+    /// PEM CA bundle for TLS to Postgres. When set, connections use TLS as `sslmode` in `url` asks
+    /// (`sslmode=require` to insist on it); unset, connections are plain.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for PostgresConfig {
@@ -308,6 +371,7 @@ impl Default for PostgresConfig {
         PostgresConfig {
             url: None,
             pool_size: 8,
+            tls_ca_file: None,
         }
     }
 }
@@ -366,6 +430,12 @@ pub struct StoreConfig {
     pub redis_command_timeout_ms: u64,
     /// Timeout for the first connection to Redis at start-up, in milliseconds. Default 5000.
     pub redis_connect_timeout_ms: u64,
+    /// Redis ACL user (AUTH username). Unset: the URL's user, if any.
+    pub redis_username: Option<String>,
+    /// Redis password; set it from a Secret via `CACHECOORD_STORE__REDIS_PASSWORD`. Unset: the URL's.
+    pub redis_password: Option<String>,
+    /// PEM CA bundle to verify Redis's certificate with TLS (`rediss://`). Unset: the system roots.
+    pub redis_tls_ca_file: Option<PathBuf>,
 }
 
 /// Input limits.
@@ -385,6 +455,11 @@ pub struct LimitsConfig {
     pub min_ttl_ms: u64,
     /// Largest TTL a request may ask for, in seconds. Default 604800 (7 days).
     pub max_ttl_secs: u64,
+    /// Most wildcards (`*`, `?`) in one pattern. Default 8.
+    pub max_pattern_wildcards: usize,
+    /// Most CacheService calls in flight on this replica; the next is refused at once with RESOURCE_EXHAUSTED
+    /// (reason TOO_MANY_IN_FLIGHT) rather than queued. Default 4096.
+    pub max_in_flight: usize,
 }
 
 /// Pattern invalidation settings.
@@ -449,6 +524,9 @@ pub struct PolicyConfig {
     /// Marks the entity's keys as sensitive: they are redacted from logs and traces. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sensitive: bool,
+    /// Stores the entity's values encrypted (AES-256-GCM, key from `encryption`). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypt: bool,
 }
 
 impl Default for Config {
@@ -469,6 +547,9 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig::default(),
             sensitive_data: SensitiveDataConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            encryption: EncryptionConfig::default(),
         }
     }
 }
@@ -480,6 +561,9 @@ impl Default for StoreConfig {
             memory_max_bytes: 256 * 1024 * 1024,
             redis_command_timeout_ms: 1000,
             redis_connect_timeout_ms: 5000,
+            redis_username: None,
+            redis_password: None,
+            redis_tls_ca_file: None,
         }
     }
 }
@@ -493,6 +577,8 @@ impl Default for LimitsConfig {
             max_batch_keys: 1000,
             min_ttl_ms: 1000,
             max_ttl_secs: 7 * 24 * 3600,
+            max_pattern_wildcards: 8,
+            max_in_flight: 4096,
         }
     }
 }
@@ -532,6 +618,7 @@ fn seed_policies() -> Vec<PolicyConfig> {
         xfetch_beta: None,
         near_cache_ttl_secs: None,
         sensitive: false,
+        encrypt: false,
     };
     vec![
         policy("posts_list", "posts:page:*", 15 * 60),
@@ -682,8 +769,34 @@ impl Config {
                     .into(),
             );
         }
+        if self.auth.enabled && self.auth.tokens_file.is_none() {
+            return fail("auth.enabled needs auth.tokens_file".into());
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return fail("tls.cert_file and tls.key_file go together".into());
+        }
+        if self.tls.client_ca_file.is_some() && self.tls.cert_file.is_none() {
+            return fail(
+                "tls.client_ca_file (mutual TLS) needs tls.cert_file and tls.key_file".into(),
+            );
+        }
+        if self.limits.max_in_flight == 0 {
+            return fail("limits.max_in_flight must be positive".into());
+        }
+        let encrypting = self.policies.iter().any(|p| p.encrypt);
+        let keys = &self.encryption;
+        if encrypting && (keys.keys_dir.is_none() || keys.active_key.is_none()) {
+            return fail(
+                "a policy sets encrypt = true: encryption.keys_dir and encryption.active_key are required".into(),
+            );
+        }
         if let Some(url) = &self.store.redis_url {
-            let known = ["redis://", "rediss://", "redis-cluster://"];
+            let known = [
+                "redis://",
+                "rediss://",
+                "redis-cluster://",
+                "rediss-cluster://",
+            ];
             if !known.iter().any(|scheme| url.starts_with(scheme)) {
                 return fail(format!(
                     "store.redis_url must start with one of {known:?}, got {url:?}"

@@ -131,6 +131,31 @@ pub enum Error {
     #[error("{0}")]
     Shared(#[source] std::sync::Arc<Error>),
 
+    /// The call carried no bearer token, or one the server does not know.
+    #[error("{reason}; send `authorization: Bearer <token>` with a token issued for this service")]
+    Unauthenticated {
+        /// What was wrong with the credentials.
+        reason: &'static str,
+    },
+
+    /// The caller's token does not allow this action on this key or pattern.
+    #[error("token {token:?} may not {action} {target:?}: outside its {action} scopes")]
+    PermissionDenied {
+        /// The token's name (never the token itself).
+        token: String,
+        /// `read`, `write` or `invalidate`.
+        action: &'static str,
+        /// The key or pattern refused.
+        target: String,
+    },
+
+    /// The server is at its limit of calls in flight; the caller should back off and retry.
+    #[error("the server has {max} calls in flight, its limit; retry with backoff")]
+    Overloaded {
+        /// The configured limit.
+        max: usize,
+    },
+
     /// The cache backend (Redis) could not be reached or did not answer in time.
     #[error("cache backend unavailable: {source}")]
     BackendUnavailable {

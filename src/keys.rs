@@ -7,17 +7,27 @@
 //!
 //! A pattern is the same alphabet plus `*` (any run of characters, `:` included) and `?` (exactly one character),
 //! matched exactly as Redis `SCAN MATCH` matches them, so the embedded store and Redis delete the same keys.
+//!
+//! Namespaces: when auth is on, each token belongs to a namespace, and the API qualifies every key and pattern as
+//! `{namespace}|{key}` before the coordinator sees it. `|` is reserved in caller keys, so a caller cannot forge
+//! another namespace's prefix, and the prefix sits inside the Redis hash tag (`{ns|user:1}`), so tenants never
+//! share a stored key, a group index or a lease. Policies and loaders match the key without its namespace.
 
 use crate::{Error, Result};
 use std::fmt;
 
 /// Characters that may never appear in a key: glob metacharacters, hash-tag braces and the glob escape.
-const RESERVED: &[u8] = b"*?[]{}\\";
+const RESERVED: &[u8] = b"*?[]{}\\|";
+
+/// Separates a namespace from the key it qualifies.
+pub const NAMESPACE_SEPARATOR: char = '|';
 
 /// A validated cache key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
     raw: String,
+    /// Length of the `{namespace}|` prefix; 0 in the default namespace.
+    ns_len: usize,
     entity_len: usize,
 }
 
@@ -28,6 +38,9 @@ impl Key {
             key: truncate_for_message(raw),
             reason,
         };
+        let (ns_len, local) = split_namespace(raw).map_err(invalid)?;
+        let raw_local = raw;
+        let raw = local;
         if raw.is_empty() {
             return Err(invalid("the key is empty".into()));
         }
@@ -52,19 +65,30 @@ impl Key {
             return Err(invalid("key segments between ':' must not be empty".into()));
         }
         Ok(Key {
-            raw: raw.to_owned(),
+            raw: raw_local.to_owned(),
+            ns_len,
             entity_len: segments[0].len(),
         })
     }
 
-    /// The whole key.
+    /// The whole key, namespace included: what the store holds.
     pub fn as_str(&self) -> &str {
         &self.raw
     }
 
+    /// The key as its caller wrote it, without the namespace: what policies and loaders see.
+    pub fn local(&self) -> &str {
+        &self.raw[self.ns_len..]
+    }
+
+    /// The namespace; empty for the default one.
+    pub fn namespace(&self) -> &str {
+        self.raw[..self.ns_len].trim_end_matches(NAMESPACE_SEPARATOR)
+    }
+
     /// The first segment, which names the entity.
     pub fn entity(&self) -> &str {
-        &self.raw[..self.entity_len]
+        &self.local()[..self.entity_len]
     }
 }
 
@@ -78,6 +102,8 @@ impl fmt::Display for Key {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pattern {
     raw: String,
+    /// Length of the `{namespace}|` prefix; 0 in the default namespace.
+    ns_len: usize,
 }
 
 impl Pattern {
@@ -88,6 +114,9 @@ impl Pattern {
             pattern: truncate_for_message(raw),
             reason,
         };
+        let (ns_len, local) = split_namespace(raw).map_err(invalid)?;
+        let raw_local = raw;
+        let raw = local;
         if raw.is_empty() {
             return Err(invalid("the pattern is empty".into()));
         }
@@ -113,7 +142,8 @@ impl Pattern {
             });
         }
         Ok(Pattern {
-            raw: raw.to_owned(),
+            raw: raw_local.to_owned(),
+            ns_len,
         })
     }
 
@@ -121,7 +151,18 @@ impl Pattern {
     pub fn exact(key: &Key) -> Pattern {
         Pattern {
             raw: key.as_str().to_owned(),
+            ns_len: key.ns_len,
         }
+    }
+
+    /// The pattern as its caller wrote it, without the namespace.
+    pub fn local(&self) -> &str {
+        &self.raw[self.ns_len..]
+    }
+
+    /// How many wildcards (`*`, `?`) the pattern holds: the server bounds it.
+    pub fn wildcards(&self) -> usize {
+        self.local().matches(['*', '?']).count()
     }
 
     /// The pattern as Redis `SCAN MATCH` takes it.
@@ -152,6 +193,29 @@ impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.raw)
     }
+}
+
+/// Splits `ns|rest` into the prefix length and `rest`; a string without `|` is in the default namespace. A
+/// namespace is a non-empty run of ASCII letters, digits, `_`, `-` and `.`.
+fn split_namespace(raw: &str) -> Result<(usize, &str), String> {
+    let Some((namespace, rest)) = raw.split_once(NAMESPACE_SEPARATOR) else {
+        return Ok((0, raw));
+    };
+    if !is_namespace(namespace) {
+        return Err(format!(
+            "'{NAMESPACE_SEPARATOR}' is reserved (it separates a namespace from the key)"
+        ));
+    }
+    Ok((namespace.len() + 1, rest))
+}
+
+/// Whether `name` can name a namespace.
+pub fn is_namespace(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn is_key_char(c: char) -> bool {
@@ -227,6 +291,10 @@ mod tests {
             "user:[1]",
             "user:1\\",
             "usér:1",
+            "user:a|b",
+            "|user:1",
+            "a b|user:1",
+            "ns|user:1|x",
             long.as_str(),
         ] {
             assert!(
@@ -234,6 +302,25 @@ mod tests {
                 "{raw:?} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn a_namespace_prefix_qualifies_but_does_not_change_the_entity() {
+        let key = Key::parse("billing|user:1:posts", 512).unwrap();
+        assert_eq!(key.as_str(), "billing|user:1:posts");
+        assert_eq!(key.local(), "user:1:posts");
+        assert_eq!(key.namespace(), "billing");
+        assert_eq!(key.entity(), "user");
+        assert_eq!(Key::parse("user:1", 512).unwrap().namespace(), "");
+        let pattern = Pattern::parse("billing|user:1:*", 512, false).unwrap();
+        assert!(pattern.matches("billing|user:1:posts"));
+        assert!(!pattern.matches("user:1:posts"));
+        assert_eq!(pattern.local(), "user:1:*");
+        assert_eq!(pattern.group_scope(), Some(("billing|user:1", ":*")));
+        assert!(matches!(
+            Pattern::parse("billing|*", 512, false),
+            Err(Error::PatternTooBroad { .. })
+        ));
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! - [`config`]: the whole configuration tree (defaults → TOML file → `CACHECOORD_*` env → flags), parsed once.
 //! - [`keys`]: the key and pattern grammar shared by every layer.
 //! - [`api`]: gRPC handlers; proto ↔ domain conversion; [`Error`] → `tonic::Status`.
+//! - [`auth`]: bearer tokens → a caller with a namespace and read/write/invalidate scopes.
 //! - [`cache`]: the coordinator — validation, per-entity policies, the entry envelope. Talks only to traits.
 //! - [`store`]: the `Store` trait and its backends, `memory` (embedded default) and `redis` (fred), with leases.
 //! - [`loader`]: the `Loader` trait and its backends, `grpc` (the caller's LoaderService) and `postgres`.
 //! - [`invalidation`]: invalidation from outside the API: the Postgres outbox listener and its migration.
 //! - [`telemetry`]: logs (text or JSON) and the Prometheus `/metrics` endpoint, installed once by `main`.
+//! - [`tls`]: PEM files → rustls configurations for Redis, Postgres and the gRPC port.
 //! - [`server`]: wires store → coordinator → API with health and reflection, and serves.
 //!
 //! A request flows `api` → `cache::Coordinator` → `dyn store::Store`; on a miss the coordinator elects one
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
@@ -27,6 +30,7 @@ pub mod loader;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::{Error, Result};
 

@@ -7,6 +7,13 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::HashToken) = cli.command {
+        let mut token = String::new();
+        std::io::stdin().read_line(&mut token)?;
+        anyhow::ensure!(!token.trim().is_empty(), "no token on stdin");
+        println!("{}", cachecoord::auth::hash_token(&token));
+        return Ok(());
+    }
     let config = Config::load(&cli)?;
     if let Some(Command::CheckConfig) = cli.command {
         println!("{}", toml::to_string_pretty(&config)?);

@@ -2,6 +2,7 @@
 //! server reflection (v1) so grpcurl-style tools and any language can discover the API.
 
 use crate::api::CacheApi;
+use crate::auth::Authenticator;
 use crate::cache::Coordinator;
 use crate::config::Config;
 use crate::invalidation::outbox;
@@ -13,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
+use tonic::transport::{Certificate, Identity};
 use tonic_health::ServingStatus;
 
 /// Why the server could not start or stopped with an error.
@@ -25,6 +27,9 @@ pub enum ServerError {
     /// The reflection service could not be built from the embedded descriptors.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[source] tonic_reflection::server::Error),
+    /// The tokens file or the TLS files could not be used.
+    #[error("cannot start: {0:#}")]
+    Security(#[source] anyhow::Error),
     /// The transport failed while serving.
     #[error("gRPC transport failed: {0}")]
     Transport(#[source] tonic::transport::Error),
@@ -49,7 +54,16 @@ pub async fn serve(
         .build_v1()
         .map_err(ServerError::Reflection)?;
 
-    let cache_service = CacheServiceServer::new(CacheApi::new(coordinator.clone()))
+    let auth = Arc::new(match (&config.auth.enabled, &config.auth.tokens_file) {
+        (true, Some(file)) => Authenticator::from_file(file).map_err(ServerError::Security)?,
+        _ => Authenticator::disabled(),
+    });
+    let api = CacheApi::new(
+        coordinator.clone(),
+        auth.clone(),
+        config.limits.max_in_flight,
+    );
+    let cache_service = CacheServiceServer::new(api)
         // tonic refuses larger requests before buffering them.
         .max_decoding_message_size(config.limits.max_request_bytes);
 
@@ -69,9 +83,11 @@ pub async fn serve(
         let listener = outbox::run(config.clone(), coordinator.clone(), stopped.clone());
         background.push(tokio::spawn(listener));
     }
-    if let Some(near_cache) = coordinator.background(stopped) {
+    if let Some(near_cache) = coordinator.background(stopped.clone()) {
         background.push(tokio::spawn(near_cache));
     }
+    let reload_every = Duration::from_millis(config.auth.reload_interval_ms);
+    background.push(tokio::spawn(auth.watch(reload_every, stopped)));
     // Drain: on the signal, report NOT_SERVING while still accepting calls for drain_delay_ms (load balancers
     // move away), then stop accepting and let in-flight calls finish, for at most grace_period_ms.
     let drained = Arc::new(Notify::new());
@@ -97,7 +113,13 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    let serving = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = server_tls(&config).map_err(ServerError::Security)? {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServerError::Security(e.into()))?;
+    }
+    let serving = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(cache_service)
@@ -114,4 +136,20 @@ pub async fn serve(
         let _ = task.await;
     }
     served
+}
+
+/// TLS for the gRPC port when `tls.cert_file` and `tls.key_file` are set; mutual TLS when `tls.client_ca_file`
+/// is too. The files are read at start-up: roll new certificates with a rolling restart (see README).
+fn server_tls(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
+        return Ok(None);
+    };
+    let read = |file: &std::path::Path| {
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls.client_ca_file {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
 }

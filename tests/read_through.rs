@@ -387,6 +387,7 @@ fn brief_policy(pattern: &str, swr: u64, sie: u64) -> cachecoord::config::Policy
         xfetch_beta: Some(0.0),
         near_cache_ttl_secs: None,
         sensitive: false,
+        encrypt: false,
     }
 }
 

@@ -10,6 +10,7 @@ mod status;
 
 pub use status::{ERROR_DOMAIN, to_status};
 
+use crate::auth::{Action, Authenticator, Caller};
 use crate::cache::{Coordinator, Lookup, ReadOptions, SetCommand, Source};
 use crate::proto::cache_service_server::CacheService;
 use crate::proto::{
@@ -20,6 +21,7 @@ use crate::proto::{
 use crate::{Error, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, field::Empty};
 
@@ -27,12 +29,41 @@ use tracing::{Instrument, Span, field::Empty};
 #[derive(Clone)]
 pub struct CacheApi {
     coordinator: Arc<Coordinator>,
+    auth: Arc<Authenticator>,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 impl CacheApi {
-    /// Serves `coordinator` over gRPC.
-    pub fn new(coordinator: Arc<Coordinator>) -> CacheApi {
-        CacheApi { coordinator }
+    /// Serves `coordinator` over gRPC to the callers `auth` admits, at most `max_in_flight` calls at once.
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        auth: Arc<Authenticator>,
+        max_in_flight: usize,
+    ) -> CacheApi {
+        CacheApi {
+            coordinator,
+            auth,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+        }
+    }
+
+    /// Who is calling, and a slot among the calls in flight: UNAUTHENTICATED without a valid token, and
+    /// RESOURCE_EXHAUSTED at once (never a queue) when every slot is taken.
+    fn admit(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Admitted> {
+        let caller = self.auth.authenticate(metadata)?;
+        let permit = self
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded {
+                max: self.max_in_flight,
+            })?;
+        Ok(Admitted {
+            caller,
+            _permit: permit,
+        })
     }
 
     /// Records the key and entity on the current span; keys of sensitive entities are redacted.
@@ -46,6 +77,12 @@ impl CacheApi {
             span.record("key", raw);
         }
     }
+}
+
+/// An admitted call: its caller, and its slot among the calls in flight (freed when dropped).
+struct Admitted {
+    caller: Arc<Caller>,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// The span of one RPC, continuing the caller's trace when its metadata carries W3C trace context.
@@ -88,24 +125,25 @@ impl CacheService for CacheApi {
         async move {
             let started = Instant::now();
             let budget = deadline::budget(request.metadata());
+            let admitted = self.admit(request.metadata());
             let request = request.into_inner();
             self.describe_key(&request.key);
-            let options = ReadOptions {
-                cache_only: request.cache_only,
-            };
-            let lookup =
-                deadline::within(budget, self.coordinator.get(&request.key, options)).await;
-            let response = lookup.map(|lookup| {
+            let response = async {
+                let key = admitted?.caller.key(Action::Read, &request.key)?;
+                let options = ReadOptions {
+                    cache_only: request.cache_only,
+                };
+                let lookup = deadline::within(budget, self.coordinator.get(&key, options)).await?;
                 Span::current().record("source", lookup.source.label());
                 let (found, value, source, ttl_remaining) = lookup_fields(lookup);
-                GetResponse {
+                Ok(GetResponse {
                     found,
                     value,
                     source,
                     ttl_remaining,
-                }
-            });
-            finish("Get", started, response)
+                })
+            };
+            finish("Get", started, response.await)
         }
         .instrument(span)
         .await
@@ -119,11 +157,14 @@ impl CacheService for CacheApi {
         async move {
             let started = Instant::now();
             let budget = deadline::budget(request.metadata());
+            let admitted = self.admit(request.metadata());
             let BatchGetRequest { keys, cache_only } = request.into_inner();
-            let options = ReadOptions { cache_only };
-            let lookups =
-                deadline::within(budget, self.coordinator.batch_get(&keys, options)).await;
-            let response = lookups.map(|lookups| {
+            let response = async {
+                let qualified = admitted?.caller.keys(Action::Read, &keys)?;
+                let options = ReadOptions { cache_only };
+                let lookups =
+                    deadline::within(budget, self.coordinator.batch_get(&qualified, options))
+                        .await?;
                 let results = keys
                     .into_iter()
                     .zip(lookups)
@@ -138,9 +179,9 @@ impl CacheService for CacheApi {
                         }
                     })
                     .collect();
-                BatchGetResponse { results }
-            });
-            finish("BatchGet", started, response)
+                Ok(BatchGetResponse { results })
+            };
+            finish("BatchGet", started, response.await)
         }
         .instrument(span)
         .await
@@ -150,10 +191,12 @@ impl CacheService for CacheApi {
         let span = rpc_span("Set", request.metadata());
         async move {
             let started = Instant::now();
+            let admitted = self.admit(request.metadata());
             let request = request.into_inner();
             self.describe_key(&request.key);
             let result = async {
-                let ttl = self.coordinator.set(set_command(request)?).await?;
+                let command = set_command(&admitted?.caller, request)?;
+                let ttl = self.coordinator.set(command).await?;
                 Ok(SetResponse {
                     ttl: Some(to_proto_duration(ttl)),
                 })
@@ -171,17 +214,24 @@ impl CacheService for CacheApi {
         let span = rpc_span("BatchSet", request.metadata());
         async move {
             let started = Instant::now();
+            let admitted = self.admit(request.metadata());
             let result = async {
+                let caller = admitted?.caller;
                 let commands = request
                     .into_inner()
                     .entries
                     .into_iter()
-                    .map(set_command)
+                    .map(|entry| set_command(&caller, entry))
                     .collect::<Result<Vec<_>>>()?;
                 let outcome = self.coordinator.batch_set(commands).await?;
+                let stale_keys = outcome
+                    .stale_keys
+                    .iter()
+                    .map(|key| caller.unqualify(key).to_owned())
+                    .collect();
                 Ok(BatchSetResponse {
                     written: outcome.written,
-                    stale_keys: outcome.stale_keys,
+                    stale_keys,
                 })
             };
             finish("BatchSet", started, result.await)
@@ -197,13 +247,14 @@ impl CacheService for CacheApi {
         let span = rpc_span("Invalidate", request.metadata());
         async move {
             let started = Instant::now();
+            let admitted = self.admit(request.metadata());
             let keys = request.into_inner().keys;
-            let deleted = self.coordinator.invalidate(&keys).await;
-            finish(
-                "Invalidate",
-                started,
-                deleted.map(|deleted| InvalidateResponse { deleted }),
-            )
+            let result = async {
+                let keys = admitted?.caller.keys(Action::Invalidate, &keys)?;
+                let deleted = self.coordinator.invalidate(&keys).await?;
+                Ok(InvalidateResponse { deleted })
+            };
+            finish("Invalidate", started, result.await)
         }
         .instrument(span)
         .await
@@ -216,11 +267,15 @@ impl CacheService for CacheApi {
         let span = rpc_span("InvalidatePattern", request.metadata());
         async move {
             let started = Instant::now();
+            let admitted = self.admit(request.metadata());
             let pattern = request.into_inner().pattern;
             self.describe_key(&pattern);
-            let deleted = self.coordinator.invalidate_pattern(&pattern).await;
-            let response = deleted.map(|deleted| InvalidatePatternResponse { deleted });
-            finish("InvalidatePattern", started, response)
+            let result = async {
+                let pattern = admitted?.caller.pattern(&pattern)?;
+                let deleted = self.coordinator.invalidate_pattern(&pattern).await?;
+                Ok(InvalidatePatternResponse { deleted })
+            };
+            finish("InvalidatePattern", started, result.await)
         }
         .instrument(span)
         .await
@@ -233,6 +288,9 @@ impl CacheService for CacheApi {
         let span = rpc_span("Stats", request.metadata());
         async move {
             let started = Instant::now();
+            if let Err(error) = self.admit(request.metadata()) {
+                return finish("Stats", started, Err(error));
+            }
             let entities = self
                 .coordinator
                 .stats()
@@ -277,13 +335,13 @@ fn lookup_fields(lookup: Lookup) -> (bool, bytes::Bytes, i32, Option<prost_types
     )
 }
 
-fn set_command(request: SetRequest) -> Result<SetCommand> {
+fn set_command(caller: &Caller, request: SetRequest) -> Result<SetCommand> {
     let ttl = request
         .ttl
         .map(|ttl| from_proto_duration(&request.key, ttl))
         .transpose()?;
     Ok(SetCommand {
-        key: request.key,
+        key: caller.key(Action::Write, &request.key)?,
         value: request.value,
         ttl,
         version: request.version,

@@ -25,6 +25,9 @@ pub fn to_status(error: &Error) -> Status {
         Error::InvalidTtl { .. } => (Code::InvalidArgument, "INVALID_TTL"),
         Error::EmptyRequest { .. } => (Code::InvalidArgument, "EMPTY_REQUEST"),
         Error::BatchTooLarge { .. } => (Code::InvalidArgument, "BATCH_TOO_LARGE"),
+        Error::Unauthenticated { .. } => (Code::Unauthenticated, "UNAUTHENTICATED"),
+        Error::PermissionDenied { .. } => (Code::PermissionDenied, "OUT_OF_SCOPE"),
+        Error::Overloaded { .. } => (Code::ResourceExhausted, "TOO_MANY_IN_FLIGHT"),
         // Redis down, timing out or resharding: the client may retry, so never INTERNAL or INVALID_ARGUMENT.
         Error::BackendUnavailable { .. } => (Code::Unavailable, "BACKEND_UNAVAILABLE"),
         Error::Backend { .. } => (Code::Internal, "BACKEND_ERROR"),

@@ -6,11 +6,11 @@
 //! |--------|-----------------|-----------------------------------------------------------------------|
 //! | 0      | magic `0xCC`    | tells a cachecoord entry from bytes someone else wrote                 |
 //! | 1      | format `2`      | lets later formats add fields                                          |
-//! | 2      | flags           | bit 0: negative entry (the loader said "not found")                   |
+//! | 2      | flags           | bit 0: negative entry (the loader said "not found"); bit 1: sealed     |
 //! | 3..11  | fresh_until_ms  | Unix ms after which the entry is stale: `ttl_remaining` without PTTL   |
 //! | 11..19 | version         | caller's version for versioned Sets (0 = none); Redis scripts read it |
 //! | 19..23 | load_ms         | how long the load took: XFetch's δ for early refresh                  |
-//! | 23..   | value           | the caller's bytes, untouched                                         |
+//! | 23..   | value           | the caller's bytes, untouched, or sealed by `encryption` when bit 1   |
 //!
 //! A reader that finds bytes it does not recognise treats them as a miss rather than serving something it cannot
 //! vouch for. `store/redis.rs` reads the version at offset 11 inside its Lua scripts: keep the two in step.
@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const MAGIC: u8 = 0xCC;
 const FORMAT: u8 = 2;
 const FLAG_NEGATIVE: u8 = 1;
+const FLAG_SEALED: u8 = 2;
 /// Length of the header before the caller's bytes.
 const HEADER_LEN: usize = 23;
 
@@ -35,6 +36,8 @@ pub struct Entry {
     pub version: u64,
     /// Milliseconds the load that produced the entry took; 0 when it was Set.
     pub load_ms: u32,
+    /// The value is ciphertext (see `encryption`), to be opened before use.
+    pub sealed: bool,
 }
 
 impl Entry {
@@ -46,6 +49,7 @@ impl Entry {
             fresh_until_ms: now_ms().saturating_add(ttl_ms),
             version: 0,
             load_ms: 0,
+            sealed: false,
         }
     }
 
@@ -70,11 +74,13 @@ impl Entry {
         let mut out = BytesMut::with_capacity(HEADER_LEN + value.len());
         out.put_u8(MAGIC);
         out.put_u8(FORMAT);
-        out.put_u8(if self.value.is_none() {
+        let negative = if self.value.is_none() {
             FLAG_NEGATIVE
         } else {
             0
-        });
+        };
+        let sealed = if self.sealed { FLAG_SEALED } else { 0 };
+        out.put_u8(negative | sealed);
         out.put_u64(self.fresh_until_ms);
         out.put_u64(self.version);
         out.put_u32(self.load_ms);
@@ -98,6 +104,7 @@ impl Entry {
             fresh_until_ms,
             version,
             load_ms,
+            sealed: flags & FLAG_SEALED != 0,
         })
     }
 }

@@ -10,6 +10,7 @@
 //! [`Loader`]: crate::loader::Loader
 
 mod breaker;
+mod encryption;
 mod entry;
 mod near;
 mod policy;
@@ -28,6 +29,7 @@ use crate::store::{Notice, Store, StoreWrite};
 use crate::{Error, Result};
 use breaker::Breaker;
 use bytes::Bytes;
+use encryption::Keyring;
 use near::NearCache;
 use read_through::Flights;
 use sensitive::SensitiveData;
@@ -130,6 +132,8 @@ struct Core {
     near: Option<Arc<NearCache>>,
     stats: Stats,
     sensitive: SensitiveData,
+    /// Keys for `encrypt = true` entities, when configured.
+    keyring: Option<Keyring>,
 }
 
 /// Cache-aside coordination over one store and its loaders.
@@ -141,6 +145,14 @@ impl Coordinator {
     /// A coordinator over `store` and `loaders`, configured by `config`.
     pub fn new(store: Arc<dyn Store>, loaders: Loaders, config: &Config) -> Result<Coordinator> {
         let rt = &config.read_through;
+        let keyring = match (&config.encryption.keys_dir, &config.encryption.active_key) {
+            (Some(dir), Some(active)) => {
+                Some(Keyring::from_dir(dir, active).map_err(|e| Error::Backend {
+                    source: format!("encryption keys: {e:#}").into(),
+                })?)
+            }
+            _ => None,
+        };
         Ok(Coordinator {
             core: Arc::new(Core {
                 store,
@@ -158,6 +170,7 @@ impl Coordinator {
                     .then(|| Arc::new(NearCache::new(&config.near_cache))),
                 stats: Stats::default(),
                 sensitive: SensitiveData::new(&config.sensitive_data.deny),
+                keyring,
             }),
         })
     }
@@ -287,6 +300,13 @@ impl Coordinator {
             self.core.limits.max_key_bytes,
             self.core.invalidation.allow_cross_entity_patterns,
         )?;
+        let max = self.core.limits.max_pattern_wildcards;
+        if pattern.wildcards() > max {
+            return Err(Error::InvalidPattern {
+                pattern: pattern.local().chars().take(80).collect(),
+                reason: format!("{} wildcards; the limit is {max}", pattern.wildcards()),
+            });
+        }
         let deleted = self
             .core
             .guarded(self.core.store.delete_matching(&pattern))
@@ -305,6 +325,39 @@ impl Coordinator {
 }
 
 impl Core {
+    /// The bytes to store for `entry` under `key`: sealed when the key's policy says `encrypt`.
+    fn encode(&self, key: &Key, mut entry: Entry) -> Bytes {
+        if let (true, Some(keyring), Some(value)) = (
+            self.policies.for_key(key).encrypt,
+            &self.keyring,
+            &entry.value,
+        ) {
+            entry.value = Some(keyring.seal(key.as_str(), value));
+            entry.sealed = true;
+        }
+        entry.encode()
+    }
+
+    /// The entry stored under `key`, opened if sealed; `None` for bytes that are not an entry or do not open
+    /// (a retired key, tampering), which then read as a miss.
+    fn decode(&self, key: &Key, stored: Bytes) -> Option<Entry> {
+        let mut entry = Entry::decode(stored)?;
+        if entry.sealed {
+            let opened = self
+                .keyring
+                .as_ref()
+                .and_then(|keyring| keyring.open(key.as_str(), entry.value.as_deref()?));
+            if opened.is_none() {
+                tracing::warn!(entity = %self.policies.for_key(key).name, "entry does not decrypt; read as a miss");
+                metrics::counter!("cachecoord_undecryptable_entries_total").increment(1);
+                return None;
+            }
+            entry.value = opened;
+            entry.sealed = false;
+        }
+        Some(entry)
+    }
+
     /// Counts one answer under the entity (policy) of `key`.
     fn count(&self, key: &Key, source: Source) {
         self.stats.record(&self.policies.for_key(key).name, source);
@@ -391,7 +444,7 @@ impl Core {
         let mut entry = Entry::fresh_for(Some(command.value), ttl);
         entry.version = command.version.unwrap_or(0);
         Ok(StoreWrite {
-            value: entry.encode(),
+            value: self.encode(&key, entry),
             key,
             ttl,
             version: command.version,

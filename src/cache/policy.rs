@@ -26,6 +26,8 @@ pub struct Policy {
     pub near_cache_ttl: Option<Duration>,
     /// Keys are redacted from logs and traces.
     pub sensitive: bool,
+    /// Values are stored encrypted.
+    pub encrypt: bool,
     pattern: Option<Pattern>,
 }
 
@@ -68,6 +70,7 @@ impl Policies {
                     xfetch_beta: rule.xfetch_beta.unwrap_or(defaults.xfetch_beta),
                     near_cache_ttl: rule.near_cache_ttl_secs.map(Duration::from_secs),
                     sensitive: rule.sensitive,
+                    encrypt: rule.encrypt,
                     pattern: Some(Pattern::parse(
                         &rule.pattern,
                         config.limits.max_key_bytes,
@@ -87,6 +90,7 @@ impl Policies {
                 xfetch_beta: defaults.xfetch_beta,
                 near_cache_ttl: None,
                 sensitive: false,
+                encrypt: false,
                 pattern: None,
             },
             jitter_ratio: config.policy_defaults.jitter_ratio,
@@ -97,7 +101,7 @@ impl Policies {
 
     /// The policy that governs `key`.
     pub fn for_key(&self, key: &Key) -> &Policy {
-        self.for_raw(key.as_str())
+        self.for_raw(key.local())
     }
 
     /// The policy that would govern `raw` (valid key or not), e.g. to decide how to log it.

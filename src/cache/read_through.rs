@@ -128,7 +128,7 @@ impl Core {
         let mut answers: Vec<Option<Lookup>> = vec![None; keys.len()];
         let mut to_load: HashMap<usize, Vec<(usize, Option<Entry>)>> = HashMap::new();
         for (index, (key, bytes)) in keys.iter().zip(stored).enumerate() {
-            let entry = bytes.and_then(Entry::decode);
+            let entry = bytes.and_then(|b| self.decode(key, b));
             let loader = (!options.cache_only)
                 .then(|| self.loaders.for_key(key))
                 .flatten();
@@ -407,7 +407,7 @@ impl Core {
         stored
             .pop()
             .flatten()
-            .and_then(Entry::decode)
+            .and_then(|b| self.decode(key, b))
             .filter(|entry| entry.stale_for().is_none())
     }
 
@@ -537,7 +537,7 @@ impl Core {
             let mut still_missing = Vec::with_capacity(leased.len());
             for (&i, bytes) in leased.iter().zip(stored) {
                 match bytes
-                    .and_then(Entry::decode)
+                    .and_then(|b| self.decode(&keys[i].0, b))
                     .filter(|e| e.stale_for().is_none())
                 {
                     Some(filled) => {
@@ -654,7 +654,7 @@ impl Core {
         }
         let write = StoreWrite {
             key: key.clone(),
-            value: entry.encode(),
+            value: self.encode(key, entry),
             ttl: physical_ttl,
             version: None,
         };

@@ -29,7 +29,7 @@ impl SensitiveData {
 
     /// Why `key` may not be cached, if it may not.
     pub(crate) fn key_violation(&self, key: &Key) -> Option<String> {
-        key.as_str().split(':').find_map(|segment| {
+        key.local().split(':').find_map(|segment| {
             self.denied(segment)
                 .map(|word| format!("key segment {segment:?} names {word:?}"))
         })

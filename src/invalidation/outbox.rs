@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 /// The outbox schema, table and trigger function.
 pub const MIGRATION: &str = include_str!("../../migrations/001_outbox.sql");
@@ -27,6 +27,15 @@ fn postgres_error(e: tokio_postgres::Error) -> Error {
     }
 }
 
+/// TLS for the outbox's connections, as for the loader's.
+fn connector(config: &Config) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    crate::tls::postgres_connector(config.postgres.tls_ca_file.as_deref()).map_err(|e| {
+        Error::BackendUnavailable {
+            source: format!("Postgres TLS: {e:#}").into(),
+        }
+    })
+}
+
 /// Applies the migration and (re)creates the capture trigger on every configured table.
 pub async fn migrate(config: &Config) -> Result<()> {
     let url = config
@@ -36,7 +45,7 @@ pub async fn migrate(config: &Config) -> Result<()> {
         .ok_or_else(|| Error::BackendUnavailable {
             source: "postgres.url is not set".into(),
         })?;
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    let (client, connection) = tokio_postgres::connect(url, connector(config)?)
         .await
         .map_err(postgres_error)?;
     tokio::spawn(connection);
@@ -84,7 +93,7 @@ async fn listen_and_drain(
     coordinator: &Coordinator,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<()> {
-    let (mut client, mut connection) = tokio_postgres::connect(url, NoTls)
+    let (mut client, mut connection) = tokio_postgres::connect(url, connector(config)?)
         .await
         .map_err(postgres_error)?;
     let (wake, mut woken) = mpsc::channel::<()>(1);

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// A LoaderService endpoint with its own timeout and concurrency limit.
 pub struct GrpcLoader {
@@ -23,13 +23,24 @@ impl GrpcLoader {
     /// A loader for `config.endpoint`; the connection is made on first use and re-made after failures.
     pub fn new(config: &LoaderConfig) -> Result<GrpcLoader> {
         let endpoint = config.endpoint.clone().unwrap_or_default();
-        let channel = Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| Error::LoaderFailed {
-                key: endpoint.clone(),
-                source: e.into(),
-            })?
-            .connect_timeout(Duration::from_millis(config.timeout_ms))
-            .connect_lazy();
+        let failed = |source: crate::error::BoxError| Error::LoaderFailed {
+            key: endpoint.clone(),
+            source,
+        };
+        let mut channel = Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| failed(e.into()))?
+            .connect_timeout(Duration::from_millis(config.timeout_ms));
+        if endpoint.starts_with("https://") {
+            let tls = match &config.tls_ca_file {
+                Some(file) => {
+                    let pem = std::fs::read(file).map_err(|e| failed(e.into()))?;
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+                }
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            channel = channel.tls_config(tls).map_err(|e| failed(e.into()))?;
+        }
+        let channel = channel.connect_lazy();
         Ok(GrpcLoader {
             client: LoaderServiceClient::new(channel),
             permits: Semaphore::new(config.max_concurrency),
@@ -41,10 +52,11 @@ impl GrpcLoader {
 fn load_request(key: &Key) -> LoadRequest {
     let (entity, id, field) = key_parts(key);
     LoadRequest {
-        key: key.to_string(),
+        key: key.local().into(),
         entity: entity.into(),
         id: id.into(),
         field: field.into(),
+        namespace: key.namespace().into(),
     }
 }
 
@@ -105,7 +117,7 @@ impl Loader for GrpcLoader {
             Ok(keys
                 .iter()
                 .map(|key| {
-                    by_key.remove(key.as_str()).unwrap_or(Loaded {
+                    by_key.remove(key.local()).unwrap_or(Loaded {
                         value: None,
                         ttl: None,
                     })

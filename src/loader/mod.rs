@@ -37,7 +37,7 @@ pub trait Loader: Send + Sync {
 
 /// The parts a loader is told about: entity, id, and the field (everything after the id).
 pub fn key_parts(key: &Key) -> (&str, &str, &str) {
-    let mut parts = key.as_str().splitn(3, ':');
+    let mut parts = key.local().splitn(3, ':');
     let entity = parts.next().unwrap_or_default();
     let id = parts.next().unwrap_or_default();
     let field = parts.next().unwrap_or_default();
@@ -80,7 +80,7 @@ impl Loaders {
         self.routes
             .iter()
             .enumerate()
-            .find(|(_, (pattern, _))| pattern.matches(key.as_str()))
+            .find(|(_, (pattern, _))| pattern.matches(key.local()))
             .map(|(index, (_, loader))| (index, loader))
     }
 }

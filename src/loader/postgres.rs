@@ -14,8 +14,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{NoTls, Row};
 
 /// Queries for one route, on a shared pool.
 pub struct PostgresLoader {
@@ -34,9 +34,15 @@ impl PostgresLoader {
         let url = postgres.url.clone().unwrap_or_default();
         let pg_config: tokio_postgres::Config =
             url.parse().map_err(|e| config_error(&route.pattern, e))?;
+        let tls = crate::tls::postgres_connector(postgres.tls_ca_file.as_deref()).map_err(|e| {
+            Error::LoaderFailed {
+                key: route.pattern.clone(),
+                source: format!("Postgres TLS: {e:#}").into(),
+            }
+        })?;
         let manager = Manager::from_config(
             pg_config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -218,7 +218,8 @@ pub struct RedisStore {
 impl RedisStore {
     /// Connects to `url` and waits, up to the configured connect timeout, until Redis answers.
     pub async fn connect(url: &str, config: &Config) -> Result<RedisStore> {
-        let fred_config = FredConfig::from_url(url).map_err(backend_error)?;
+        let mut fred_config = FredConfig::from_url(url).map_err(backend_error)?;
+        apply_credentials(&mut fred_config, &config.store)?;
         let clustered = fred_config.server.is_clustered();
         let command_timeout = Duration::from_millis(config.store.redis_command_timeout_ms);
         let connect_timeout = Duration::from_millis(config.store.redis_connect_timeout_ms);
@@ -639,6 +640,28 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<()> {
         self.client.ping::<()>(None).await.map_err(backend_error)
     }
+}
+
+/// The ACL user, password and TLS trust configured apart from the URL (so the password can come from a Secret).
+fn apply_credentials(
+    fred_config: &mut FredConfig,
+    store: &crate::config::StoreConfig,
+) -> Result<()> {
+    if let Some(username) = &store.redis_username {
+        fred_config.username = Some(username.clone());
+    }
+    if let Some(password) = &store.redis_password {
+        fred_config.password = Some(password.clone());
+    }
+    if fred_config.tls.is_some() || store.redis_tls_ca_file.is_some() {
+        let tls = crate::tls::client_config(store.redis_tls_ca_file.as_deref()).map_err(|e| {
+            Error::Backend {
+                source: format!("Redis TLS: {e:#}").into(),
+            }
+        })?;
+        fred_config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
+    }
+    Ok(())
 }
 
 /// Connection, timeout and cluster-topology errors mean "try again later" (UNAVAILABLE); anything else is a

@@ -194,5 +194,6 @@ pub fn grpc_loader(pattern: &str, endpoint: &str) -> LoaderConfig {
         batch_query: None,
         timeout_ms: 5_000,
         max_concurrency: 64,
+        tls_ca_file: None,
     }
 }
