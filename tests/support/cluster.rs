@@ -196,6 +196,58 @@ impl StandaloneRedis {
         StandaloneRedis { port, dir, pidfile }
     }
 
+    /// Starts a server that speaks only TLS (certificates from `pki`) and admits only the ACL user `user` with
+    /// `password` (the default user is off), and waits until it accepts connections.
+    pub fn start_secured(pki: &super::pki::Pki, user: &str, password: &str) -> StandaloneRedis {
+        let dir = tempfile::Builder::new()
+            .prefix("cachecoord-redis-tls-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let (cert, key, ca) = (
+            pki.path("server.pem"),
+            pki.path("server.key"),
+            pki.path("ca.pem"),
+        );
+        let password = format!(">{password}");
+        let extra = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert.to_string_lossy(),
+            "--tls-key-file",
+            &key.to_string_lossy(),
+            "--tls-ca-cert-file",
+            &ca.to_string_lossy(),
+            "--tls-auth-clients",
+            "no",
+            "--user",
+            "default",
+            "off",
+            "--user",
+            user,
+            "on",
+            &password,
+            "~*",
+            "&*",
+            "+@all",
+        ];
+        let pidfile = start_redis(dir.path(), port, &extra);
+        on_process_exit(&stop_script(std::slice::from_ref(&pidfile), dir.path()));
+        // Accepting connections is enough: the server under test proves TLS and the ACL user work.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "TLS redis on {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        StandaloneRedis { port, dir, pidfile }
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)

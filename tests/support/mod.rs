@@ -22,6 +22,7 @@ macro_rules! on_both_stores {
 
 pub mod cluster;
 pub mod loader;
+pub mod pki;
 pub mod ports;
 pub mod postgres;
 pub mod process;
