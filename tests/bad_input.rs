@@ -38,6 +38,7 @@ async fn malformed_requests_are_refused(backend: Backend) {
         "user",
         "user::1",
         "user:1 2",
+        "user:a|b",
         "user:*",
         "user:{1}",
         "user:1\n",
@@ -156,7 +157,15 @@ async fn malformed_requests_are_refused(backend: Backend) {
             .unwrap_err();
         assert_error(&status, Code::InvalidArgument, "PATTERN_TOO_BROAD");
     }
-    for pattern in ["", "user:[12]", "user:{1}:*", "user: *"] {
+    let many_wildcards = format!("user:{}", "*a".repeat(9));
+    for pattern in [
+        "",
+        "user:[12]",
+        "user:{1}:*",
+        "user: *",
+        "user:a|b",
+        &many_wildcards,
+    ] {
         let status = client
             .invalidate_pattern(InvalidatePatternRequest {
                 pattern: pattern.into(),
@@ -206,6 +215,58 @@ on_both_stores!(
 
 /// When Redis goes away, every RPC answers UNAVAILABLE / BACKEND_UNAVAILABLE promptly instead of hanging or
 /// pretending success.
+/// Past `limits.max_in_flight` calls, the next is refused at once with RESOURCE_EXHAUSTED (not queued), and
+/// served again once the slots free up.
+#[tokio::test]
+async fn excess_in_flight_calls_are_refused_at_once() {
+    let loader = support::loader::TestLoader::start().await;
+    let mut config = Backend::Embedded.config();
+    config.limits.max_in_flight = 4;
+    loader.route(&mut config, "slow:*");
+    loader.source.set_delay(std::time::Duration::from_secs(2));
+    let server = TestServer::start_with(config).await;
+    let client = server.client().await;
+
+    let mut reads = loader.source.subscribe_reads();
+    let id = unique("");
+    let slow: Vec<_> = (0..4)
+        .map(|i| {
+            let mut client = client.clone();
+            let key = format!("slow:{id}{i}");
+            loader.source.put(&key, b"eventually");
+            tokio::spawn(async move {
+                let request = GetRequest {
+                    key,
+                    cache_only: false,
+                };
+                client.get(request).await
+            })
+        })
+        .collect();
+    // All four slots are taken once the loader has seen all four keys.
+    for _ in 0..4 {
+        reads.recv().await.unwrap();
+    }
+    let mut extra = client.clone();
+    for _ in 0..5 {
+        let status = extra
+            .set(set_request(&format!("user:{id}"), b"x".to_vec()))
+            .await
+            .unwrap_err();
+        assert_error(&status, Code::ResourceExhausted, "TOO_MANY_IN_FLIGHT");
+    }
+    for call in slow {
+        assert_eq!(
+            &call.await.unwrap().unwrap().into_inner().value[..],
+            b"eventually"
+        );
+    }
+    extra
+        .set(set_request(&format!("user:{id}"), b"x".to_vec()))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn unreachable_redis_is_unavailable() {
     let redis = StandaloneRedis::start();

@@ -79,7 +79,8 @@ impl CacheApi {
     }
 }
 
-/// An admitted call: its caller, and its slot among the calls in flight (freed when dropped).
+/// An admitted call: its caller, and its slot among the calls in flight. The slot is freed when this is dropped,
+/// so handlers bind it (`let admitted = admitted?;`) for the whole call.
 struct Admitted {
     caller: Arc<Caller>,
     _permit: OwnedSemaphorePermit,
@@ -129,7 +130,8 @@ impl CacheService for CacheApi {
             let request = request.into_inner();
             self.describe_key(&request.key);
             let response = async {
-                let key = admitted?.caller.key(Action::Read, &request.key)?;
+                let admitted = admitted?;
+                let key = admitted.caller.key(Action::Read, &request.key)?;
                 let options = ReadOptions {
                     cache_only: request.cache_only,
                 };
@@ -160,7 +162,8 @@ impl CacheService for CacheApi {
             let admitted = self.admit(request.metadata());
             let BatchGetRequest { keys, cache_only } = request.into_inner();
             let response = async {
-                let qualified = admitted?.caller.keys(Action::Read, &keys)?;
+                let admitted = admitted?;
+                let qualified = admitted.caller.keys(Action::Read, &keys)?;
                 let options = ReadOptions { cache_only };
                 let lookups =
                     deadline::within(budget, self.coordinator.batch_get(&qualified, options))
@@ -195,7 +198,8 @@ impl CacheService for CacheApi {
             let request = request.into_inner();
             self.describe_key(&request.key);
             let result = async {
-                let command = set_command(&admitted?.caller, request)?;
+                let admitted = admitted?;
+                let command = set_command(&admitted.caller, request)?;
                 let ttl = self.coordinator.set(command).await?;
                 Ok(SetResponse {
                     ttl: Some(to_proto_duration(ttl)),
@@ -216,12 +220,13 @@ impl CacheService for CacheApi {
             let started = Instant::now();
             let admitted = self.admit(request.metadata());
             let result = async {
-                let caller = admitted?.caller;
+                let admitted = admitted?;
+                let caller = &admitted.caller;
                 let commands = request
                     .into_inner()
                     .entries
                     .into_iter()
-                    .map(|entry| set_command(&caller, entry))
+                    .map(|entry| set_command(caller, entry))
                     .collect::<Result<Vec<_>>>()?;
                 let outcome = self.coordinator.batch_set(commands).await?;
                 let stale_keys = outcome
@@ -250,7 +255,8 @@ impl CacheService for CacheApi {
             let admitted = self.admit(request.metadata());
             let keys = request.into_inner().keys;
             let result = async {
-                let keys = admitted?.caller.keys(Action::Invalidate, &keys)?;
+                let admitted = admitted?;
+                let keys = admitted.caller.keys(Action::Invalidate, &keys)?;
                 let deleted = self.coordinator.invalidate(&keys).await?;
                 Ok(InvalidateResponse { deleted })
             };
@@ -271,7 +277,8 @@ impl CacheService for CacheApi {
             let pattern = request.into_inner().pattern;
             self.describe_key(&pattern);
             let result = async {
-                let pattern = admitted?.caller.pattern(&pattern)?;
+                let admitted = admitted?;
+                let pattern = admitted.caller.pattern(&pattern)?;
                 let deleted = self.coordinator.invalidate_pattern(&pattern).await?;
                 Ok(InvalidatePatternResponse { deleted })
             };
