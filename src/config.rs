@@ -143,6 +143,9 @@ impl Default for AuthConfig {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
+    /// A second, plaintext listener serving only grpc.health.v1, e.g. `0.0.0.0:50052`: Kubernetes' gRPC probes
+    /// cannot speak TLS. Unset: health is served on the main port only.
+    pub health_listen_addr: Option<SocketAddr>,
     /// PEM certificate chain of the server.
     pub cert_file: Option<PathBuf>,
     /// PEM private key of the server.
@@ -329,6 +332,13 @@ pub struct LoaderConfig {
     /// route to bound loads per entity.
     #[serde(default = "default_loader_concurrency")]
     pub max_concurrency: usize,
+    /// Consecutive failed loads (errors and timeouts) that open this route's circuit breaker. Default 5.
+    #[serde(default = "default_loader_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long the open breaker refuses loads before one probe, in ms. Default 1000. Meanwhile misses are
+    /// answered from stale entries (stale_if_error) or UNAVAILABLE / LOADER_FAILED at once.
+    #[serde(default = "default_loader_breaker_cooldown_ms")]
+    pub breaker_cooldown_ms: u64,
     /// gRPC over TLS (`https://` endpoints): PEM CA bundle to verify the loader with. Unset: the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca_file: Option<PathBuf>,
@@ -350,6 +360,14 @@ fn default_loader_timeout_ms() -> u64 {
 
 fn default_loader_concurrency() -> usize {
     64
+}
+
+fn default_loader_breaker_failures() -> u32 {
+    5
+}
+
+fn default_loader_breaker_cooldown_ms() -> u64 {
+    1000
 }
 
 /// The Postgres loader's connection pool.

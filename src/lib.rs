@@ -5,6 +5,7 @@
 //! - [`config`]: the whole configuration tree (defaults → TOML file → `CACHECOORD_*` env → flags), parsed once.
 //! - [`keys`]: the key and pattern grammar shared by every layer.
 //! - [`api`]: gRPC handlers; proto ↔ domain conversion; [`Error`] → `tonic::Status`.
+//! - [`breaker`]: circuit breakers for Redis and for loaders (single probe after each cooldown).
 //! - [`auth`]: bearer tokens → a caller with a namespace and read/write/invalidate scopes.
 //! - [`cache`]: the coordinator — validation, per-entity policies, the entry envelope. Talks only to traits.
 //! - [`store`]: the `Store` trait and its backends, `memory` (embedded default) and `redis` (fred), with leases.
@@ -21,6 +22,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod error;

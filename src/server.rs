@@ -78,6 +78,7 @@ pub async fn serve(
     );
     // Background work stops when serving does.
     let (stop, stopped) = watch::channel(false);
+    let stopped_health = stopped.clone();
     let mut background = Vec::new();
     if config.outbox.enabled {
         let listener = outbox::run(config.clone(), coordinator.clone(), stopped.clone());
@@ -113,6 +114,21 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
+    // grpc.health.v1 alone, in plaintext, for probes that cannot speak TLS (Kubernetes' gRPC probes). It reports
+    // exactly what the main port reports, NOT_SERVING while draining included, and stops with the server.
+    if let Some(addr) = config.tls.health_listen_addr {
+        let mut stop = stopped_health;
+        let probes = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_shutdown(addr, async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            });
+        background.push(tokio::spawn(async move {
+            if let Err(error) = probes.await {
+                tracing::error!(%error, %addr, "health listener failed");
+            }
+        }));
+    }
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = server_tls(&config).map_err(ServerError::Security)? {
         builder = builder

@@ -17,6 +17,8 @@ fn postgres_loader(pattern: &str, query: &str, batch_query: &str) -> LoaderConfi
         batch_query: Some(batch_query.into()),
         timeout_ms: 5_000,
         max_concurrency: 16,
+        breaker_failures: 5,
+        breaker_cooldown_ms: 1000,
         tls_ca_file: None,
     }
 }

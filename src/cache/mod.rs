@@ -9,7 +9,6 @@
 //!
 //! [`Loader`]: crate::loader::Loader
 
-mod breaker;
 mod encryption;
 mod entry;
 mod near;
@@ -22,12 +21,12 @@ pub use entry::Entry;
 pub use policy::{Policies, Policy};
 pub use stats::EntityStats;
 
+use crate::breaker::Breaker;
 use crate::config::{Config, InvalidationConfig, LimitsConfig, ReadThroughConfig};
 use crate::keys::{Key, Pattern};
 use crate::loader::Loaders;
 use crate::store::{Notice, Store, StoreWrite};
 use crate::{Error, Result};
-use breaker::Breaker;
 use bytes::Bytes;
 use encryption::Keyring;
 use near::NearCache;
@@ -162,6 +161,7 @@ impl Coordinator {
                 invalidation: config.invalidation.clone(),
                 read_through: rt.clone(),
                 breaker: Breaker::new(
+                    "redis",
                     rt.breaker_failures,
                     Duration::from_millis(rt.breaker_cooldown_ms),
                 ),
@@ -383,7 +383,7 @@ impl Core {
 
     /// Runs a store write through the circuit breaker: refused at once while it is open, and counted.
     async fn guarded<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
-        if self.breaker.is_open() {
+        if !self.breaker.allow() {
             return Err(Error::BackendUnavailable {
                 source: "circuit breaker open after repeated store failures".into(),
             });

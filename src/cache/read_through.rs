@@ -110,7 +110,7 @@ impl Core {
         options: ReadOptions,
         near_sequence: Option<u64>,
     ) -> Result<Vec<Lookup>> {
-        let stored = if self.breaker.is_open() {
+        let stored = if !self.breaker.allow() {
             None
         } else {
             let result = self.store.get_many(&keys).await;

@@ -8,6 +8,7 @@ mod postgres;
 pub use grpc::GrpcLoader;
 pub use postgres::PostgresLoader;
 
+use crate::breaker::Breaker;
 use crate::config::{Config, LoaderKind};
 use crate::keys::{Key, Pattern};
 use crate::{Error, Result};
@@ -64,6 +65,11 @@ impl Loaders {
             let metered = Metered {
                 route: route.pattern.clone(),
                 inner: loader,
+                breaker: Breaker::new(
+                    format!("loader {}", route.pattern),
+                    route.breaker_failures,
+                    Duration::from_millis(route.breaker_cooldown_ms),
+                ),
             };
             routes.push((pattern, Arc::new(metered) as Arc<dyn Loader>));
         }
@@ -85,16 +91,27 @@ impl Loaders {
     }
 }
 
-/// A loader decorator: a `loader` span per call, and the `cachecoord_loader_*` metrics under the route's
-/// pattern.
+/// A loader decorator: the route's circuit breaker (a failing loader gets one probe per cooldown instead of
+/// every miss), a `loader` span per call, and the `cachecoord_loader_*` metrics under the route's pattern.
 struct Metered {
     route: String,
     inner: Arc<dyn Loader>,
+    breaker: Breaker,
 }
 
 impl Metered {
     async fn observe<T>(&self, call: impl Future<Output = Result<T>>, keys: usize) -> Result<T> {
         use tracing::Instrument;
+        if !self.breaker.allow() {
+            metrics::counter!("cachecoord_loader_rejected_total", "route" => self.route.clone())
+                .increment(1);
+            return Err(Error::LoaderFailed {
+                key: self.route.clone(),
+                source:
+                    "circuit breaker open: the loader kept failing; it gets one probe per cooldown"
+                        .into(),
+            });
+        }
         let started = std::time::Instant::now();
         let span = tracing::info_span!("loader", route = %self.route, keys, outcome = tracing::field::Empty);
         let result = call.instrument(span.clone()).await;
@@ -102,8 +119,12 @@ impl Metered {
         metrics::histogram!("cachecoord_loader_duration_seconds", "route" => route.clone())
             .record(started.elapsed().as_secs_f64());
         span.record("outcome", if result.is_ok() { "ok" } else { "error" });
-        if result.is_err() {
-            metrics::counter!("cachecoord_loader_errors_total", "route" => route).increment(1);
+        match &result {
+            Ok(_) => self.breaker.record_success(),
+            Err(_) => {
+                self.breaker.record_failure();
+                metrics::counter!("cachecoord_loader_errors_total", "route" => route).increment(1);
+            }
         }
         result
     }

@@ -194,6 +194,8 @@ pub fn grpc_loader(pattern: &str, endpoint: &str) -> LoaderConfig {
         batch_query: None,
         timeout_ms: 5_000,
         max_concurrency: 64,
+        breaker_failures: 5,
+        breaker_cooldown_ms: 1000,
         tls_ca_file: None,
     }
 }

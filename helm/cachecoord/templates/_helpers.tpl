@@ -59,3 +59,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "cachecoord.terminationGracePeriodSeconds" -}}
 {{- add (div (add .Values.shutdown.drainDelayMs .Values.shutdown.gracePeriodMs) 1000) 10 }}
 {{- end }}
+
+{{/*
+The port the kubelet probes: the plaintext health port while TLS is on (gRPC probes cannot speak TLS).
+*/}}
+{{- define "cachecoord.probePort" -}}
+{{- if .Values.tls.secret }}{{ .Values.tls.healthPort }}{{ else }}{{ .Values.service.grpcPort }}{{ end }}
+{{- end }}
