@@ -412,10 +412,11 @@ pub struct ReadThroughConfig {
     pub lease_poll_ms: u64,
     /// Loads retried when an invalidation voided them, before the last value is served uncached. Default 3.
     pub max_voided_retries: u32,
-    /// Consecutive Redis failures that open the circuit breaker. Default 5.
+    /// Consecutive failures of one Redis node that open its circuit breaker. Default 5. Each node has its own,
+    /// so a failing primary does not take the healthy ones out of service.
     pub breaker_failures: u32,
-    /// How long the open breaker keeps Gets away from Redis before letting requests probe it again, in
-    /// milliseconds. Default 1000.
+    /// How long an open node breaker keeps calls away from its node (Gets go to the loader, writes fail fast)
+    /// before one probe, in milliseconds. Default 1000.
     pub breaker_cooldown_ms: u64,
 }
 
@@ -454,6 +455,16 @@ pub struct StoreConfig {
     pub redis_password: Option<String>,
     /// PEM CA bundle to verify Redis's certificate with TLS (`rediss://`). Unset: the system roots.
     pub redis_tls_ca_file: Option<PathBuf>,
+    /// How often the cluster slot map is re-read, in ms. Default 1000. A node failure or redirection also
+    /// triggers a refresh at once, so a promoted replica takes traffic within ~100 ms of being seen.
+    pub redis_topology_refresh_ms: u64,
+    /// Replicas that must acknowledge an Invalidate or InvalidatePattern (Redis `WAIT`) before it is answered,
+    /// so it survives a failover of its primary. Default 1; capped by the replicas each primary has (0 on a
+    /// server without replicas); 0 turns the wait off.
+    pub invalidation_replica_acks: usize,
+    /// How long an invalidation waits for those acknowledgements, in ms, before answering UNAVAILABLE (retry).
+    /// Default 500.
+    pub replica_ack_timeout_ms: u64,
 }
 
 /// Input limits.
@@ -582,6 +593,9 @@ impl Default for StoreConfig {
             redis_username: None,
             redis_password: None,
             redis_tls_ca_file: None,
+            redis_topology_refresh_ms: 1000,
+            invalidation_replica_acks: 1,
+            replica_ack_timeout_ms: 500,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! values in the entry envelope, and answers misses as data. When a key's entity has a loader, a miss is filled
 //! through it (`read_through`): one load per key per replica (singleflight), one per key across replicas (store
 //! lease), never a stale write-back (fills are lease-checked), early refresh (XFetch) and stale windows, and a
-//! fallback straight to the loader when the store is down (`breaker`). It names no tonic, proto or fred type.
+//! fallback straight to the loader when the store is down (Redis nodes have circuit breakers). It names no tonic, proto or fred type.
 //!
 //! [`Loader`]: crate::loader::Loader
 
@@ -21,7 +21,6 @@ pub use entry::Entry;
 pub use policy::{Policies, Policy};
 pub use stats::EntityStats;
 
-use crate::breaker::Breaker;
 use crate::config::{Config, InvalidationConfig, LimitsConfig, ReadThroughConfig};
 use crate::keys::{Key, Pattern};
 use crate::loader::Loaders;
@@ -125,7 +124,6 @@ struct Core {
     limits: LimitsConfig,
     invalidation: InvalidationConfig,
     read_through: ReadThroughConfig,
-    breaker: Breaker,
     flights: Flights,
     /// The near-cache, when `near_cache.max_bytes` is set.
     near: Option<Arc<NearCache>>,
@@ -160,11 +158,6 @@ impl Coordinator {
                 limits: config.limits.clone(),
                 invalidation: config.invalidation.clone(),
                 read_through: rt.clone(),
-                breaker: Breaker::new(
-                    "redis",
-                    rt.breaker_failures,
-                    Duration::from_millis(rt.breaker_cooldown_ms),
-                ),
                 flights: Flights::default(),
                 near: (config.near_cache.max_bytes > 0)
                     .then(|| Arc::new(NearCache::new(&config.near_cache))),
@@ -238,10 +231,7 @@ impl Coordinator {
     pub async fn set(&self, command: SetCommand) -> Result<Duration> {
         let version = command.version;
         let write = self.core.prepare_write(command)?;
-        let applied = self
-            .core
-            .guarded(self.core.store.set_many(std::slice::from_ref(&write)))
-            .await;
+        let applied = self.core.store.set_many(std::slice::from_ref(&write)).await;
         let keys = std::slice::from_ref(&write.key);
         self.core.announce(keys, applied.is_ok()).await?;
         let applied = applied?;
@@ -261,7 +251,7 @@ impl Coordinator {
             .into_iter()
             .map(|command| self.core.prepare_write(command))
             .collect::<Result<Vec<_>>>()?;
-        let applied = self.core.guarded(self.core.store.set_many(&writes)).await;
+        let applied = self.core.store.set_many(&writes).await;
         let keys: Vec<Key> = writes.iter().map(|w| w.key.clone()).collect();
         self.core.announce(&keys, applied.is_ok()).await?;
         let applied = applied?;
@@ -285,10 +275,7 @@ impl Coordinator {
             .filter(|raw| seen.insert(raw.as_str()))
             .map(|raw| self.core.parse_key(raw))
             .collect::<Result<Vec<_>>>()?;
-        let deleted = self
-            .core
-            .guarded(self.core.store.delete_many(&distinct))
-            .await;
+        let deleted = self.core.store.delete_many(&distinct).await;
         self.core.announce(&distinct, deleted.is_ok()).await?;
         deleted
     }
@@ -307,10 +294,7 @@ impl Coordinator {
                 reason: format!("{} wildcards; the limit is {max}", pattern.wildcards()),
             });
         }
-        let deleted = self
-            .core
-            .guarded(self.core.store.delete_matching(&pattern))
-            .await;
+        let deleted = self.core.store.delete_matching(&pattern).await;
         if let Some(near) = &self.core.near {
             // Even a failed call may have deleted some keys: tell the near-caches either way.
             near.evict_matching(&pattern);
@@ -381,18 +365,6 @@ impl Core {
         Ok(())
     }
 
-    /// Runs a store write through the circuit breaker: refused at once while it is open, and counted.
-    async fn guarded<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
-        if !self.breaker.allow() {
-            return Err(Error::BackendUnavailable {
-                source: "circuit breaker open after repeated store failures".into(),
-            });
-        }
-        let result = call.await;
-        self.observe(&result);
-        result
-    }
-
     /// Tells every replica's near-cache (this one's at once) that `keys` changed. Without a near-cache, nothing
     /// to tell. A notice that cannot be sent fails the call: the write happened, but other replicas may still
     /// serve the old value, and the caller should retry (writes and invalidations are idempotent).
@@ -403,22 +375,9 @@ impl Core {
             return Ok(());
         };
         near.evict(keys);
-        if !succeeded && self.breaker.is_open() {
-            // The store call was refused outright: nothing was applied, nothing to tell.
-            return Ok(());
-        }
         let notice = Notice::Keys(keys.iter().map(Key::to_string).collect());
         let published = self.store.publish(&notice).await;
         if succeeded { published } else { Ok(()) }
-    }
-
-    /// Feeds a store call's outcome to the breaker.
-    fn observe<T>(&self, result: &Result<T>) {
-        match result {
-            Ok(_) => self.breaker.record_success(),
-            Err(Error::BackendUnavailable { .. }) => self.breaker.record_failure(),
-            Err(_) => {}
-        }
     }
 
     fn prepare_write(&self, command: SetCommand) -> Result<StoreWrite> {

@@ -14,7 +14,7 @@
 //!    probability rising as expiry nears, scaled by the recorded load time and β). Past expiry, an entry inside
 //!    `stale_while_revalidate` is served as STALE while a refresh runs; inside `stale_if_error` it stands in when
 //!    the loader fails.
-//! 5. **Fallback.** When the store fails (or the breaker is open), keys with a loader are loaded directly, still
+//! 5. **Fallback.** When the store fails (or the breaker of the node serving the key is open), keys with a loader are loaded directly, still
 //!    coalesced per replica, and answered FALLBACK; keys without one answer UNAVAILABLE.
 
 use super::{Core, Entry, Lookup, Policy, ReadOptions, Source};
@@ -110,16 +110,12 @@ impl Core {
         options: ReadOptions,
         near_sequence: Option<u64>,
     ) -> Result<Vec<Lookup>> {
-        let stored = if !self.breaker.allow() {
-            None
-        } else {
-            let result = self.store.get_many(&keys).await;
-            self.observe(&result);
-            match result {
-                Ok(stored) => Some(stored),
-                Err(Error::BackendUnavailable { .. }) => None,
-                Err(error) => return Err(error),
-            }
+        // A store that is down (or whose node serving these keys is: its breaker answers at once) sends the
+        // reads to the loaders.
+        let stored = match self.store.get_many(&keys).await {
+            Ok(stored) => Some(stored),
+            Err(Error::BackendUnavailable { .. }) => None,
+            Err(error) => return Err(error),
         };
         let Some(stored) = stored else {
             return self.fallback(keys, options).await;
@@ -297,7 +293,6 @@ impl Core {
         loop {
             let token: LeaseToken = rand::random();
             let leased = self.store.try_lease(&key, token, lease_ttl).await;
-            self.observe(&leased);
             match leased {
                 Err(Error::BackendUnavailable { .. }) => {
                     return self.load_fallback(&key, &policy, loader.as_ref()).await;
@@ -343,7 +338,12 @@ impl Core {
                             voided += 1;
                             tracing::debug!(key = %key, voided, "load voided by an invalidation; loading again");
                         }
-                        _ => return Ok(lookup),
+                        Ok(true) => return Ok(lookup),
+                        Err(error) => {
+                            // Served, just not cached: the store could not take the fill.
+                            tracing::warn!(key = %key, %error, "loaded value not cached: the fill failed");
+                            return Ok(lookup);
+                        }
                     }
                 }
                 Ok(false) => match self
@@ -526,7 +526,6 @@ impl Core {
         .await;
         let mut leased = Vec::new();
         for (i, lease) in leases.iter().enumerate() {
-            self.observe(lease);
             if matches!(lease, Ok(true)) {
                 leased.push(i);
             }

@@ -14,6 +14,7 @@ mod memory;
 mod metered;
 mod redis;
 mod redis_layout;
+mod redis_nodes;
 
 pub use memory::MemoryStore;
 pub use metered::MeteredStore;

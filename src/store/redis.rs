@@ -1,8 +1,12 @@
 //! Redis through fred: one server or a Redis Cluster, chosen by the URL scheme.
 //!
-//! On a cluster, multi-key commands must stay inside one hash slot (MGET across slots fails with CROSSSLOT), so
-//! batches are grouped by slot and the per-slot commands are sent concurrently; fred pipelines them on each
-//! primary's connection, so a batch costs about one round trip per primary. Pattern deletion never uses KEYS.
+//! Commands go to the node owning their hash slot through that node's own client (`redis_nodes`), so one failed
+//! or paused primary cannot stall the others. Multi-key commands must stay inside one hash slot, so batches are
+//! grouped by slot and the per-slot commands are sent concurrently; each node's client pipelines them on its
+//! connection, so a batch costs about one round trip per primary. Pattern deletion never uses KEYS.
+//!
+//! Invalidations are acknowledged only once a replica has them (`WAIT`), so a primary that dies right after an
+//! acknowledged invalidation cannot hand the old value to the replica promoted in its place.
 //!
 //! Keys are laid out by group (`redis_layout`): a group's values, its index of keys, its epoch and its leases
 //! share one hash slot. That makes the common pattern `user:123:*` one atomic script on one primary whose cost is
@@ -15,16 +19,17 @@
 //! does a pattern invalidation that finds the index missing.
 
 use super::redis_layout::{self as layout, Found};
+use super::redis_nodes::{Node, NodeSettings, Nodes};
 use super::{Heard, LeaseToken, Notice, Store, StoreWrite};
 use crate::config::Config;
 use crate::keys::{Key, Pattern};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
-use fred::clients::{Client, SubscriberClient};
+use fred::clients::SubscriberClient;
 use fred::prelude::{
     Builder, ClientLike, Config as FredConfig, Error as FredError, ErrorKind, EventInterface,
-    KeysInterface, PubsubInterface, ReconnectPolicy,
+    KeysInterface, PubsubInterface, ReconnectPolicy, ServerInterface,
 };
 use fred::types::Value;
 use fred::types::scan::{ScanResult, Scanner};
@@ -205,7 +210,7 @@ type ScanPages = Pin<Box<dyn Stream<Item = Result<ScanResult, FredError>> + Send
 
 /// A Redis server or cluster.
 pub struct RedisStore {
-    client: Client,
+    nodes: Arc<Nodes>,
     /// Kept so its connection (and the task forwarding its messages) lives as long as the store.
     _subscriber: SubscriberClient,
     events: broadcast::Sender<Arc<str>>,
@@ -213,6 +218,9 @@ pub struct RedisStore {
     clustered: bool,
     scan_count: u32,
     command_timeout: Duration,
+    /// Replicas that must acknowledge an invalidation (capped by the replicas each primary has).
+    replica_acks: usize,
+    replica_ack_timeout: Duration,
 }
 
 impl RedisStore {
@@ -223,19 +231,25 @@ impl RedisStore {
         let clustered = fred_config.server.is_clustered();
         let command_timeout = Duration::from_millis(config.store.redis_command_timeout_ms);
         let connect_timeout = Duration::from_millis(config.store.redis_connect_timeout_ms);
+        let settings = NodeSettings {
+            command_timeout,
+            connect_timeout,
+            refresh_every: Duration::from_millis(config.store.redis_topology_refresh_ms),
+            breaker_failures: config.read_through.breaker_failures,
+            breaker_cooldown: Duration::from_millis(config.read_through.breaker_cooldown_ms),
+        };
+        let nodes = Nodes::connect(fred_config.clone(), settings).await?;
+        // Pub/sub keeps fred's own client (cluster-aware, resubscribing after reconnects): a stall there delays
+        // notices, which the near-cache detects by its heartbeat, never data commands.
         let mut builder = Builder::from_config(fred_config);
         builder
-            .with_performance_config(|perf| perf.default_command_timeout = command_timeout)
             .with_connection_config(|conn| {
                 conn.connection_timeout = connect_timeout;
                 conn.internal_command_timeout = command_timeout;
             })
-            // Reconnect forever with capped backoff: Redis coming back must not need a cachecoord restart.
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
-        let client = builder.build().map_err(backend_error)?;
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
         let subscriber = builder.build_subscriber_client().map_err(backend_error)?;
         let connecting = async {
-            client.init().await?;
             subscriber.init().await?;
             subscriber.manage_subscriptions();
             subscriber
@@ -283,13 +297,15 @@ impl RedisStore {
             }
         });
         Ok(RedisStore {
-            client,
+            nodes,
             _subscriber: subscriber,
             events,
             notices,
             clustered,
             scan_count: config.invalidation.scan_count,
             command_timeout,
+            replica_acks: config.store.invalidation_replica_acks,
+            replica_ack_timeout: Duration::from_millis(config.store.replica_ack_timeout_ms),
         })
     }
 
@@ -307,10 +323,11 @@ impl RedisStore {
         groups
     }
 
-    /// Voids the leases of `keys` and deletes them: one script per hash slot, all slots concurrently.
-    async fn delete_keys(&self, keys: &[&str]) -> Result<u64> {
+    /// Voids the leases of `keys` and deletes them: one script per hash slot, all slots concurrently. With
+    /// `replicate`, each slot's deletion is also acknowledged by its replicas before this answers.
+    async fn delete_keys(&self, keys: &[&str], replicate: bool) -> Result<u64> {
         let groups = self.by_slot(keys.iter().copied());
-        let deletes = groups.values().map(|indices| {
+        let deletes = groups.iter().map(|(&slot, indices)| {
             let mut script_keys = Vec::with_capacity(indices.len() * 4);
             let mut members = Vec::with_capacity(indices.len());
             for &i in indices {
@@ -323,10 +340,51 @@ impl RedisStore {
                 ]);
                 members.push(rest.to_owned());
             }
-            DELETE_SCRIPT.evalsha_with_reload::<u64, _, _>(&self.client, script_keys, members)
+            async move {
+                let node = self.nodes.for_slot(slot)?;
+                let deleted = DELETE_SCRIPT
+                    .evalsha_with_reload::<u64, _, _>(&node.client, script_keys, members)
+                    .await;
+                let deleted = self.nodes.observe(&node, deleted)?;
+                if replicate {
+                    self.replicate(&node).await?;
+                }
+                Ok::<_, Error>(deleted)
+            }
         });
-        let counts = future::try_join_all(deletes).await.map_err(backend_error)?;
+        let counts = future::try_join_all(deletes).await?;
         Ok(counts.into_iter().sum())
+    }
+
+    /// Waits until the replicas of `node` (up to `replica_acks`) have every write made so far on its
+    /// connection. Fewer acknowledgements within the timeout is UNAVAILABLE: the invalidation reached the primary
+    /// but might not survive its failover, so the caller should retry (invalidations are idempotent).
+    async fn replicate(&self, node: &Node) -> Result<()> {
+        let wanted = self.replica_acks.min(self.nodes.replicas_of(node));
+        if wanted == 0 {
+            return Ok(());
+        }
+        let timeout_ms = i64::try_from(self.replica_ack_timeout.as_millis()).unwrap_or(i64::MAX);
+        let wanted_i64 = i64::try_from(wanted).unwrap_or(i64::MAX);
+        let acked: i64 = node
+            .client
+            .wait(wanted_i64, timeout_ms)
+            .await
+            .map_err(backend_error)?;
+        if acked >= wanted_i64 {
+            Ok(())
+        } else {
+            metrics::counter!("cachecoord_invalidations_unreplicated_total").increment(1);
+            Err(Error::BackendUnavailable {
+                source: format!(
+                    "{} applied the invalidation but {acked} of {wanted} replicas acknowledged it within {:?}; \
+                     retry it",
+                    node.name(),
+                    self.replica_ack_timeout
+                )
+                .into(),
+            })
+        }
     }
 
     /// Pattern invalidation within one group: one script on the group's slot.
@@ -341,19 +399,32 @@ impl RedisStore {
             layout::tag(group).into(),
             fresh_epoch(),
         ];
-        GROUP_PATTERN_SCRIPT
-            .evalsha_with_reload(&self.client, keys, args)
-            .await
-            .map_err(backend_error)
+        let node = self.nodes.for_slot(self.slot_of(group))?;
+        let deleted = GROUP_PATTERN_SCRIPT
+            .evalsha_with_reload(&node.client, keys, args)
+            .await;
+        let deleted = self.nodes.observe(&node, deleted)?;
+        self.replicate(&node).await?;
+        Ok(deleted)
     }
 
+    /// The hash slot of a group (0 on a standalone server).
+    fn slot_of(&self, group: &str) -> u16 {
+        if self.clustered {
+            fred::util::redis_keyslot(group.as_bytes())
+        } else {
+            0
+        }
+    }
+
+    /// SCAN pages from every primary in turn. A primary that cannot be reached fails the scan.
     fn scan(&self, pattern: String) -> ScanPages {
         let count = Some(self.scan_count);
-        if self.clustered {
-            Box::pin(self.client.scan_cluster(pattern, count, None))
-        } else {
-            Box::pin(self.client.scan(pattern, count, None))
-        }
+        let primaries = self.nodes.primaries();
+        Box::pin(
+            futures::stream::iter(primaries)
+                .flat_map(move |node| Box::pin(node.client.scan(pattern.clone(), count, None))),
+        )
     }
 
     /// Runs `apply` on every page of Redis keys matching `pattern`, on every primary; answers the sum.
@@ -406,43 +477,56 @@ impl RedisStore {
                 .collect();
             for key in &leases {
                 let (group, rest) = layout::split(key);
-                let _: () = self
-                    .client
-                    .del(layout::lease_key(key))
+                let node = self.nodes.for_slot(self.slot_of(group))?;
+                let voided: Result<(), FredError> = async {
+                    node.client.del::<(), _>(layout::lease_key(key)).await?;
+                    fred::interfaces::SetsInterface::srem::<(), _, _>(
+                        &node.client,
+                        layout::leases_key(group),
+                        rest,
+                    )
                     .await
-                    .map_err(backend_error)?;
-                let _: () = fred::interfaces::SetsInterface::srem(
-                    &self.client,
-                    layout::leases_key(group),
-                    rest,
-                )
-                .await
-                .map_err(backend_error)?;
+                }
+                .await;
+                self.nodes.observe(&node, voided)?;
             }
             Ok(0)
         })
         .await?;
-        self.for_each_scan_page(redis_pattern, |page| async move {
-            let keys: Vec<String> = page
-                .iter()
-                .filter_map(|redis_key| match layout::classify(redis_key) {
-                    Found::Value(key) if pattern.matches(&key) => Some(key),
-                    _ => None,
-                })
-                .collect();
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            if keys.is_empty() {
-                Ok(0)
-            } else {
-                self.delete_keys(&keys).await
-            }
-        })
-        .await
+        let deleted = self
+            .for_each_scan_page(redis_pattern, |page| async move {
+                let keys: Vec<String> = page
+                    .iter()
+                    .filter_map(|redis_key| match layout::classify(redis_key) {
+                        Found::Value(key) if pattern.matches(&key) => Some(key),
+                        _ => None,
+                    })
+                    .collect();
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                if keys.is_empty() {
+                    Ok(0)
+                } else {
+                    self.delete_keys(&keys, false).await
+                }
+            })
+            .await?;
+        // One acknowledgement per primary covers every page deleted on it.
+        let primaries = self.nodes.primaries();
+        future::try_join_all(primaries.iter().map(|node| self.replicate(node))).await?;
+        Ok(deleted)
     }
 
     async fn announce(&self, key: &str) {
         // Best effort: waiters poll as well, so a lost announcement only costs them a poll interval.
-        if let Err(error) = self.client.publish::<(), _, _>(LEASE_CHANNEL, key).await {
+        let published = match self.nodes.any() {
+            Ok(node) => node
+                .client
+                .publish::<(), _, _>(LEASE_CHANNEL, key)
+                .await
+                .map_err(backend_error),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = published {
             tracing::debug!(%error, key, "could not announce a lease event");
         }
     }
@@ -457,11 +541,11 @@ impl RedisStore {
             layout::leases_key(group),
             layout::epoch_key(group),
         ];
-        let written: i64 = script
-            .evalsha_with_reload(&self.client, keys, args)
-            .await
-            .map_err(backend_error)?;
-        Ok(written == 1)
+        let node = self.nodes.for_slot(self.slot_of(group))?;
+        let written = script
+            .evalsha_with_reload::<i64, _, _>(&node.client, keys, args)
+            .await;
+        Ok(self.nodes.observe(&node, written)? == 1)
     }
 }
 
@@ -504,7 +588,8 @@ fn member(key: &Key) -> String {
 impl Store for RedisStore {
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>> {
         let groups = self.by_slot(keys.iter().map(Key::as_str));
-        let reads = groups.into_values().map(|indices| async move {
+        let reads = groups.into_iter().map(|(slot, indices)| async move {
+            let node = self.nodes.for_slot(slot)?;
             // One MGET per slot: the values, then the epochs of their groups (same slot by construction).
             let mut epochs: Vec<&str> = indices
                 .iter()
@@ -517,7 +602,8 @@ impl Store for RedisStore {
                 .map(|&i| layout::value_key(keys[i].as_str()))
                 .collect();
             redis_keys.extend(epochs.iter().map(|group| layout::epoch_key(group)));
-            let mut values: Vec<Option<Bytes>> = self.client.mget(redis_keys).await?;
+            let values = node.client.mget::<Vec<Option<Bytes>>, _>(redis_keys).await;
+            let mut values = self.nodes.observe(&node, values)?;
             let epoch_values = values.split_off(indices.len());
             let epoch_of = |group: &str| {
                 epochs
@@ -535,10 +621,10 @@ impl Store for RedisStore {
                         .then(|| value.slice(EPOCH_LEN..))
                 })
                 .collect();
-            Ok::<_, FredError>((indices, answers))
+            Ok::<_, Error>((indices, answers))
         });
         let mut answers = vec![None; keys.len()];
-        for (indices, values) in future::try_join_all(reads).await.map_err(backend_error)? {
+        for (indices, values) in future::try_join_all(reads).await? {
             for (index, value) in indices.into_iter().zip(values) {
                 answers[index] = value;
             }
@@ -564,7 +650,7 @@ impl Store for RedisStore {
 
     async fn delete_many(&self, keys: &[Key]) -> Result<u64> {
         let keys: Vec<&str> = keys.iter().map(Key::as_str).collect();
-        self.delete_keys(&keys).await
+        self.delete_keys(&keys, true).await
     }
 
     async fn delete_matching(&self, pattern: &Pattern) -> Result<u64> {
@@ -584,11 +670,13 @@ impl Store for RedisStore {
             ttl_ms(ttl).into(),
             member(key).into(),
         ];
-        let taken: i64 = LEASE_SCRIPT
-            .evalsha_with_reload(&self.client, keys, args)
-            .await
-            .map_err(backend_error)?;
-        Ok(taken == 1)
+        let node = self
+            .nodes
+            .for_slot(self.slot_of(layout::split(key.as_str()).0))?;
+        let taken = LEASE_SCRIPT
+            .evalsha_with_reload::<i64, _, _>(&node.client, keys, args)
+            .await;
+        Ok(self.nodes.observe(&node, taken)? == 1)
     }
 
     async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<bool> {
@@ -612,11 +700,13 @@ impl Store for RedisStore {
             layout::leases_key(layout::split(key.as_str()).0),
         ];
         let args: Vec<Value> = vec![token.to_string().into(), member(key).into()];
-        let released: i64 = RELEASE_SCRIPT
-            .evalsha_with_reload(&self.client, keys, args)
-            .await
-            .map_err(backend_error)?;
-        if released == 1 {
+        let node = self
+            .nodes
+            .for_slot(self.slot_of(layout::split(key.as_str()).0))?;
+        let released = RELEASE_SCRIPT
+            .evalsha_with_reload::<i64, _, _>(&node.client, keys, args)
+            .await;
+        if self.nodes.observe(&node, released)? == 1 {
             self.announce(key.as_str()).await;
         }
         Ok(())
@@ -627,10 +717,12 @@ impl Store for RedisStore {
     }
 
     async fn publish(&self, notice: &Notice) -> Result<()> {
-        self.client
+        let node = self.nodes.any()?;
+        let published = node
+            .client
             .publish::<(), _, _>(NOTICE_CHANNEL, encode_notice(notice))
-            .await
-            .map_err(backend_error)
+            .await;
+        self.nodes.observe(&node, published)
     }
 
     fn notices(&self) -> broadcast::Receiver<Heard> {
@@ -638,7 +730,9 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.client.ping::<()>(None).await.map_err(backend_error)
+        let node = self.nodes.any()?;
+        let pong = node.client.ping::<()>(None).await;
+        self.nodes.observe(&node, pong)
     }
 }
 
@@ -666,7 +760,7 @@ fn apply_credentials(
 
 /// Connection, timeout and cluster-topology errors mean "try again later" (UNAVAILABLE); anything else is a
 /// backend failure cachecoord cannot explain.
-fn backend_error(error: FredError) -> Error {
+pub(super) fn backend_error(error: FredError) -> Error {
     let transient = matches!(
         error.kind(),
         ErrorKind::IO

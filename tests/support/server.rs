@@ -46,6 +46,11 @@ impl TestServer {
 
     /// Starts a server with `config` (its listen address is replaced by a free loopback port).
     pub async fn start_with(config: Config) -> TestServer {
+        // RUST_LOG=cachecoord=debug shows the servers' logs in a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
