@@ -775,6 +775,11 @@ pub(super) fn backend_error(error: FredError) -> Error {
         "LOADING",
         "MASTERDOWN",
         "READONLY",
+        // The slot moved (a failover the slot map has not caught up with yet).
+        "MOVED",
+        "ASK",
+        // A WAIT cut short because its primary was just demoted.
+        "UNBLOCKED",
     ]
     .iter()
     .any(|code| error.details().starts_with(code));

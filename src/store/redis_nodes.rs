@@ -270,27 +270,10 @@ impl Nodes {
         }
     }
 
-    /// Re-reads the slot map through `node`.
-    async fn refresh_from(&self, node: &Arc<Node>) -> Result<()> {
+    /// The slot map as `node` sees it: (first slot, last slot, primary, replicas).
+    async fn view_of(&self, node: &Arc<Node>) -> Result<View> {
         let within = self.settings.command_timeout;
-        let ranges = if self.clustered {
-            let slots = tokio::time::timeout(within, node.client.cluster_slots::<Value>())
-                .await
-                .map_err(|_| unavailable(format!("CLUSTER SLOTS timed out on {}", node.name())))?
-                .map_err(backend_error)?;
-            let routing = ClusterRouting::from_cluster_slots(slots, node.server.host.clone())
-                .map_err(backend_error)?;
-            let mut ranges = Vec::new();
-            for range in routing.slots() {
-                let primary = self.node(&range.primary)?;
-                for replica in &range.replicas {
-                    // Known ahead of a failover, so a promoted replica is already connected.
-                    self.node(replica)?;
-                }
-                ranges.push((range.start, range.end, primary, range.replicas.len()));
-            }
-            ranges
-        } else {
+        if !self.clustered {
             let role = tokio::time::timeout(
                 within,
                 node.client
@@ -299,38 +282,99 @@ impl Nodes {
             .await
             .map_err(|_| unavailable(format!("ROLE timed out on {}", node.name())))?
             .map_err(backend_error)?;
-            vec![(0, u16::MAX, node.clone(), replicas_in_role(&role))]
-        };
-        if ranges.is_empty() {
+            return Ok(vec![(
+                0,
+                u16::MAX,
+                node.server.clone(),
+                replicas_in_role(&role),
+            )]);
+        }
+        let slots = tokio::time::timeout(within, node.client.cluster_slots::<Value>())
+            .await
+            .map_err(|_| unavailable(format!("CLUSTER SLOTS timed out on {}", node.name())))?
+            .map_err(backend_error)?;
+        let routing = ClusterRouting::from_cluster_slots(slots, node.server.host.clone())
+            .map_err(backend_error)?;
+        let view: View = routing
+            .slots()
+            .iter()
+            .map(|range| {
+                (
+                    range.start,
+                    range.end,
+                    range.primary.clone(),
+                    range.replicas.len(),
+                )
+            })
+            .collect();
+        if view.is_empty() {
             return Err(unavailable(format!("{} reports no slots", node.name())));
+        }
+        // Replicas are connected ahead of a failover, so a promoted one takes traffic at once.
+        for range in routing.slots() {
+            for replica in &range.replicas {
+                self.node(replica)?;
+            }
+        }
+        Ok(view)
+    }
+
+    /// Makes `view` the slot map.
+    fn install(&self, view: View) -> Result<()> {
+        let mut ranges = Vec::with_capacity(view.len());
+        for (first, last, primary, replicas) in view {
+            ranges.push((first, last, self.node(&primary)?, replicas));
         }
         *self.topology.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Topology { ranges });
         Ok(())
     }
 
-    /// Refreshes through the first node that answers: current primaries first, then every other known node.
+    /// Re-reads the slot map through `node` alone (at start-up).
+    async fn refresh_from(&self, node: &Arc<Node>) -> Result<()> {
+        let view = self.view_of(node).await?;
+        self.install(view)
+    }
+
+    /// Asks every connected node for the slot map and installs the view most of them hold. A primary that was
+    /// paused and has just woken up still believes it owns its slots until the cluster tells it otherwise;
+    /// trusting the majority keeps its outdated view (and its outdated data) out of the map.
     async fn refresh(&self) {
-        let mut candidates = self.primaries();
-        let others: Vec<Arc<Node>> = {
+        let nodes: Vec<Arc<Node>> = {
             let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            known.values().cloned().collect()
+            known
+                .values()
+                .filter(|node| node.client.is_connected())
+                .cloned()
+                .collect()
         };
-        for node in others {
-            if !candidates.iter().any(|c| Arc::ptr_eq(c, &node)) {
-                candidates.push(node);
+        let views = futures::future::join_all(nodes.iter().map(|node| self.view_of(node))).await;
+        // (who owns what, how many nodes say so, one such view)
+        let mut tally: Vec<(Owners, usize, View)> = Vec::new();
+        for view in views.into_iter().flatten() {
+            let owners: Owners = view
+                .iter()
+                .map(|(first, last, primary, _)| (*first, *last, primary.clone()))
+                .collect();
+            match tally.iter_mut().find(|(seen, _, _)| *seen == owners) {
+                Some((_, votes, _)) => *votes += 1,
+                None => tally.push((owners, 1, view)),
             }
         }
-        for node in candidates.iter().filter(|n| n.client.is_connected()) {
-            match self.refresh_from(node).await {
-                Ok(()) => return,
-                Err(error) => {
-                    tracing::debug!(%error, node = %node.name(), "slot map refresh failed")
-                }
-            }
+        let Some((_, _, view)) = tally.into_iter().max_by_key(|(_, votes, _)| *votes) else {
+            tracing::warn!("no Redis node could report the slot map");
+            return;
+        };
+        if let Err(error) = self.install(view) {
+            tracing::warn!(%error, "slot map not installed");
         }
-        tracing::warn!("no Redis node could report the slot map");
     }
 }
+
+/// A slot map as one node reports it: (first slot, last slot, primary, replicas).
+type View = Vec<(u16, u16, Server, usize)>;
+
+/// The ownership part of a view, compared between nodes.
+type Owners = Vec<(u16, u16, Server)>;
 
 impl Drop for Nodes {
     fn drop(&mut self) {

@@ -13,6 +13,8 @@ pub struct RedisCluster {
     /// Client ports of all six nodes.
     pub ports: Vec<u16>,
     dir: PathBuf,
+    /// redis-server arguments of every node (for restarts).
+    args: Vec<String>,
 }
 
 impl RedisCluster {
@@ -62,7 +64,8 @@ impl RedisCluster {
             "cluster create failed: {}",
             String::from_utf8_lossy(&output.stdout)
         );
-        let cluster = RedisCluster { ports, dir };
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let cluster = RedisCluster { ports, dir, args };
         cluster.wait_until_healthy();
         cluster
     }
@@ -149,8 +152,9 @@ impl RedisCluster {
     /// Restarts every node on its old port and directory (its nodes.conf keeps the topology; the data is gone,
     /// as persistence is off) and waits until the cluster is healthy again.
     pub fn restart_all(&self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         for port in &self.ports {
-            start_redis(&self.dir.join(port.to_string()), *port, CLUSTER_ARGS);
+            start_redis(&self.dir.join(port.to_string()), *port, &args);
         }
         for port in &self.ports {
             wait_for_ping(*port);
@@ -346,4 +350,99 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         .output()
         .expect("redis-cli must be installed");
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+impl RedisCluster {
+    fn pid(&self, port: u16) -> String {
+        let pidfile = self.dir.join(port.to_string()).join("redis.pid");
+        std::fs::read_to_string(pidfile).unwrap().trim().to_owned()
+    }
+
+    fn signal(&self, port: u16, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid(port)])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} of the node on {port}");
+    }
+
+    /// `kill -9` of the node on `port`, waiting until its port refuses connections.
+    pub fn kill_node(&self, port: u16) {
+        kill_node(&self.dir.join(port.to_string()).join("redis.pid"), port);
+    }
+
+    /// Starts the node on `port` again (it rejoins the cluster from its nodes.conf, as a replica if it was failed
+    /// over) and waits until it answers PING.
+    pub fn restart_node(&self, port: u16) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        start_redis(&self.dir.join(port.to_string()), port, &args);
+        wait_for_ping(port);
+    }
+
+    /// SIGSTOP: the node keeps its connections but answers nothing.
+    pub fn pause(&self, port: u16) {
+        self.signal(port, "-STOP");
+    }
+
+    /// SIGCONT after [`RedisCluster::pause`].
+    pub fn resume(&self, port: u16) {
+        self.signal(port, "-CONT");
+    }
+
+    /// (first slot, last slot, primary port) as `CLUSTER NODES` on a live node reports them now.
+    pub fn slot_owners(&self) -> Vec<(u16, u16, u16)> {
+        let nodes = self
+            .ports
+            .iter()
+            .map(|port| redis_cli(*port, &["cluster", "nodes"]))
+            .find(|text| !text.trim().is_empty())
+            .expect("some node answers");
+        let mut owners = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let Some(port) = fields[1]
+                .split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+            else {
+                continue;
+            };
+            for range in &fields[8..] {
+                let mut bounds = range.split('-').filter_map(|b| b.parse::<u16>().ok());
+                if let Some(first) = bounds.next() {
+                    owners.push((first, bounds.next().unwrap_or(first), port));
+                }
+            }
+        }
+        owners
+    }
+
+    /// Waits until every slot has a live primary other than `dead` and the live nodes report cluster_state:ok.
+    pub fn wait_for_failover(&self, dead: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let owners = self.slot_owners();
+            let covered: u32 = owners
+                .iter()
+                .map(|(a, b, _)| u32::from(*b) - u32::from(*a) + 1)
+                .sum();
+            let live_ok =
+                self.ports.iter().filter(|port| **port != dead).all(|port| {
+                    redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok")
+                });
+            if covered == 16384 && owners.iter().all(|(_, _, port)| *port != dead) && live_ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no failover away from {dead}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the cluster is back to three primaries with a replica each, all healthy.
+    pub fn wait_until_whole(&self) {
+        self.wait_until_healthy();
+    }
 }

@@ -60,6 +60,11 @@ impl SourceOfTruth {
         self.per_key.lock().unwrap().get(key).copied().unwrap_or(0)
     }
 
+    /// Loads per key so far (single and batch), for before/after comparisons.
+    pub fn load_counts(&self) -> HashMap<String, usize> {
+        self.per_key.lock().unwrap().clone()
+    }
+
     /// The keys of every BatchLoad call, in call order.
     pub fn batches(&self) -> Vec<Vec<String>> {
         self.batches.lock().unwrap().clone()
