@@ -57,9 +57,9 @@ struct World {
     writers: Vec<tokio::sync::Mutex<u64>>,
     /// The highest version whose Invalidate was acknowledged: a Get must never answer below it.
     floor: Vec<AtomicU64>,
-    clients: Vec<Client>,
-    /// Which replicas are alive (a killed one is skipped).
-    alive: Vec<AtomicBool>,
+    /// Clients of every replica started, and whether it is still in service (a stopped one is skipped, as a
+    /// Kubernetes Service drops an endpoint).
+    replicas: Mutex<Vec<(Client, bool)>>,
     record: Mutex<Record>,
     stop: AtomicBool,
 }
@@ -90,11 +90,13 @@ struct PhaseReport {
 
 impl World {
     fn replica_for(&self, attempt: usize, worker: usize) -> Option<Client> {
-        let n = self.clients.len();
-        (0..n)
-            .map(|k| (worker + attempt + k) % n)
-            .find(|&r| self.alive[r].load(Ordering::Relaxed))
-            .map(|r| self.clients[r].clone())
+        let replicas = self.replicas.lock().unwrap();
+        let live: Vec<&Client> = replicas
+            .iter()
+            .filter(|(_, live)| *live)
+            .map(|(client, _)| client)
+            .collect();
+        (!live.is_empty()).then(|| live[(worker + attempt) % live.len()].clone())
     }
 
     fn note(&self, index: usize, started: Instant, outcome: Result<(), Code>, stale: bool) {
@@ -292,6 +294,10 @@ redis_url = "{url}"
 redis_command_timeout_ms = 500
 replica_ack_timeout_ms = 500
 
+[shutdown]
+drain_delay_ms = 1000
+grace_period_ms = 5000
+
 [read_through]
 lease_ttl_ms = 2000
 lease_wait_ms = 1500
@@ -326,7 +332,7 @@ async fn invalidate_then_kill_primary(
     let shard = owned_by(cluster, victim);
     let chosen: Vec<usize> = (0..KEYS).filter(|&i| shard[i]).take(150).collect();
     assert_eq!(chosen.len(), 150, "enough keys on the victim's shard");
-    let mut client = world.clients[0].clone();
+    let mut client = world.replica_for(0, 0).expect("a live replica");
     // Cache the old value of each, then change the source and invalidate; all acknowledged.
     let mut guards = Vec::new();
     for &i in &chosen {
@@ -392,22 +398,19 @@ async fn chaos() {
     for _ in 0..3 {
         replicas.push(ServerProcess::start(&config).await);
     }
-    let clients: Vec<Client> = replicas
-        .iter()
-        .map(|replica| {
-            let channel = Channel::from_shared(replica.uri())
-                .unwrap()
-                .connect_timeout(Duration::from_secs(1))
-                .connect_lazy();
-            CacheServiceClient::new(channel)
-        })
-        .collect();
+    let connect = |replica: &ServerProcess| {
+        let channel = Channel::from_shared(replica.uri())
+            .unwrap()
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        CacheServiceClient::new(channel)
+    };
+    let clients: Vec<(Client, bool)> = replicas.iter().map(|r| (connect(r), true)).collect();
     let world = Arc::new(World {
         source: loader.source.clone(),
         writers: (0..KEYS).map(|_| tokio::sync::Mutex::new(0)).collect(),
         floor: (0..KEYS).map(|_| AtomicU64::new(0)).collect(),
-        alive: clients.iter().map(|_| AtomicBool::new(true)).collect(),
-        clients,
+        replicas: Mutex::new(clients),
         record: Mutex::new(Record::default()),
         stop: AtomicBool::new(false),
     });
@@ -453,11 +456,25 @@ async fn chaos() {
     // 3. kill -9 of a cachecoord replica mid-load.
     replicas[2].child.start_kill().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    world.alive[2].store(false, Ordering::Relaxed);
+    world.replicas.lock().unwrap()[2].1 = false;
     tokio::time::sleep(Duration::from_secs(5)).await;
     (started, before) = phase("cachecoord kill -9", started, before);
 
-    // 4. SIGSTOP a primary for 4 s (beyond cluster-node-timeout: it is failed over), then SIGCONT.
+    // 4. A rolling restart, as Kubernetes does it: a new replica starts and is added, then an old one gets
+    //    SIGTERM, drains (NOT_SERVING, still answering for drain_delay_ms) and exits; it leaves the endpoint list
+    //    only once it has exited. Nothing may fail.
+    for old in [0, 1] {
+        let fresh = ServerProcess::start(&config).await;
+        world.replicas.lock().unwrap().push((connect(&fresh), true));
+        replicas.push(fresh);
+        replicas[old].terminate();
+        let status = replicas[old].child.wait().await.unwrap();
+        assert!(status.success(), "a drained replica exits 0");
+        world.replicas.lock().unwrap()[old].1 = false;
+    }
+    (started, before) = phase("rolling restart", started, before);
+
+    // 5. SIGSTOP a primary for 4 s (beyond cluster-node-timeout: it is failed over), then SIGCONT.
     let paused = cluster.primaries()[0];
     world.record.lock().unwrap().failing_shard = Some(owned_by(&cluster, paused));
     cluster.pause(paused);
@@ -467,7 +484,7 @@ async fn chaos() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     (started, before) = phase("primary SIGSTOP 4 s", started, before);
 
-    // 5–7. The loader slows past its timeout, then fails, then recovers.
+    // 6–8. The loader slows past its timeout, then fails, then recovers.
     loader.source.set_delay(Duration::from_millis(1500));
     tokio::time::sleep(Duration::from_secs(5)).await;
     (started, before) = phase("loader slow (1.5 s > 1 s timeout)", started, before);
@@ -546,7 +563,7 @@ async fn chaos() {
             report.name
         );
         let allowed: &[&str] = match report.name {
-            "steady" | "recovered" => &[],
+            "steady" | "rolling restart" | "recovered" => &[],
             "cachecoord kill -9" => &["Unavailable", "Unknown", "Cancelled"],
             _ => &["Unavailable", "DeadlineExceeded"],
         };
