@@ -328,7 +328,7 @@ async fn invalidate_then_kill_primary(
     world: &World,
     cluster: &RedisCluster,
     victim: u16,
-) -> (usize, usize, Duration) {
+) -> (usize, usize, Duration, Duration) {
     let shard = owned_by(cluster, victim);
     let chosen: Vec<usize> = (0..KEYS).filter(|&i| shard[i]).take(150).collect();
     assert_eq!(chosen.len(), 150, "enough keys on the victim's shard");
@@ -360,6 +360,26 @@ async fn invalidate_then_kill_primary(
     drop(guards);
     cluster.wait_for_failover(victim);
     let promoted_after = killed.elapsed();
+    // How soon after the promotion is visible do writes to the shard succeed again?
+    let promoted = Instant::now();
+    let probe = chosen[0];
+    loop {
+        let mut version = world.writers[probe].lock().await;
+        *version += 1;
+        world.source.put(&key(probe), &value(*version));
+        let request = SetRequest {
+            key: key(probe),
+            value: value(*version).into(),
+            ttl: None,
+            version: Some(*version),
+        };
+        if client.set(with_deadline(request)).await.is_ok() {
+            break;
+        }
+        drop(version);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let writes_resumed_after = promoted.elapsed();
     // Every one of them now reads the new value (loaded), never the old one from the promoted replica.
     let mut resurrected = 0;
     for &i in &chosen {
@@ -382,7 +402,12 @@ async fn invalidate_then_kill_primary(
             resurrected += 1;
         }
     }
-    (chosen.len(), resurrected, promoted_after)
+    (
+        chosen.len(),
+        resurrected,
+        promoted_after,
+        writes_resumed_after,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,7 +471,7 @@ async fn chaos() {
     //    then bring the old node back (it rejoins as a replica).
     let victim = cluster.primaries()[0];
     world.record.lock().unwrap().failing_shard = Some(owned_by(&cluster, victim));
-    let (checked, resurrected, promoted_after) =
+    let (checked, resurrected, promoted_after, writes_resumed_after) =
         invalidate_then_kill_primary(&world, &cluster, victim).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.restart_node(victim);
@@ -543,10 +568,17 @@ async fn chaos() {
     }
     println!(
         "\nacknowledged invalidations followed by kill -9 of their primary: {checked} keys, {resurrected} old values back; \
-         replica promoted {:.1} s after the kill",
-        promoted_after.as_secs_f64()
+         replica promoted {:.1} s after the kill; writes to its shard succeeded again {} ms after the \
+         promotion was visible",
+        promoted_after.as_secs_f64(),
+        writes_resumed_after.as_millis()
     );
 
+    for replica in &replicas {
+        for line in replica.log_lines("ERROR").iter().take(5) {
+            println!("server error log: {line}");
+        }
+    }
     assert_eq!(
         resurrected, 0,
         "an acknowledged invalidation came undone by the failover"

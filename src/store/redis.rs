@@ -778,11 +778,13 @@ pub(super) fn backend_error(error: FredError) -> Error {
         // The slot moved (a failover the slot map has not caught up with yet).
         "MOVED",
         "ASK",
-        // A WAIT cut short because its primary was just demoted.
+        // A WAIT cut short, or refused, because its primary was just demoted.
         "UNBLOCKED",
+        "WAIT cannot be used with replica",
     ]
     .iter()
-    .any(|code| error.details().starts_with(code));
+    // Anywhere in the message: Redis wraps an error raised inside a script ("ERR Error running script ...").
+    .any(|code| error.details().contains(code));
     let source = Box::new(error);
     if transient {
         Error::BackendUnavailable { source }

@@ -206,6 +206,8 @@ impl Nodes {
             return Err(unavailable(format!("{} is not connected", node.name())));
         }
         if !node.breaker.allow() {
+            // A node out of service may have been failed over: look again soon.
+            self.refresh.notify_one();
             return Err(unavailable(format!(
                 "{} keeps failing: its circuit breaker is open",
                 node.name()

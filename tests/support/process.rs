@@ -26,12 +26,13 @@ impl ServerProcess {
         let file = dir.path().join("cachecoord.toml");
         std::fs::write(&file, config_toml).unwrap();
         let (port, metrics_port) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("cachecoord.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cachecoord"))
             .arg("--config")
             .arg(&file)
             .args(["--listen-addr", &format!("127.0.0.1:{port}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()
             .expect("spawn cachecoord");
@@ -47,6 +48,16 @@ impl ServerProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         process
+    }
+
+    /// Its log lines containing `needle` (the process logs to a file in its directory).
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(self._dir.path().join("cachecoord.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// `http://127.0.0.1:<port>`.
