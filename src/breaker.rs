@@ -4,8 +4,9 @@
 //! probe; its success closes the breaker, its failure re-opens it for another cooldown. So a dead dependency sees
 //! one call per cooldown, not a thundering herd at every cooldown's end.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Consecutive-failure breaker with a single probe; lock-free, shared by every request.
 pub struct Breaker {
@@ -81,10 +82,12 @@ impl Breaker {
     }
 }
 
+/// Milliseconds on a monotonic clock (from the first call, plus one so that 0 can mean "never opened"): a wall
+/// clock stepped back by NTP would keep a breaker open for the size of the step.
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
 }
 
 #[cfg(test)]

@@ -271,6 +271,9 @@ pub struct OutboxConfig {
     pub poll_interval_ms: u64,
     /// Which keys and patterns each table's changed row invalidates.
     pub tables: Vec<OutboxTable>,
+    /// Namespaces (auth tokens' tenants) whose copies of those keys are invalidated too, besides the default
+    /// namespace. Default none. With auth on, list every namespace that caches these tables' rows.
+    pub namespaces: Vec<String>,
 }
 
 impl Default for OutboxConfig {
@@ -280,6 +283,7 @@ impl Default for OutboxConfig {
             batch_size: 500,
             poll_interval_ms: 1000,
             tables: Vec::new(),
+            namespaces: Vec::new(),
         }
     }
 }
@@ -765,6 +769,16 @@ impl Config {
         }
         if self.outbox.enabled && self.postgres.url.is_none() {
             return fail("outbox.enabled needs postgres.url".into());
+        }
+        if let Some(bad) = self
+            .outbox
+            .namespaces
+            .iter()
+            .find(|ns| !crate::keys::is_namespace(ns))
+        {
+            return fail(format!(
+                "outbox.namespaces: {bad:?} is not a namespace name ([A-Za-z0-9_.-], 1-64)"
+            ));
         }
         for table in &self.outbox.tables {
             let sample = |template: &str| template.replace("{id}", "1");

@@ -326,6 +326,11 @@ impl Core {
     /// (a retired key, tampering), which then read as a miss.
     fn decode(&self, key: &Key, stored: Bytes) -> Option<Entry> {
         let mut entry = Entry::decode(stored)?;
+        if !entry.sealed && entry.value.is_some() && self.policies.for_key(key).encrypt {
+            // Plaintext where only ciphertext is written: planted, or from before `encrypt` was turned on.
+            metrics::counter!("cachecoord_undecryptable_entries_total").increment(1);
+            return None;
+        }
         if entry.sealed {
             let opened = self
                 .keyring

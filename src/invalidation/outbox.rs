@@ -158,7 +158,7 @@ async fn drain(
                 expand(mapping, &row_id, &mut keys, &mut patterns);
             }
         }
-        if let Err(error) = apply(coordinator, keys, patterns, &config.limits).await {
+        if let Err(error) = apply(coordinator, keys, patterns, config).await {
             tracing::warn!(%error, rows = ids.len(), "outbox invalidation failed; rows stay for a retry");
             transaction.rollback().await.map_err(postgres_error)?;
             return Err(error);
@@ -187,11 +187,21 @@ async fn apply(
     coordinator: &Coordinator,
     keys: BTreeSet<String>,
     patterns: BTreeSet<String>,
-    limits: &crate::config::LimitsConfig,
+    config: &Config,
 ) -> Result<()> {
+    let limits = &config.limits;
+    // Each key and pattern in the default namespace and in every namespace the outbox serves.
+    let in_namespaces = |items: BTreeSet<String>| -> Vec<String> {
+        let mut all: Vec<String> = items.iter().cloned().collect();
+        for namespace in &config.outbox.namespaces {
+            all.extend(items.iter().map(|item| format!("{namespace}|{item}")));
+        }
+        all
+    };
     // A row id that cannot form a valid key (say, it holds a space) names nothing that can be cached: skip it.
     let valid = |raw: &String| crate::keys::Key::parse(raw, limits.max_key_bytes).is_ok();
-    let keys: Vec<String> = keys.into_iter().filter(valid).collect();
+    let keys: Vec<String> = in_namespaces(keys).into_iter().filter(valid).collect();
+    let patterns = in_namespaces(patterns);
     for chunk in keys.chunks(limits.max_batch_keys) {
         coordinator.invalidate(chunk).await?;
     }

@@ -343,7 +343,7 @@ impl RedisStore {
             async move {
                 let node = self.nodes.for_slot(slot)?;
                 let deleted = DELETE_SCRIPT
-                    .evalsha_with_reload::<u64, _, _>(&node.client, script_keys, members)
+                    .evalsha_with_reload::<u64, _, _>(&node.invalidator, script_keys, members)
                     .await;
                 let deleted = self.nodes.observe(&node, deleted)?;
                 if replicate {
@@ -352,7 +352,7 @@ impl RedisStore {
                 Ok::<_, Error>(deleted)
             }
         });
-        let counts = future::try_join_all(deletes).await?;
+        let counts = all(deletes).await?;
         Ok(counts.into_iter().sum())
     }
 
@@ -367,7 +367,7 @@ impl RedisStore {
         let timeout_ms = i64::try_from(self.replica_ack_timeout.as_millis()).unwrap_or(i64::MAX);
         let wanted_i64 = i64::try_from(wanted).unwrap_or(i64::MAX);
         let acked: i64 = node
-            .client
+            .invalidator
             .wait(wanted_i64, timeout_ms)
             .await
             .map_err(backend_error)?;
@@ -401,7 +401,7 @@ impl RedisStore {
         ];
         let node = self.nodes.for_slot(self.slot_of(group))?;
         let deleted = GROUP_PATTERN_SCRIPT
-            .evalsha_with_reload(&node.client, keys, args)
+            .evalsha_with_reload(&node.invalidator, keys, args)
             .await;
         let deleted = self.nodes.observe(&node, deleted)?;
         self.replicate(&node).await?;
@@ -479,9 +479,11 @@ impl RedisStore {
                 let (group, rest) = layout::split(key);
                 let node = self.nodes.for_slot(self.slot_of(group))?;
                 let voided: Result<(), FredError> = async {
-                    node.client.del::<(), _>(layout::lease_key(key)).await?;
+                    node.invalidator
+                        .del::<(), _>(layout::lease_key(key))
+                        .await?;
                     fred::interfaces::SetsInterface::srem::<(), _, _>(
-                        &node.client,
+                        &node.invalidator,
                         layout::leases_key(group),
                         rest,
                     )
@@ -512,7 +514,7 @@ impl RedisStore {
             .await?;
         // One acknowledgement per primary covers every page deleted on it.
         let primaries = self.nodes.primaries();
-        future::try_join_all(primaries.iter().map(|node| self.replicate(node))).await?;
+        all(primaries.iter().map(|node| self.replicate(node))).await?;
         Ok(deleted)
     }
 
@@ -547,6 +549,14 @@ impl RedisStore {
             .await;
         Ok(self.nodes.observe(&node, written)? == 1)
     }
+}
+
+/// Runs every per-slot call to completion, then answers the first error, if any. Never `try_join_all`: dropping
+/// the other calls at the first error would cancel a breaker's probe in flight, and its outcome would be lost.
+async fn all<T>(
+    calls: impl IntoIterator<Item = impl Future<Output = Result<T>>>,
+) -> Result<Vec<T>> {
+    future::join_all(calls).await.into_iter().collect()
 }
 
 /// Notices on the wire: a tag line, then one item per line (keys and patterns hold no whitespace).
@@ -624,7 +634,7 @@ impl Store for RedisStore {
             Ok::<_, Error>((indices, answers))
         });
         let mut answers = vec![None; keys.len()];
-        for (indices, values) in future::try_join_all(reads).await? {
+        for (indices, values) in all(reads).await? {
             for (index, value) in indices.into_iter().zip(values) {
                 answers[index] = value;
             }
@@ -645,7 +655,7 @@ impl Store for RedisStore {
             ];
             self.write_script(&SET_SCRIPT, &write.key, args)
         });
-        future::try_join_all(sets).await
+        all(sets).await
     }
 
     async fn delete_many(&self, keys: &[Key]) -> Result<u64> {

@@ -12,8 +12,9 @@
 //!
 //! A standalone server is the one-node case: one client owning every slot.
 //!
-//! One connection per node also gives `WAIT` its meaning: it counts the replicas that acknowledged every earlier
-//! write made on the same connection, and all writes for a node go through that node's one client.
+//! Each node has a second client for invalidations. `WAIT` counts the replicas that acknowledged every earlier
+//! write made on its own connection, and blocks that connection meanwhile: on a connection of their own,
+//! invalidations and their WAITs count exactly the invalidation writes and hold up nothing else.
 
 use super::redis::backend_error;
 use crate::breaker::Breaker;
@@ -45,11 +46,14 @@ pub(super) struct NodeSettings {
     pub(super) breaker_cooldown: Duration,
 }
 
-/// One Redis node: its client and its breaker.
+/// One Redis node: its clients and its breaker.
 pub(super) struct Node {
     server: Server,
-    /// The node's own client; callers run commands on it.
+    /// The node's own client; reads, writes, leases and fills run on it.
     pub(super) client: Client,
+    /// A second connection for invalidations and their `WAIT`: WAIT blocks its connection until replicas
+    /// acknowledge, and must count exactly the invalidation's writes, so it must not hold up everything else.
+    pub(super) invalidator: Client,
     breaker: Breaker,
 }
 
@@ -159,20 +163,26 @@ impl Nodes {
         // A node that is down when first seen is retried in the background instead of failing the caller.
         config.fail_fast = false;
         let settings = &self.settings;
-        let client = Builder::from_config(config)
-            .with_performance_config(|perf| perf.default_command_timeout = settings.command_timeout)
-            .with_connection_config(|conn| {
-                conn.connection_timeout = settings.connect_timeout.min(Duration::from_secs(1));
-                conn.internal_command_timeout = settings.command_timeout;
-            })
-            // Forever, and quickly: a node back from a restart or a pause should take traffic at once.
-            .set_policy(ReconnectPolicy::new_exponential(0, 20, 500, 2))
-            .build()
-            .map_err(backend_error)?;
-        client.connect();
+        let connect = || {
+            let client = Builder::from_config(config.clone())
+                .with_performance_config(|perf| {
+                    perf.default_command_timeout = settings.command_timeout;
+                })
+                .with_connection_config(|conn| {
+                    conn.connection_timeout = settings.connect_timeout.min(Duration::from_secs(1));
+                    conn.internal_command_timeout = settings.command_timeout;
+                })
+                // Forever, and quickly: a node back from a restart or a pause should take traffic at once.
+                .set_policy(ReconnectPolicy::new_exponential(0, 20, 500, 2))
+                .build()
+                .map_err(backend_error)?;
+            client.connect();
+            Ok::<_, Error>(client)
+        };
         let node = Arc::new(Node {
             server: server.clone(),
-            client,
+            client: connect()?,
+            invalidator: connect()?,
             breaker: Breaker::new(
                 format!("redis {}:{}", server.host, server.port),
                 settings.breaker_failures,
@@ -266,6 +276,9 @@ impl Nodes {
                 if let Error::BackendUnavailable { .. } = error {
                     node.breaker.record_failure();
                     self.refresh.notify_one();
+                } else {
+                    // Any other error is an answer: the node is up.
+                    node.breaker.record_success();
                 }
                 Err(error)
             }
@@ -385,7 +398,7 @@ impl Drop for Nodes {
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|node| node.client.clone())
+            .flat_map(|node| [node.client.clone(), node.invalidator.clone()])
             .collect();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
