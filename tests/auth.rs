@@ -12,7 +12,7 @@ use cachecoord::proto::{
     SetRequest, StatsRequest,
 };
 use support::loader::TestLoader;
-use support::{Backend, TestServer, assert_error, unique};
+use support::{Backend, TestServer, assert_error, set_request, unique};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
@@ -86,15 +86,6 @@ async fn set(client: &mut Client, token: &str, key: &str, value: &[u8]) {
         .set(as_caller(Some(token), set_request(key, value)))
         .await
         .unwrap();
-}
-
-fn set_request(key: &str, value: &[u8]) -> SetRequest {
-    SetRequest {
-        key: key.into(),
-        value: value.to_vec().into(),
-        ttl: None,
-        version: None,
-    }
 }
 
 /// Every data RPC, as `token`, against `key` (and the pattern `{key}*`), in the order Get, BatchGet, Set,

@@ -6,22 +6,13 @@ mod support;
 use cachecoord::proto::cache_service_client::CacheServiceClient;
 use cachecoord::proto::{
     BatchGetRequest, BatchSetRequest, GetRequest, GetResponse, InvalidatePatternRequest,
-    InvalidateRequest, SetRequest, Source,
+    InvalidateRequest, Source,
 };
 use std::time::{Duration, Instant};
-use support::{Backend, TestServer, unique};
+use support::{Backend, TestServer, set_request, unique};
 use tonic::transport::Channel;
 
 type Client = CacheServiceClient<Channel>;
-
-fn set_request(key: &str, value: &[u8]) -> SetRequest {
-    SetRequest {
-        key: key.into(),
-        value: value.to_vec().into(),
-        ttl: None,
-        version: None,
-    }
-}
 
 async fn get(client: &mut Client, key: &str) -> GetResponse {
     client

@@ -4,19 +4,10 @@
 #[macro_use]
 mod support;
 
-use cachecoord::proto::{GetRequest, SetRequest, Source};
+use cachecoord::proto::{GetRequest, Source};
 use support::loader::TestLoader;
-use support::{Backend, TestServer, assert_error, unique};
+use support::{Backend, TestServer, assert_error, set_request, unique};
 use tonic::Code;
-
-fn set_request(key: &str, value: &[u8]) -> SetRequest {
-    SetRequest {
-        key: key.into(),
-        value: value.to_vec().into(),
-        ttl: None,
-        version: None,
-    }
-}
 
 /// `user:1:password`, `session:…` and a JSON value with a `password` field are refused; ordinary data is not.
 async fn secrets_are_refused_on_set(backend: Backend) {

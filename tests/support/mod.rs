@@ -45,6 +45,16 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// An unversioned Set of `value` under `key` with the policy's TTL.
+pub fn set_request(key: &str, value: &[u8]) -> cachecoord::proto::SetRequest {
+    cachecoord::proto::SetRequest {
+        key: key.into(),
+        value: value.to_vec().into(),
+        ttl: None,
+        version: None,
+    }
+}
+
 /// Asserts `status` has `code` and an ErrorInfo with `reason` in the cachecoord.v1 domain.
 pub fn assert_error(status: &tonic::Status, code: Code, reason: &str) {
     assert_eq!(status.code(), code, "unexpected status: {status:?}");
