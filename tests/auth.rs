@@ -9,7 +9,7 @@ use cachecoord::auth::hash_token;
 use cachecoord::proto::cache_service_client::CacheServiceClient;
 use cachecoord::proto::{
     BatchGetRequest, BatchSetRequest, GetRequest, InvalidatePatternRequest, InvalidateRequest,
-    SetRequest, StatsRequest,
+    StatsRequest,
 };
 use support::loader::TestLoader;
 use support::{Backend, TestServer, assert_error, set_request, unique};
