@@ -562,6 +562,24 @@ pub struct PolicyConfig {
     pub encrypt: bool,
 }
 
+impl PolicyConfig {
+    /// A policy with only a name, a pattern and a TTL; every other field takes the defaults.
+    pub fn new(name: &str, pattern: &str, ttl_secs: u64) -> PolicyConfig {
+        PolicyConfig {
+            name: name.into(),
+            pattern: pattern.into(),
+            ttl_secs,
+            negative_ttl_secs: None,
+            stale_while_revalidate_secs: None,
+            stale_if_error_secs: None,
+            xfetch_beta: None,
+            near_cache_ttl_secs: None,
+            sensitive: false,
+            encrypt: false,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -644,18 +662,7 @@ impl Default for PolicyDefaults {
 /// The seed table: list and pagination keys 15 min, user data 1 h, posts 30 min, settings 24 h. List patterns
 /// come first because the first match wins.
 fn seed_policies() -> Vec<PolicyConfig> {
-    let policy = |name: &str, pattern: &str, ttl_secs| PolicyConfig {
-        name: name.into(),
-        pattern: pattern.into(),
-        ttl_secs,
-        negative_ttl_secs: None,
-        stale_while_revalidate_secs: None,
-        stale_if_error_secs: None,
-        xfetch_beta: None,
-        near_cache_ttl_secs: None,
-        sensitive: false,
-        encrypt: false,
-    };
+    let policy = PolicyConfig::new;
     vec![
         policy("posts_list", "posts:page:*", 15 * 60),
         policy("user_posts", "user:*:posts", 15 * 60),

@@ -15,16 +15,8 @@ fn encrypting(dir: &std::path::Path, active: &str) -> Config {
     config.policies.insert(
         0,
         PolicyConfig {
-            name: "profile".into(),
-            pattern: "profile:*".into(),
-            ttl_secs: 3600,
-            negative_ttl_secs: None,
-            stale_while_revalidate_secs: None,
-            stale_if_error_secs: None,
-            xfetch_beta: None,
-            near_cache_ttl_secs: None,
-            sensitive: false,
             encrypt: true,
+            ..PolicyConfig::new("profile", "profile:*", 3600)
         },
     );
     config.encryption.keys_dir = Some(dir.to_owned());

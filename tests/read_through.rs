@@ -378,16 +378,10 @@ async fn versioned_sets_refuse_older_versions() {
 /// A one-second policy with the given stale windows (seconds).
 fn brief_policy(pattern: &str, swr: u64, sie: u64) -> cachecoord::config::PolicyConfig {
     cachecoord::config::PolicyConfig {
-        name: "brief".into(),
-        pattern: pattern.into(),
-        ttl_secs: 1,
-        negative_ttl_secs: None,
         stale_while_revalidate_secs: Some(swr),
         stale_if_error_secs: Some(sie),
         xfetch_beta: Some(0.0),
-        near_cache_ttl_secs: None,
-        sensitive: false,
-        encrypt: false,
+        ..cachecoord::config::PolicyConfig::new("brief", pattern, 1)
     }
 }
 
