@@ -89,6 +89,14 @@ struct PhaseReport {
 }
 
 impl World {
+    /// The next version of key `index`: counted in `version` (its writer lock, which the caller holds, so
+    /// versions reach the source and the cache in order) and put in the source of truth.
+    fn next_version(&self, index: usize, version: &mut u64) -> u64 {
+        *version += 1;
+        self.source.put(&key(index), &value(*version));
+        *version
+    }
+
     fn replica_for(&self, attempt: usize, worker: usize) -> Option<Client> {
         let replicas = self.replicas.lock().unwrap();
         let live: Vec<&Client> = replicas
@@ -212,9 +220,7 @@ async fn worker(world: Arc<World>, id: usize) {
             // 10 %: the source changes and the new value is Set, versioned (safe to retry).
             7 => {
                 let mut version = world.writers[index].lock().await;
-                *version += 1;
-                let v = *version;
-                world.source.put(&k, &value(v));
+                let v = world.next_version(index, &mut version);
                 let answer = with_retry(&world, id, |mut client| {
                     let k = k.clone();
                     async move {
@@ -239,9 +245,7 @@ async fn worker(world: Arc<World>, id: usize) {
             // 20 %: the source changes and the key is invalidated; once acknowledged, older values are stale.
             _ => {
                 let mut version = world.writers[index].lock().await;
-                *version += 1;
-                let v = *version;
-                world.source.put(&k, &value(v));
+                let v = world.next_version(index, &mut version);
                 let answer = with_retry(&world, id, |mut client| {
                     let k = k.clone();
                     async move {
@@ -345,8 +349,7 @@ async fn invalidate_then_kill_primary(
             }))
             .await
             .unwrap();
-        *version += 1;
-        world.source.put(&k, &value(*version));
+        world.next_version(i, &mut version);
         client
             .invalidate(with_deadline(InvalidateRequest { keys: vec![k] }))
             .await
@@ -365,13 +368,12 @@ async fn invalidate_then_kill_primary(
     let probe = chosen[0];
     loop {
         let mut version = world.writers[probe].lock().await;
-        *version += 1;
-        world.source.put(&key(probe), &value(*version));
+        let v = world.next_version(probe, &mut version);
         let request = SetRequest {
             key: key(probe),
-            value: value(*version).into(),
+            value: value(v).into(),
             ttl: None,
-            version: Some(*version),
+            version: Some(v),
         };
         if client.set(with_deadline(request)).await.is_ok() {
             break;
