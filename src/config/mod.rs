@@ -1,0 +1,341 @@
+//! The whole configuration tree, parsed once at start-up.
+//!
+//! Layers, later wins: built-in defaults (which already hold the seed policy table) → the TOML file named by
+//! `--config` / `CACHECOORD_CONFIG` → `CACHECOORD_*` environment variables (nested fields joined with `__`, e.g.
+//! `CACHECOORD_STORE__REDIS_URL`) → command-line flags. `config/cachecoord.example.toml` lists every knob.
+//!
+//! Each section is a plain struct with its defaults and its own `validate` beside it, in the file of the part
+//! of cachecoord it configures; each component is built from its own section. Durations are `Duration` in the
+//! code; the file keeps the unit in the knob's name (`lease_ttl_ms`), read by the adapters in `duration`.
+//! Knobs that moved keep their old names as aliases ([`Config::renamed_knobs`] says which were used).
+
+mod cache;
+mod cli;
+mod duration;
+mod loader;
+mod service;
+mod store;
+
+pub use cache::{
+    EncryptionConfig, InvalidationConfig, NearCacheConfig, PolicyConfig, PolicyDefaults,
+    ReadThroughConfig, SensitiveDataConfig,
+};
+pub use cli::{Cli, Command};
+pub use loader::{LoaderConfig, LoaderKind, OutboxConfig, OutboxTable, PostgresConfig};
+pub use service::{AuthConfig, LimitsConfig, ShutdownConfig, TelemetryConfig, TlsConfig};
+pub use store::StoreConfig;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The root of the configuration tree.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the gRPC server listens on. Default `127.0.0.1:50051`: loopback, for local runs; the Helm chart
+    /// sets `0.0.0.0:50051`.
+    pub listen_addr: SocketAddr,
+    /// tracing filter directive. Default `info`; `RUST_LOG` wins when set.
+    pub log_level: String,
+    /// Where entries live, and how cachecoord talks to Redis.
+    pub store: StoreConfig,
+    /// Input limits that protect the service and Redis from oversized or malformed requests.
+    pub limits: LimitsConfig,
+    /// Pattern invalidation rules.
+    pub invalidation: InvalidationConfig,
+    /// TTL for keys no policy matches, and the jitter applied to every policy TTL.
+    pub policy_defaults: PolicyDefaults,
+    /// Per-entity policies, matched against the key in order; the first match wins.
+    pub policies: Vec<PolicyConfig>,
+    /// Loaders that fill misses, matched against the key in order; the first match wins. Keys no loader matches
+    /// are plain cache entries: a miss stays a miss.
+    pub loaders: Vec<LoaderConfig>,
+    /// Connection pool for the built-in Postgres loader.
+    pub postgres: PostgresConfig,
+    /// Leases, waiting and retries of read-through loading.
+    pub read_through: ReadThroughConfig,
+    /// Invalidation driven by Postgres row changes.
+    pub outbox: OutboxConfig,
+    /// The per-replica in-process near-cache.
+    pub near_cache: NearCacheConfig,
+    /// Logs, metrics and traces.
+    pub telemetry: TelemetryConfig,
+    /// How the server stops.
+    pub shutdown: ShutdownConfig,
+    /// What must never be cached.
+    pub sensitive_data: SensitiveDataConfig,
+    /// Bearer-token authentication, namespaces and scopes.
+    pub auth: AuthConfig,
+    /// TLS (and optionally mutual TLS) on the gRPC port.
+    pub tls: TlsConfig,
+    /// Encryption at rest for entities whose policy says `encrypt = true`.
+    pub encryption: EncryptionConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            log_level: "info".into(),
+            store: StoreConfig::default(),
+            limits: LimitsConfig::default(),
+            invalidation: InvalidationConfig::default(),
+            policy_defaults: PolicyDefaults::default(),
+            policies: cache::seed_policies(),
+            loaders: Vec::new(),
+            postgres: PostgresConfig::default(),
+            read_through: ReadThroughConfig::default(),
+            outbox: OutboxConfig::default(),
+            near_cache: NearCacheConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            sensitive_data: SensitiveDataConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            encryption: EncryptionConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn fail<T>(reason: impl Into<String>) -> Result<T, ConfigError> {
+        Err(ConfigError(reason.into()))
+    }
+}
+
+impl Config {
+    /// Builds the configuration from defaults, the file, the environment and `cli`, then validates it.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &cli.config {
+            if !path.exists() {
+                return ConfigError::fail(format!("config file {} does not exist", path.display()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("CACHECOORD_").ignore(&["config"]).split("__"));
+        if let Some(addr) = cli.listen_addr {
+            figment = figment.merge(Serialized::default("listen_addr", addr));
+        }
+        if let Some(url) = &cli.redis_url {
+            figment = figment.merge(Serialized::default("store.redis_url", url));
+        }
+        if let Some(bytes) = cli.memory_max_bytes {
+            figment = figment.merge(Serialized::default("store.memory_max_bytes", bytes));
+        }
+        if let Some(level) = &cli.log_level {
+            figment = figment.merge(Serialized::default("log_level", level));
+        }
+        if cli.log_json {
+            figment = figment.merge(Serialized::default("telemetry.log_json", true));
+        }
+        if let Some(addr) = cli.metrics_addr {
+            figment = figment.merge(Serialized::default("telemetry.metrics_addr", addr));
+        }
+        let mut config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
+        config.apply_renamed_knobs();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The old names of moved knobs that this configuration still used, as `old → new` lines for a start-up
+    /// warning. Empty once [`Config::load`] has applied them (it keeps them for this report).
+    pub fn renamed_knobs(&self) -> Vec<&'static str> {
+        let mut used = Vec::new();
+        if self.read_through.breaker_failures.is_some() {
+            used.push("read_through.breaker_failures → store.node_breaker_failures");
+        }
+        if self.read_through.breaker_cooldown_ms.is_some() {
+            used.push("read_through.breaker_cooldown_ms → store.node_breaker_cooldown_ms");
+        }
+        if self.invalidation.scan_count.is_some() {
+            used.push("invalidation.scan_count → store.scan_count");
+        }
+        used
+    }
+
+    /// Copies values given under old names to the knobs' new homes. An old name, being explicit, wins over the
+    /// new name's default; setting both is not useful.
+    fn apply_renamed_knobs(&mut self) {
+        if let Some(failures) = self.read_through.breaker_failures {
+            self.store.node_breaker_failures = failures;
+        }
+        if let Some(ms) = self.read_through.breaker_cooldown_ms {
+            self.store.node_breaker_cooldown = Duration::from_millis(ms);
+        }
+        if let Some(count) = self.invalidation.scan_count {
+            self.store.scan_count = count;
+        }
+    }
+
+    /// Checks every section, then the rules that span sections.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.store.validate()?;
+        self.limits.validate()?;
+        self.policy_defaults.validate()?;
+        self.read_through.validate()?;
+        self.telemetry.validate()?;
+        self.auth.validate()?;
+        self.tls.validate()?;
+        let max_key_bytes = self.limits.max_key_bytes;
+        for policy in &self.policies {
+            policy.validate(max_key_bytes)?;
+        }
+        let postgres_url_set = self.postgres.url.is_some();
+        for loader in &self.loaders {
+            loader.validate(max_key_bytes, postgres_url_set, self.read_through.lease_ttl)?;
+        }
+        let allow_cross_entity = self.invalidation.allow_cross_entity_patterns;
+        self.outbox
+            .validate(max_key_bytes, allow_cross_entity, postgres_url_set)?;
+        let encrypting = self.policies.iter().any(|p| p.encrypt);
+        let keys = &self.encryption;
+        if encrypting && (keys.keys_dir.is_none() || keys.active_key.is_none()) {
+            return ConfigError::fail(
+                "a policy sets encrypt = true: encryption.keys_dir and encryption.active_key are required",
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        Config::load(&Cli {
+            config: Some(path.into()),
+            ..Cli::default()
+        })
+    }
+
+    #[test]
+    fn example_file_is_exactly_the_defaults() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/cachecoord.example.toml"
+        );
+        let loaded = load_file(example.as_ref()).unwrap();
+        assert_eq!(loaded, Config::default());
+    }
+
+    #[test]
+    fn example_file_lists_every_knob() {
+        // Every key the defaults serialise must appear in the example, uncommented or commented out, so a new
+        // knob cannot be added without documenting it there.
+        let example = include_str!("../../config/cachecoord.example.toml");
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        for line in defaults.lines() {
+            let Some((knob, value)) = line.split_once(" = ") else {
+                continue;
+            };
+            if value == "[]" && (knob == "loaders" || knob == "tables") {
+                // Arrays of tables: shown as commented-out [[loaders]] / [[outbox.tables]] examples.
+                continue;
+            }
+            let listed = example.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.starts_with(&format!("{knob} =")) || l.starts_with(&format!("{knob}="))
+            });
+            assert!(
+                listed,
+                "config/cachecoord.example.toml does not list {knob}"
+            );
+        }
+        assert!(example.contains("# [[loaders]]") && example.contains("# [[outbox.tables]]"));
+        for optional in [
+            "redis_url",
+            "redis_username",
+            "redis_password",
+            "redis_tls_ca_file",
+            "tokens_file",
+            "cert_file",
+            "key_file",
+            "client_ca_file",
+            "health_listen_addr",
+            "keys_dir",
+            "active_key",
+            "otlp_endpoint",
+            "url",
+            "tls_ca_file",
+        ] {
+            assert!(
+                example.contains(&format!("# {optional} =")),
+                "config/cachecoord.example.toml does not show the optional {optional}"
+            );
+        }
+    }
+
+    #[test]
+    fn flags_override_everything() {
+        let cli = Cli {
+            listen_addr: Some("127.0.0.1:6000".parse().unwrap()),
+            redis_url: Some("redis-cluster://127.0.0.1:7000".into()),
+            ..Cli::default()
+        };
+        let loaded = Config::load(&cli).unwrap();
+        assert_eq!(loaded.listen_addr.port(), 6000);
+        assert_eq!(
+            loaded.store.redis_url.as_deref(),
+            Some("redis-cluster://127.0.0.1:7000")
+        );
+    }
+
+    #[test]
+    fn old_knob_names_still_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.toml");
+        std::fs::write(
+            &path,
+            "[read_through]\nbreaker_failures = 7\nbreaker_cooldown_ms = 250\n\
+             [invalidation]\nscan_count = 50\n",
+        )
+        .unwrap();
+        let loaded = load_file(&path).unwrap();
+        assert_eq!(loaded.store.node_breaker_failures, 7);
+        assert_eq!(
+            loaded.store.node_breaker_cooldown,
+            Duration::from_millis(250)
+        );
+        assert_eq!(loaded.store.scan_count, 50);
+        assert_eq!(loaded.renamed_knobs().len(), 3);
+    }
+
+    #[test]
+    fn durations_keep_their_units_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("units.toml");
+        std::fs::write(
+            &path,
+            "[read_through]\nlease_ttl_ms = 2500\n[policy_defaults]\nttl_secs = 90\n\
+             [[policies]]\nname = \"u\"\npattern = \"u:*\"\nttl_secs = 5\nnear_cache_ttl_secs = 2\n",
+        )
+        .unwrap();
+        let loaded = load_file(&path).unwrap();
+        assert_eq!(loaded.read_through.lease_ttl, Duration::from_millis(2500));
+        assert_eq!(loaded.policy_defaults.ttl, Duration::from_secs(90));
+        assert_eq!(loaded.policies[0].ttl, Duration::from_secs(5));
+        assert_eq!(
+            loaded.policies[0].near_cache_ttl,
+            Some(Duration::from_secs(2))
+        );
+        let printed = toml::to_string(&loaded).unwrap();
+        assert!(printed.contains("lease_ttl_ms = 2500"), "{printed}");
+    }
+
+    #[test]
+    fn rejects_bad_policies() {
+        let mut config = Config::default();
+        config.policies[0].pattern = "user:[x]".into();
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! The sections that shape the gRPC service itself: input limits, authentication, TLS, telemetry and shutdown.
+
+use super::ConfigError;
+use super::duration::millis;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Input limits that protect the service and Redis from oversized or malformed requests.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest key (and pattern) accepted, in bytes. Default 512.
+    pub max_key_bytes: usize,
+    /// Largest value accepted, in bytes. Default 1048576 (1 MiB).
+    pub max_value_bytes: usize,
+    /// Largest request message decoded, in bytes. Default 8388608 (8 MiB): room for a BatchSet of several large
+    /// values; larger requests are refused before they are buffered.
+    pub max_request_bytes: usize,
+    /// Most keys (or entries) in one BatchGet, BatchSet or Invalidate. Default 1000.
+    pub max_batch_keys: usize,
+    /// `min_ttl_ms`: smallest TTL a request may ask for. Default 1000 ms.
+    #[serde(rename = "min_ttl_ms", with = "millis")]
+    pub min_ttl: Duration,
+    /// `max_ttl_secs`: largest TTL a request may ask for. Default 604800 s (7 days).
+    #[serde(rename = "max_ttl_secs", with = "super::duration::secs")]
+    pub max_ttl: Duration,
+    /// Most wildcards (`*`, `?`) in one pattern. Default 8.
+    pub max_pattern_wildcards: usize,
+    /// Most CacheService calls in flight on this replica; the next is refused at once with RESOURCE_EXHAUSTED
+    /// (reason TOO_MANY_IN_FLIGHT) rather than queued. Default 4096.
+    pub max_in_flight: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_key_bytes: 512,
+            max_value_bytes: 1024 * 1024,
+            max_request_bytes: 8 * 1024 * 1024,
+            max_batch_keys: 1000,
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_pattern_wildcards: 8,
+            max_in_flight: 4096,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.min_ttl > self.max_ttl {
+            return ConfigError::fail("limits.min_ttl_ms exceeds limits.max_ttl_secs");
+        }
+        if self.max_batch_keys == 0 || self.max_key_bytes == 0 {
+            return ConfigError::fail(
+                "limits.max_batch_keys and limits.max_key_bytes must be positive",
+            );
+        }
+        if self.max_request_bytes <= self.max_value_bytes {
+            return ConfigError::fail(
+                "limits.max_request_bytes must exceed limits.max_value_bytes",
+            );
+        }
+        if self.max_in_flight == 0 {
+            return ConfigError::fail("limits.max_in_flight must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Bearer-token authentication.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require a bearer token on every CacheService call. Default false (local runs); the Helm chart's
+    /// production values turn it on. Health and reflection never need one.
+    pub enabled: bool,
+    /// TOML file of `[[tokens]]` (name, namespace, sha256, read, write, invalidate); see
+    /// config/tokens.example.toml. Required when enabled. Re-read when it changes.
+    pub tokens_file: Option<PathBuf>,
+    /// `reload_interval_ms`: how often the tokens file is checked for changes. Default 5000 ms.
+    #[serde(rename = "reload_interval_ms", with = "millis")]
+    pub reload_interval: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: false,
+            tokens_file: None,
+            reload_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl AuthConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled && self.tokens_file.is_none() {
+            return ConfigError::fail("auth.enabled needs auth.tokens_file");
+        }
+        Ok(())
+    }
+}
+
+/// TLS on the gRPC port. Both files set turns it on.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// A second, plaintext listener serving only grpc.health.v1, e.g. `0.0.0.0:50052`: Kubernetes' gRPC probes
+    /// cannot speak TLS. Unset: health is served on the main port only.
+    pub health_listen_addr: Option<SocketAddr>,
+    /// PEM certificate chain of the server.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the server.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return ConfigError::fail("tls.cert_file and tls.key_file go together");
+        }
+        if self.client_ca_file.is_some() && self.cert_file.is_none() {
+            return ConfigError::fail(
+                "tls.client_ca_file (mutual TLS) needs tls.cert_file and tls.key_file",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Logs, metrics and traces.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Address of the Prometheus `/metrics` endpoint. Default `127.0.0.1:9464`; the chart sets `0.0.0.0:9464`.
+    /// (The default cannot be unset from a file or the environment: the endpoint is always served.)
+    pub metrics_addr: Option<SocketAddr>,
+    /// Logs as JSON lines instead of human-readable text. Default false.
+    pub log_json: bool,
+    /// OTLP/gRPC endpoint for trace export, e.g. `http://otel-collector:4317`. Default unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of traces sampled when exporting, 0.0–1.0 (a sampled parent is always followed). Default 1.0.
+    pub trace_sampling_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            log_json: false,
+            otlp_endpoint: None,
+            trace_sampling_ratio: 1.0,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.trace_sampling_ratio) {
+            return ConfigError::fail("telemetry.trace_sampling_ratio must be within 0.0..=1.0");
+        }
+        Ok(())
+    }
+}
+
+/// Draining on SIGTERM/SIGINT.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// `drain_delay_ms`: after the signal, health says NOT_SERVING but calls are still accepted for this long,
+    /// so load balancers stop sending new ones first. Default 0 ms; the chart sets 5000.
+    #[serde(rename = "drain_delay_ms", with = "millis")]
+    pub drain_delay: Duration,
+    /// `grace_period_ms`: then in-flight calls get this long to finish before the process exits anyway.
+    /// Default 20000 ms. Keep the pod's terminationGracePeriodSeconds above drain delay + grace period.
+    #[serde(rename = "grace_period_ms", with = "millis")]
+    pub grace_period: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_delay: Duration::ZERO,
+            grace_period: Duration::from_secs(20),
+        }
+    }
+}
