@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
-use tonic::transport::{Certificate, Identity};
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 /// Why the server could not start or stopped with an error.
@@ -130,7 +129,7 @@ pub async fn serve(
         }));
     }
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = server_tls(&config).map_err(ServerError::Security)? {
+    if let Some(tls) = crate::tls::grpc_server(&config.tls).map_err(ServerError::Security)? {
         builder = builder
             .tls_config(tls)
             .map_err(|e| ServerError::Security(e.into()))?;
@@ -152,20 +151,4 @@ pub async fn serve(
         let _ = task.await;
     }
     served
-}
-
-/// TLS for the gRPC port when `tls.cert_file` and `tls.key_file` are set; mutual TLS when `tls.client_ca_file`
-/// is too. The files are read at start-up: roll new certificates with a rolling restart (see README).
-fn server_tls(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
-    let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
-        return Ok(None);
-    };
-    let read = |file: &std::path::Path| {
-        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))
-    };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = &config.tls.client_ca_file {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(tls))
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 /// A LoaderService endpoint with its own timeout and concurrency limit.
 pub struct GrpcLoader {
@@ -31,13 +31,8 @@ impl GrpcLoader {
             .map_err(|e| failed(e.into()))?
             .connect_timeout(Duration::from_millis(config.timeout_ms));
         if endpoint.starts_with("https://") {
-            let tls = match &config.tls_ca_file {
-                Some(file) => {
-                    let pem = std::fs::read(file).map_err(|e| failed(e.into()))?;
-                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
-                }
-                None => ClientTlsConfig::new().with_native_roots(),
-            };
+            let tls = crate::tls::loader_client(config.tls_ca_file.as_deref())
+                .map_err(|e| failed(e.into()))?;
             channel = channel.tls_config(tls).map_err(|e| failed(e.into()))?;
         }
         let channel = channel.connect_lazy();

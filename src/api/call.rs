@@ -1,0 +1,141 @@
+//! What every RPC goes through, whatever it does: its span, admission (the caller's token and a slot among the
+//! calls in flight), the caller's deadline, and its metrics. [`CacheApi::handle`] owns all four, so a handler
+//! only converts its request and calls the coordinator.
+
+use super::{CacheApi, deadline, to_status};
+use crate::Result;
+use crate::auth::Caller;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, Span, field::Empty};
+
+/// What the wrapper needs to know about an RPC, implemented by its request message.
+pub(super) trait Rpc {
+    /// The RPC's name in spans and metrics, e.g. `Get`.
+    const NAME: &'static str;
+    /// Whether the call answers DEADLINE_EXCEEDED itself when the caller's `grpc-timeout` runs out.
+    const DEADLINE: Deadline;
+
+    /// The key or pattern recorded on the span, for requests that name exactly one.
+    fn key(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// Who enforces the caller's `grpc-timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Deadline {
+    /// The call, a little before tonic would: the caller gets DEADLINE_EXCEEDED with an ErrorInfo. Reads, which
+    /// may wait on a load.
+    Answered,
+    /// tonic alone (CANCELLED, no details).
+    LeftToTonic,
+}
+
+/// An admitted call: its caller, and its slot among the calls in flight. The slot is freed when this is dropped.
+struct Admitted {
+    caller: Arc<Caller>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl CacheApi {
+    /// Runs one RPC: `body` gets the admitted caller and the request message, and returns the response message.
+    /// The call runs in an `rpc` span; a rejected caller never reaches `body`.
+    pub(super) async fn handle<Req, Resp, Body>(
+        &self,
+        request: Request<Req>,
+        body: impl FnOnce(Arc<Caller>, Req) -> Body,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Rpc,
+        Body: Future<Output = Result<Resp>>,
+    {
+        let span = rpc_span(Req::NAME, request.metadata());
+        async move {
+            let started = Instant::now();
+            let budget = match Req::DEADLINE {
+                Deadline::Answered => deadline::budget(request.metadata()),
+                Deadline::LeftToTonic => None,
+            };
+            let admitted = self.admit(request.metadata());
+            let request = request.into_inner();
+            // Recorded even when admission fails, so a refused call still shows what it was for.
+            if let Some(key) = request.key() {
+                self.describe_key(key);
+            }
+            let result = match admitted {
+                Ok(Admitted { caller, permit }) => {
+                    let result = deadline::within(budget, body(caller, request)).await;
+                    drop(permit);
+                    result
+                }
+                Err(error) => Err(error),
+            };
+            finish(Req::NAME, started, result)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Who is calling, and a slot among the calls in flight: UNAUTHENTICATED without a valid token, and
+    /// RESOURCE_EXHAUSTED at once (never a queue) when every slot is taken.
+    fn admit(&self, metadata: &MetadataMap) -> Result<Admitted> {
+        let caller = self.auth.authenticate(metadata)?;
+        let permit =
+            self.in_flight
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| crate::Error::Overloaded {
+                    max: self.max_in_flight,
+                })?;
+        Ok(Admitted { caller, permit })
+    }
+
+    /// Records the key and entity on the current span; keys of sensitive entities are redacted.
+    fn describe_key(&self, raw: &str) {
+        let policy = self.coordinator.policies().for_raw(raw);
+        let span = Span::current();
+        span.record("entity", policy.name.as_str());
+        if policy.sensitive {
+            span.record("key", "<redacted>");
+        } else {
+            span.record("key", raw);
+        }
+    }
+}
+
+/// The span of one RPC, continuing the caller's trace when its metadata carries W3C trace context.
+fn rpc_span(rpc: &'static str, metadata: &MetadataMap) -> Span {
+    let span = tracing::info_span!(
+        "rpc",
+        rpc,
+        key = Empty,
+        entity = Empty,
+        source = Empty,
+        code = Empty
+    );
+    crate::telemetry::continue_trace(&span, metadata);
+    span
+}
+
+/// Ends a call: counts and times it, records its status code, converts the result.
+fn finish<T>(
+    rpc: &'static str,
+    started: Instant,
+    result: Result<T>,
+) -> Result<Response<T>, Status> {
+    let result = result.map(Response::new).map_err(|e| to_status(&e));
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    let code_name = format!("{code:?}");
+    Span::current().record("code", code_name.as_str());
+    metrics::counter!("cachecoord_requests_total", "rpc" => rpc, "code" => code_name).increment(1);
+    metrics::histogram!("cachecoord_request_duration_seconds", "rpc" => rpc)
+        .record(started.elapsed().as_secs_f64());
+    result
+}

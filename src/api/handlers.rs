@@ -1,0 +1,183 @@
+//! The seven CacheService handlers. Each takes its request message apart, puts keys in the caller's namespace,
+//! calls the coordinator and converts the answer; [`CacheApi::handle`] does everything else.
+
+use super::CacheApi;
+use super::call::{Deadline, Rpc};
+use crate::Result;
+use crate::auth::{Action, Caller};
+use crate::cache::{BatchSetOutcome, ReadOptions, SetCommand};
+use crate::proto::cache_service_server::CacheService;
+use crate::proto::{
+    BatchGetRequest, BatchGetResponse, BatchSetRequest, BatchSetResponse, GetRequest, GetResponse,
+    InvalidatePatternRequest, InvalidatePatternResponse, InvalidateRequest, InvalidateResponse,
+    SetRequest, SetResponse, StatsRequest, StatsResponse,
+};
+use tonic::{Request, Response, Status};
+use tracing::Span;
+
+#[tonic::async_trait]
+impl CacheService for CacheApi {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        self.handle(
+            request,
+            |caller, GetRequest { key, cache_only }| async move {
+                let key = caller.key(Action::Read, &key)?;
+                let lookup = self
+                    .coordinator
+                    .get(&key, ReadOptions { cache_only })
+                    .await?;
+                Span::current().record("source", lookup.source.label());
+                Ok(lookup.into())
+            },
+        )
+        .await
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<BatchGetRequest>,
+    ) -> Result<Response<BatchGetResponse>, Status> {
+        self.handle(
+            request,
+            |caller, BatchGetRequest { keys, cache_only }| async move {
+                let qualified = caller.keys(Action::Read, &keys)?;
+                let options = ReadOptions { cache_only };
+                let lookups = self.coordinator.batch_get(&qualified, options).await?;
+                let results = keys.into_iter().zip(lookups).map(Into::into).collect();
+                Ok(BatchGetResponse { results })
+            },
+        )
+        .await
+    }
+
+    async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
+        self.handle(request, |caller, request| async move {
+            let ttl = self.coordinator.set(write(&caller, request)?).await?;
+            Ok(ttl.into())
+        })
+        .await
+    }
+
+    async fn batch_set(
+        &self,
+        request: Request<BatchSetRequest>,
+    ) -> Result<Response<BatchSetResponse>, Status> {
+        self.handle(request, |caller, BatchSetRequest { entries }| async move {
+            let commands = entries
+                .into_iter()
+                .map(|entry| write(&caller, entry))
+                .collect::<Result<Vec<_>>>()?;
+            let BatchSetOutcome {
+                written,
+                stale_keys,
+            } = self.coordinator.batch_set(commands).await?;
+            let stale_keys = stale_keys
+                .iter()
+                .map(|key| caller.unqualify(key).to_owned())
+                .collect();
+            Ok(BatchSetResponse {
+                written,
+                stale_keys,
+            })
+        })
+        .await
+    }
+
+    async fn invalidate(
+        &self,
+        request: Request<InvalidateRequest>,
+    ) -> Result<Response<InvalidateResponse>, Status> {
+        self.handle(request, |caller, InvalidateRequest { keys }| async move {
+            let keys = caller.keys(Action::Invalidate, &keys)?;
+            let deleted = self.coordinator.invalidate(&keys).await?;
+            Ok(InvalidateResponse { deleted })
+        })
+        .await
+    }
+
+    async fn invalidate_pattern(
+        &self,
+        request: Request<InvalidatePatternRequest>,
+    ) -> Result<Response<InvalidatePatternResponse>, Status> {
+        self.handle(
+            request,
+            |caller, InvalidatePatternRequest { pattern }| async move {
+                let pattern = caller.pattern(&pattern)?;
+                let deleted = self.coordinator.invalidate_pattern(&pattern).await?;
+                Ok(InvalidatePatternResponse { deleted })
+            },
+        )
+        .await
+    }
+
+    async fn stats(
+        &self,
+        request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        self.handle(request, |_caller, StatsRequest {}| async move {
+            let entities = self
+                .coordinator
+                .stats()
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            Ok(StatsResponse { entities })
+        })
+        .await
+    }
+}
+
+/// A write with its key in the caller's namespace. The TTL is checked before the key, as callers have always
+/// seen.
+fn write(caller: &Caller, request: SetRequest) -> Result<SetCommand> {
+    let mut command = SetCommand::try_from(request)?;
+    command.key = caller.key(Action::Write, &command.key)?;
+    Ok(command)
+}
+
+impl Rpc for GetRequest {
+    const NAME: &'static str = "Get";
+    const DEADLINE: Deadline = Deadline::Answered;
+
+    fn key(&self) -> Option<&str> {
+        Some(&self.key)
+    }
+}
+
+impl Rpc for BatchGetRequest {
+    const NAME: &'static str = "BatchGet";
+    const DEADLINE: Deadline = Deadline::Answered;
+}
+
+impl Rpc for SetRequest {
+    const NAME: &'static str = "Set";
+    const DEADLINE: Deadline = Deadline::LeftToTonic;
+
+    fn key(&self) -> Option<&str> {
+        Some(&self.key)
+    }
+}
+
+impl Rpc for BatchSetRequest {
+    const NAME: &'static str = "BatchSet";
+    const DEADLINE: Deadline = Deadline::LeftToTonic;
+}
+
+impl Rpc for InvalidateRequest {
+    const NAME: &'static str = "Invalidate";
+    const DEADLINE: Deadline = Deadline::LeftToTonic;
+}
+
+impl Rpc for InvalidatePatternRequest {
+    const NAME: &'static str = "InvalidatePattern";
+    const DEADLINE: Deadline = Deadline::LeftToTonic;
+
+    fn key(&self) -> Option<&str> {
+        Some(&self.pattern)
+    }
+}
+
+impl Rpc for StatsRequest {
+    const NAME: &'static str = "Stats";
+    const DEADLINE: Deadline = Deadline::LeftToTonic;
+}
