@@ -10,7 +10,7 @@
 //! - [`cache`]: the coordinator — validation, per-entity policies, the entry envelope. Talks only to traits.
 //! - [`store`]: the `Store` trait and its backends, `memory` (embedded default) and `redis` (fred), with leases.
 //! - [`loader`]: the `Loader` trait and its backends, `grpc` (the caller's LoaderService) and `postgres`.
-//! - [`invalidation`]: invalidation from outside the API: the Postgres outbox listener and its migration.
+//! - [`outbox`]: invalidation from outside the API: the Postgres outbox listener and its migration.
 //! - [`telemetry`]: logs (text or JSON) and the Prometheus `/metrics` endpoint, installed once by `main`.
 //! - [`tls`]: PEM files → rustls configurations for Redis, Postgres and the gRPC port.
 //! - [`server`]: wires store → coordinator → API with health and reflection, and serves.
@@ -26,9 +26,9 @@ pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod error;
-pub mod invalidation;
 pub mod keys;
 pub mod loader;
+pub mod outbox;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -20,9 +20,15 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let telemetry = cachecoord::telemetry::init(&config)?;
+    for renamed in config.renamed_knobs() {
+        tracing::warn!(
+            renamed,
+            "the configuration uses a knob's old name; it still works, but prefer the new one"
+        );
+    }
 
     if let Some(Command::Migrate) = cli.command {
-        cachecoord::invalidation::outbox::migrate(&config)
+        cachecoord::outbox::migrate(&config)
             .await
             .context("outbox migration failed")?;
         tracing::info!("outbox migration applied");

@@ -5,8 +5,8 @@ use crate::api::CacheApi;
 use crate::auth::Authenticator;
 use crate::cache::Coordinator;
 use crate::config::Config;
-use crate::invalidation::outbox;
 use crate::loader::Loaders;
+use crate::outbox;
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::{proto, store};
 use std::future::Future;
@@ -86,14 +86,14 @@ pub async fn serve(
     if let Some(near_cache) = coordinator.background(stopped.clone()) {
         background.push(tokio::spawn(near_cache));
     }
-    let reload_every = Duration::from_millis(config.auth.reload_interval_ms);
+    let reload_every = config.auth.reload_interval;
     background.push(tokio::spawn(auth.watch(reload_every, stopped)));
     // Drain: on the signal, report NOT_SERVING while still accepting calls for drain_delay_ms (load balancers
     // move away), then stop accepting and let in-flight calls finish, for at most grace_period_ms.
     let drained = Arc::new(Notify::new());
     let drain = {
         let (health, drained) = (health.clone(), drained.clone());
-        let delay = Duration::from_millis(config.shutdown.drain_delay_ms);
+        let delay = config.shutdown.drain_delay;
         async move {
             shutdown.await;
             health
@@ -107,7 +107,7 @@ pub async fn serve(
             drained.notify_one();
         }
     };
-    let grace = Duration::from_millis(config.shutdown.grace_period_ms);
+    let grace = config.shutdown.grace_period;
     // TCP_NODELAY: a response's header and body frames go out at once instead of waiting out the peer's
     // delayed ACK (measured: 44 ms per small Get without it). Keepalive finds dead peers.
     let incoming = TcpIncoming::from(listener)

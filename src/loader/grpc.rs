@@ -29,7 +29,7 @@ impl GrpcLoader {
         };
         let mut channel = Endpoint::from_shared(endpoint.clone())
             .map_err(|e| failed(e.into()))?
-            .connect_timeout(Duration::from_millis(config.timeout_ms));
+            .connect_timeout(config.timeout);
         if endpoint.starts_with("https://") {
             let tls = crate::tls::loader_client(config.tls_ca_file.as_deref())
                 .map_err(|e| failed(e.into()))?;
@@ -39,7 +39,7 @@ impl GrpcLoader {
         Ok(GrpcLoader {
             client: LoaderServiceClient::new(channel),
             permits: Semaphore::new(config.max_concurrency),
-            timeout: Duration::from_millis(config.timeout_ms),
+            timeout: config.timeout,
         })
     }
 }

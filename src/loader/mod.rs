@@ -68,7 +68,7 @@ impl Loaders {
                 breaker: Breaker::new(
                     format!("loader {}", route.pattern),
                     route.breaker_failures,
-                    Duration::from_millis(route.breaker_cooldown_ms),
+                    route.breaker_cooldown,
                 ),
             };
             routes.push((pattern, Arc::new(metered) as Arc<dyn Loader>));

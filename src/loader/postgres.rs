@@ -56,7 +56,7 @@ impl PostgresLoader {
             query: route.query.clone().unwrap_or_default(),
             batch_query: route.batch_query.clone(),
             permits: Semaphore::new(route.max_concurrency),
-            timeout: Duration::from_millis(route.timeout_ms),
+            timeout: route.timeout,
         })
     }
 

@@ -118,7 +118,7 @@ async fn listen_and_drain(
         .await
         .map_err(postgres_error)?;
     tracing::info!("outbox listener connected");
-    let poll = Duration::from_millis(config.outbox.poll_interval_ms);
+    let poll = config.outbox.poll_interval;
     loop {
         drain(&mut client, config, coordinator).await?;
         tokio::select! {
