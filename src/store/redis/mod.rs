@@ -18,8 +18,10 @@
 //! missing starts a new epoch (so values the lost index knew of are dropped), and so does a pattern invalidation
 //! that finds the index missing.
 //!
-//! Dependencies point one way: this file uses the others; `read`, `invalidation` and `pubsub` use `nodes`,
-//! `scripts` and `layout`; `nodes` uses `slot_map`; `errors`, `layout` and `record` use nothing here.
+//! Dependencies point one way: this file uses the others and none uses it. `read` uses `nodes`, `layout` and
+//! `record`; `invalidation` uses `nodes`, `layout` and `scripts` (which uses `layout` and `record`); `pubsub` uses
+//! `nodes`; `settings` fills the settings types of `nodes` and `invalidation`; `nodes` uses `slot_map`; `errors`,
+//! `layout` and `record` use nothing here.
 
 mod errors;
 mod invalidation;
@@ -32,10 +34,10 @@ mod scripts;
 mod settings;
 mod slot_map;
 
-use super::{Heard, LeaseToken, Notice, Store, StoreWrite};
 use crate::Result;
 use crate::config::Config;
 use crate::keys::{Key, Pattern};
+use crate::store::{Heard, LeaseToken, Notice, Store, StoreWrite};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::ClientLike;
