@@ -2,8 +2,9 @@
 //!
 //! The coordinator holds an `Arc<dyn Store>`, so the embedded store (`memory`, the zero-config default) and Redis
 //! (`redis`, standalone or cluster) run exactly the same coordinator code and the same behaviour tests. A store
-//! keeps opaque bytes with a physical TTL; what the bytes mean (the entry envelope) is the coordinator's business,
-//! except for the version field, which versioned writes compare inside the store so the check is atomic.
+//! keeps opaque bytes with a physical TTL; what the bytes mean (the entry envelope) is the coordinator's business.
+//! A write's version travels beside the bytes (`StoreWrite::version`) and the store keeps it beside them, so
+//! versioned writes are compared inside the store, atomically, without reading the bytes.
 //!
 //! Leases make read-through loading safe across replicas: a loader first takes the key's lease (one holder per
 //! key, with an expiry so a dead holder cannot block forever), and its fill lands only if it still holds the lease.
@@ -13,8 +14,6 @@
 mod memory;
 mod metered;
 mod redis;
-mod redis_layout;
-mod redis_nodes;
 
 pub use memory::MemoryStore;
 pub use metered::MeteredStore;
@@ -38,8 +37,8 @@ pub struct StoreWrite {
     pub value: Bytes,
     /// Physical time to live: the store forgets the entry after it.
     pub ttl: Duration,
-    /// When set, the write is refused if the stored entry carries a higher version. The same number is inside
-    /// the encoded entry, where the Redis scripts read it back.
+    /// When set, the write is refused if the stored entry carries a higher version. The store keeps the version
+    /// of every write beside its bytes (0 when none), so it never reads the bytes to compare.
     pub version: Option<u64>,
 }
 

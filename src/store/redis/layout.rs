@@ -1,4 +1,5 @@
-//! How logical keys map onto Redis keys, and the bookkeeping kept beside them.
+//! How logical keys map onto Redis keys, and the bookkeeping kept beside them: the one place that names a Redis
+//! key. Scripts receive every key name, or the prefix a name is built from, from here.
 //!
 //! A key's first two segments form its group (`user:123` for `user:123`, `user:123:posts`, `user:123:likes`).
 //! The group is the Redis Cluster hash tag, so a group's values and its bookkeeping share one slot and one Lua
@@ -6,16 +7,27 @@
 //!
 //! | Redis key               | holds                                                              |
 //! |-------------------------|--------------------------------------------------------------------|
-//! | `{user:123}:posts`      | the value of `user:123:posts`, prefixed by the group epoch (8 B)   |
-//! | `{user:123}#keys`       | set of the group's keys, as suffixes (`:posts`, ``): the index     |
-//! | `{user:123}#epoch`      | 8 random bytes; a value whose prefix differs is not served         |
+//! | `{user:123}:posts`      | the record of `user:123:posts` (group epoch, header, payload)      |
+//! | `{user:123}#keys`       | set of the group's keys, as members (`:posts`, ``): the index      |
+//! | `{user:123}#epoch`      | 8 random bytes; a record whose prefix differs is not served        |
 //! | `{user:123}#lease:posts`| the fill lease of `user:123:posts` (a holder's token)              |
-//! | `{user:123}#leases`     | set of suffixes with a lease out, so a pattern can void them       |
+//! | `{user:123}#leases`     | set of members with a lease out, so a pattern can void them        |
 //!
-//! Keys never contain braces, and a key's remainder after its group is empty or starts with `:`, so `#…`
-//! bookkeeping names can never collide with a caller's key.
+//! Keys never contain braces, and a key's member (its remainder after the group) is empty or starts with `:`, so
+//! `#…` bookkeeping names can never collide with a caller's key.
 
-/// The group tag and the remainder of `key` (empty or starting with `:`).
+use crate::keys::Pattern;
+
+/// Between a group's tag and a member: where that member's lease lives.
+const LEASE_SUFFIX: &str = "#lease";
+/// After a group's tag: its index of members.
+const INDEX_SUFFIX: &str = "#keys";
+/// After a group's tag: its set of members with a lease out.
+const LEASES_SUFFIX: &str = "#leases";
+/// After a group's tag: its epoch.
+const EPOCH_SUFFIX: &str = "#epoch";
+
+/// The group and the member of `key` (empty or starting with `:`).
 pub(super) fn split(key: &str) -> (&str, &str) {
     let first = key.find(':').unwrap_or(key.len());
     let second = key[(first + 1).min(key.len())..]
@@ -24,36 +36,63 @@ pub(super) fn split(key: &str) -> (&str, &str) {
     (&key[..second], &key[second..])
 }
 
-/// `{group}`: the hash tag every Redis key of the group starts with.
-pub(super) fn tag(group: &str) -> String {
+/// The group of `key`.
+pub(super) fn group(key: &str) -> &str {
+    split(key).0
+}
+
+/// The member of `key`: what the group's index and lease set hold for it.
+pub(super) fn member(key: &str) -> &str {
+    split(key).1
+}
+
+/// What a member is appended to for the Redis key of its value: `{group}`, the hash tag.
+pub(super) fn value_prefix(group: &str) -> String {
     format!("{{{group}}}")
+}
+
+/// What a member is appended to for the Redis key of its fill lease.
+pub(super) fn lease_prefix(group: &str) -> String {
+    format!("{{{group}}}{LEASE_SUFFIX}")
 }
 
 /// Where `key`'s value lives.
 pub(super) fn value_key(key: &str) -> String {
-    let (group, rest) = split(key);
-    format!("{{{group}}}{rest}")
+    let (group, member) = split(key);
+    value_prefix(group) + member
 }
 
 /// Where `key`'s fill lease lives.
 pub(super) fn lease_key(key: &str) -> String {
-    let (group, rest) = split(key);
-    format!("{{{group}}}#lease{rest}")
+    let (group, member) = split(key);
+    lease_prefix(group) + member
 }
 
-/// The group's index of keys.
+/// The group's index of members.
 pub(super) fn index_key(group: &str) -> String {
-    format!("{{{group}}}#keys")
+    format!("{{{group}}}{INDEX_SUFFIX}")
 }
 
-/// The group's set of keys with a lease out.
+/// The group's set of members with a lease out.
 pub(super) fn leases_key(group: &str) -> String {
-    format!("{{{group}}}#leases")
+    format!("{{{group}}}{LEASES_SUFFIX}")
 }
 
 /// The group's epoch.
 pub(super) fn epoch_key(group: &str) -> String {
-    format!("{{{group}}}#epoch")
+    format!("{{{group}}}{EPOCH_SUFFIX}")
+}
+
+/// A SCAN `MATCH` pattern covering every Redis key that may hold a key matching `pattern`, or its lease: the
+/// keys of the pattern's entity when that is literal, every key of ours otherwise.
+pub(super) fn scan_pattern(pattern: &Pattern) -> String {
+    let pattern = pattern.as_str();
+    let entity = pattern.split(':').next().unwrap_or_default();
+    if entity.contains(['*', '?']) || !pattern.contains(':') {
+        "{*".to_owned()
+    } else {
+        format!("{{{entity}:*")
+    }
 }
 
 /// What a Redis key found by SCAN is, in logical terms.
@@ -78,10 +117,10 @@ pub(super) fn classify(redis_key: &str) -> Found {
     let (group, after) = (&inner[..close], &inner[close + 1..]);
     if after.is_empty() || after.starts_with(':') {
         Found::Value(format!("{group}{after}"))
-    } else if let Some(rest) = after.strip_prefix("#lease")
-        && (rest.is_empty() || rest.starts_with(':'))
+    } else if let Some(member) = after.strip_prefix(LEASE_SUFFIX)
+        && (member.is_empty() || member.starts_with(':'))
     {
-        Found::Lease(format!("{group}{rest}"))
+        Found::Lease(format!("{group}{member}"))
     } else {
         Found::Other
     }
@@ -99,6 +138,13 @@ mod tests {
         assert_eq!(value_key("user:123:posts"), "{user:123}:posts");
         assert_eq!(value_key("user:123"), "{user:123}");
         assert_eq!(lease_key("user:123:posts"), "{user:123}#lease:posts");
+    }
+
+    #[test]
+    fn scan_patterns_cover_the_entity_or_everything() {
+        let scan = |raw: &str| scan_pattern(&Pattern::parse(raw, 512, true).unwrap());
+        assert_eq!(scan("user:*:posts"), "{user:*");
+        assert_eq!(scan("*:1:posts"), "{*");
     }
 
     #[test]

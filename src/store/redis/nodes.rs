@@ -6,9 +6,9 @@
 //! like that. So each node gets its own centralized client (its own router task and connection): a dead or
 //! paused primary stalls only its own client. Commands for its slots fail fast — its client is not connected, or
 //! its circuit breaker is open — and the coordinator falls back to the loader for reads; keys on healthy primaries
-//! never notice. The slot map comes from `CLUSTER SLOTS` on any healthy node, every `redis_topology_refresh_ms`
-//! and at once (debounced) after any node failure or redirection, so a promoted replica takes traffic within a
-//! refresh of its promotion.
+//! never notice. The slot map comes from `CLUSTER SLOTS` on the connected nodes (`slot_map` decides whose view
+//! wins), every `redis_topology_refresh_ms` and at once (debounced) after any node failure or redirection, so a
+//! promoted replica takes traffic within a refresh of its promotion.
 //!
 //! A standalone server is the one-node case: one client owning every slot.
 //!
@@ -16,7 +16,8 @@
 //! write made on its own connection, and blocks that connection meanwhile: on a connection of their own,
 //! invalidations and their WAITs count exactly the invalidation writes and hold up nothing else.
 
-use super::redis::backend_error;
+use super::errors::{backend_error, unavailable};
+use super::slot_map::{self, View};
 use crate::breaker::Breaker;
 use crate::{Error, Result};
 use fred::clients::Client;
@@ -25,9 +26,9 @@ use fred::prelude::{
     ReconnectPolicy, ServerConfig,
 };
 use fred::types::Value;
-use fred::types::cluster::ClusterRouting;
 use fred::types::config::Server;
-use std::collections::HashMap;
+use futures::future;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -193,6 +194,32 @@ impl Nodes {
         Ok(node)
     }
 
+    /// The hash slot of `group`, the hash tag of its keys (0 on a standalone server, where one node owns all).
+    pub(super) fn slot_of(&self, group: &str) -> u16 {
+        if self.clustered {
+            fred::util::redis_keyslot(group.as_bytes())
+        } else {
+            0
+        }
+    }
+
+    /// Item indices by the hash slot of their group, so each slot's items can go in one command.
+    pub(super) fn by_slot<'g>(
+        &self,
+        groups: impl Iterator<Item = &'g str>,
+    ) -> BTreeMap<u16, Vec<usize>> {
+        let mut slots: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (index, group) in groups.enumerate() {
+            slots.entry(self.slot_of(group)).or_default().push(index);
+        }
+        slots
+    }
+
+    /// The primary serving `group`'s slot, as [`Nodes::for_slot`] answers it.
+    pub(super) fn for_group(&self, group: &str) -> Result<Arc<Node>> {
+        self.for_slot(self.slot_of(group))
+    }
+
     /// The primary serving `slot` (0 on a standalone server), if it can take a command now: connected, and its
     /// breaker closed (or this call is the breaker's probe). Otherwise UNAVAILABLE at once, and a slot-map refresh
     /// is asked for (the slot may have moved to a promoted replica).
@@ -261,7 +288,7 @@ impl Nodes {
         self.primaries()
             .into_iter()
             .find(|node| node.client.is_connected() && !node.breaker.is_open())
-            .ok_or_else(|| unavailable("no Redis primary is connected".into()))
+            .ok_or_else(|| unavailable("no Redis primary is connected"))
     }
 
     /// Feeds a command's outcome on `node` to its breaker; failures also ask for a slot-map refresh.
@@ -285,7 +312,8 @@ impl Nodes {
         }
     }
 
-    /// The slot map as `node` sees it: (first slot, last slot, primary, replicas).
+    /// The slot map as `node` sees it. Replicas it lists are connected ahead of a failover, so a promoted one
+    /// takes traffic at once.
     async fn view_of(&self, node: &Arc<Node>) -> Result<View> {
         let within = self.settings.command_timeout;
         if !self.clustered {
@@ -297,39 +325,15 @@ impl Nodes {
             .await
             .map_err(|_| unavailable(format!("ROLE timed out on {}", node.name())))?
             .map_err(backend_error)?;
-            return Ok(vec![(
-                0,
-                u16::MAX,
-                node.server.clone(),
-                replicas_in_role(&role),
-            )]);
+            return Ok(slot_map::standalone(node.server.clone(), &role));
         }
         let slots = tokio::time::timeout(within, node.client.cluster_slots::<Value>())
             .await
             .map_err(|_| unavailable(format!("CLUSTER SLOTS timed out on {}", node.name())))?
             .map_err(backend_error)?;
-        let routing = ClusterRouting::from_cluster_slots(slots, node.server.host.clone())
-            .map_err(backend_error)?;
-        let view: View = routing
-            .slots()
-            .iter()
-            .map(|range| {
-                (
-                    range.start,
-                    range.end,
-                    range.primary.clone(),
-                    range.replicas.len(),
-                )
-            })
-            .collect();
-        if view.is_empty() {
-            return Err(unavailable(format!("{} reports no slots", node.name())));
-        }
-        // Replicas are connected ahead of a failover, so a promoted one takes traffic at once.
-        for range in routing.slots() {
-            for replica in &range.replicas {
-                self.node(replica)?;
-            }
+        let (view, replicas) = slot_map::from_cluster_slots(slots, &node.server)?;
+        for replica in &replicas {
+            self.node(replica)?;
         }
         Ok(view)
     }
@@ -350,9 +354,7 @@ impl Nodes {
         self.install(view)
     }
 
-    /// Asks every connected node for the slot map and installs the view most of them hold. A primary that was
-    /// paused and has just woken up still believes it owns its slots until the cluster tells it otherwise;
-    /// trusting the majority keeps its outdated view (and its outdated data) out of the map.
+    /// Asks every connected node for the slot map and installs the view most of them hold.
     async fn refresh(&self) {
         let nodes: Vec<Arc<Node>> = {
             let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
@@ -362,20 +364,8 @@ impl Nodes {
                 .cloned()
                 .collect()
         };
-        let views = futures::future::join_all(nodes.iter().map(|node| self.view_of(node))).await;
-        // (who owns what, how many nodes say so, one such view)
-        let mut tally: Vec<(Owners, usize, View)> = Vec::new();
-        for view in views.into_iter().flatten() {
-            let owners: Owners = view
-                .iter()
-                .map(|(first, last, primary, _)| (*first, *last, primary.clone()))
-                .collect();
-            match tally.iter_mut().find(|(seen, _, _)| *seen == owners) {
-                Some((_, votes, _)) => *votes += 1,
-                None => tally.push((owners, 1, view)),
-            }
-        }
-        let Some((_, _, view)) = tally.into_iter().max_by_key(|(_, votes, _)| *votes) else {
+        let views = future::join_all(nodes.iter().map(|node| self.view_of(node))).await;
+        let Some(view) = slot_map::majority(views.into_iter().flatten()) else {
             tracing::warn!("no Redis node could report the slot map");
             return;
         };
@@ -384,12 +374,6 @@ impl Nodes {
         }
     }
 }
-
-/// A slot map as one node reports it: (first slot, last slot, primary, replicas).
-type View = Vec<(u16, u16, Server, usize)>;
-
-/// The ownership part of a view, compared between nodes.
-type Owners = Vec<(u16, u16, Server)>;
 
 impl Drop for Nodes {
     fn drop(&mut self) {
@@ -431,19 +415,10 @@ async fn refresh_loop(nodes: Weak<Nodes>) {
     }
 }
 
-/// Replicas listed by `ROLE` on a primary: `["master", offset, [[host, port, offset], ...]]`.
-fn replicas_in_role(role: &Value) -> usize {
-    match role {
-        Value::Array(parts) => match parts.get(2) {
-            Some(Value::Array(replicas)) => replicas.len(),
-            _ => 0,
-        },
-        _ => 0,
-    }
-}
-
-fn unavailable(reason: String) -> Error {
-    Error::BackendUnavailable {
-        source: reason.into(),
-    }
+/// Runs every per-node call to completion, then answers the first error, if any. Never `try_join_all`: dropping
+/// the other calls at the first error would cancel a breaker's probe in flight, and its outcome would be lost.
+pub(super) async fn all<T>(
+    calls: impl IntoIterator<Item = impl Future<Output = Result<T>>>,
+) -> Result<Vec<T>> {
+    future::join_all(calls).await.into_iter().collect()
 }

@@ -1,0 +1,77 @@
+//! What a fred error means to a caller: Redis topology in flux (connections, timeouts, failovers, slots moving)
+//! is "try again later" (UNAVAILABLE), never a caller's mistake; anything else is a backend failure cachecoord
+//! cannot explain.
+
+use crate::Error;
+use fred::prelude::{Error as FredError, ErrorKind};
+
+/// Words in a Redis error that mean the node or the cluster is in flux. Matched anywhere in the message: Redis
+/// wraps an error raised inside a script ("ERR Error running script ...").
+const TRANSIENT_CODES: &[&str] = &[
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "LOADING",
+    "MASTERDOWN",
+    "READONLY",
+    // The slot moved (a failover the slot map has not caught up with yet).
+    "MOVED",
+    "ASK",
+    // A WAIT cut short, or refused, because its primary was just demoted.
+    "UNBLOCKED",
+    "WAIT cannot be used with replica",
+];
+
+/// Classifies `error`: transient conditions are [`Error::BackendUnavailable`], the rest [`Error::Backend`].
+pub(super) fn backend_error(error: FredError) -> Error {
+    let transient = matches!(
+        error.kind(),
+        ErrorKind::IO
+            | ErrorKind::Timeout
+            | ErrorKind::Canceled
+            | ErrorKind::Cluster
+            | ErrorKind::Routing
+            | ErrorKind::Backpressure
+    ) || TRANSIENT_CODES
+        .iter()
+        .any(|code| error.details().contains(code));
+    let source = Box::new(error);
+    if transient {
+        Error::BackendUnavailable { source }
+    } else {
+        Error::Backend { source }
+    }
+}
+
+/// UNAVAILABLE for a reason cachecoord found itself (a node not connected, a breaker open, a timeout).
+pub(super) fn unavailable(reason: impl Into<String>) -> Error {
+    let reason: String = reason.into();
+    Error::BackendUnavailable {
+        source: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topology_in_flux_is_unavailable() {
+        for details in [
+            "CLUSTERDOWN The cluster is down",
+            "ERR Error running script: TRYAGAIN",
+        ] {
+            let error = FredError::new(ErrorKind::Unknown, details);
+            assert!(
+                matches!(backend_error(error), Error::BackendUnavailable { .. }),
+                "{details}"
+            );
+        }
+        let timeout = FredError::new(ErrorKind::Timeout, "");
+        assert!(matches!(
+            backend_error(timeout),
+            Error::BackendUnavailable { .. }
+        ));
+        let script = FredError::new(ErrorKind::Unknown, "ERR wrong number of arguments");
+        assert!(matches!(backend_error(script), Error::Backend { .. }));
+    }
+}

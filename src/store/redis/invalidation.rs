@@ -1,0 +1,225 @@
+//! Invalidation: deleting keys, deleting what a pattern matches, and fencing both with `WAIT` so an acknowledged
+//! invalidation survives its primary's failover.
+//!
+//! Every step runs on each node's invalidation client (`Node::invalidator`), whose connection carries nothing
+//! else: `WAIT` then counts exactly the invalidation's writes and holds up no reads or writes.
+//!
+//! A pattern inside one group (`user:123:*`) is one script on one primary, costing the group's size. Patterns that
+//! span groups (`user:*:posts`) SCAN every primary instead, a page at a time, so Redis stays responsive while a
+//! large pattern is deleted; KEYS is never used.
+
+use super::errors::{backend_error, unavailable};
+use super::layout::{self, Found};
+use super::nodes::{Node, Nodes, all};
+use super::scripts;
+use crate::keys::Pattern;
+use crate::{Error, Result};
+use fred::interfaces::SetsInterface;
+use fred::prelude::{Error as FredError, KeysInterface, ServerInterface};
+use fred::types::scan::{ScanResult, Scanner};
+use futures::{Stream, StreamExt};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Pages of SCAN results, from one server or from every primary of a cluster.
+type ScanPages = Pin<Box<dyn Stream<Item = Result<ScanResult, FredError>> + Send>>;
+
+/// How invalidations are paged and fenced.
+#[derive(Clone, Debug)]
+pub(super) struct InvalidationSettings {
+    /// Keys asked of each SCAN page.
+    pub(super) scan_count: u32,
+    /// How long one SCAN page may take (fred's SCAN stream applies no command timeout of its own).
+    pub(super) page_timeout: Duration,
+    /// Replicas that must acknowledge an invalidation (capped by the replicas each primary has).
+    pub(super) replica_acks: usize,
+    /// How long to wait for them.
+    pub(super) replica_ack_timeout: Duration,
+}
+
+/// Invalidates keys and patterns on the nodes of one deployment.
+pub(super) struct Invalidator {
+    nodes: Arc<Nodes>,
+    settings: InvalidationSettings,
+}
+
+impl Invalidator {
+    pub(super) fn new(nodes: Arc<Nodes>, settings: InvalidationSettings) -> Invalidator {
+        Invalidator { nodes, settings }
+    }
+
+    /// Voids the leases of `keys` and deletes them: one script per hash slot, all slots concurrently. With
+    /// `replicate`, each slot's deletion is also acknowledged by its replicas before this answers.
+    pub(super) async fn delete_keys(&self, keys: &[&str], replicate: bool) -> Result<u64> {
+        let slots = self
+            .nodes
+            .by_slot(keys.iter().map(|key| layout::group(key)));
+        let deletes = slots.iter().map(|(&slot, indices)| {
+            let call = scripts::delete(indices.iter().map(|&i| keys[i]));
+            async move {
+                let node = self.nodes.for_slot(slot)?;
+                let deleted = call.run::<u64>(&node.invalidator).await;
+                let deleted = self.nodes.observe(&node, deleted)?;
+                if replicate {
+                    self.replicate(&node).await?;
+                }
+                Ok::<_, Error>(deleted)
+            }
+        });
+        Ok(all(deletes).await?.into_iter().sum())
+    }
+
+    /// Voids the leases of, then deletes, every key matching `pattern`.
+    pub(super) async fn delete_matching(&self, pattern: &Pattern) -> Result<u64> {
+        match pattern.group_scope() {
+            Some((group, member_pattern)) => self.delete_in_group(group, member_pattern).await,
+            None => self.delete_by_scan(pattern).await,
+        }
+    }
+
+    /// Waits until the replicas of `node` (up to `replica_acks`) have every write made so far on its
+    /// invalidation connection. Fewer acknowledgements within the timeout is UNAVAILABLE: the invalidation
+    /// reached the primary but might not survive its failover, so the caller should retry (invalidations are
+    /// idempotent).
+    async fn replicate(&self, node: &Node) -> Result<()> {
+        let InvalidationSettings {
+            replica_acks,
+            replica_ack_timeout,
+            ..
+        } = self.settings;
+        let wanted = replica_acks.min(self.nodes.replicas_of(node));
+        if wanted == 0 {
+            return Ok(());
+        }
+        let timeout_ms = i64::try_from(replica_ack_timeout.as_millis()).unwrap_or(i64::MAX);
+        let wanted_i64 = i64::try_from(wanted).unwrap_or(i64::MAX);
+        let acked: i64 = node
+            .invalidator
+            .wait(wanted_i64, timeout_ms)
+            .await
+            .map_err(backend_error)?;
+        if acked >= wanted_i64 {
+            Ok(())
+        } else {
+            metrics::counter!("cachecoord_invalidations_unreplicated_total").increment(1);
+            Err(unavailable(format!(
+                "{} applied the invalidation but {acked} of {wanted} replicas acknowledged it within \
+                 {replica_ack_timeout:?}; retry it",
+                node.name(),
+            )))
+        }
+    }
+
+    /// Pattern invalidation within one group: one script on the group's slot.
+    async fn delete_in_group(&self, group: &str, member_pattern: &str) -> Result<u64> {
+        let node = self.nodes.for_group(group)?;
+        let deleted = scripts::delete_in_group(group, member_pattern)
+            .run(&node.invalidator)
+            .await;
+        let deleted = self.nodes.observe(&node, deleted)?;
+        self.replicate(&node).await?;
+        Ok(deleted)
+    }
+
+    /// Pattern invalidation across groups: SCAN every primary (twice: leases first, so a fill racing the scan is
+    /// refused or deleted) and delete what matches. Cost: the keyspace of the pattern's entity.
+    async fn delete_by_scan(&self, pattern: &Pattern) -> Result<u64> {
+        let redis_pattern = layout::scan_pattern(pattern);
+        self.for_each_scan_page(redis_pattern.clone(), |page| async move {
+            for key in matching(&page, pattern, |found| match found {
+                Found::Lease(key) => Some(key),
+                _ => None,
+            }) {
+                self.void_lease(&key).await?;
+            }
+            Ok(0)
+        })
+        .await?;
+        let deleted = self
+            .for_each_scan_page(redis_pattern, |page| async move {
+                let keys = matching(&page, pattern, |found| match found {
+                    Found::Value(key) => Some(key),
+                    _ => None,
+                });
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                if keys.is_empty() {
+                    Ok(0)
+                } else {
+                    self.delete_keys(&keys, false).await
+                }
+            })
+            .await?;
+        // One acknowledgement per primary covers every page deleted on it.
+        let primaries = self.nodes.primaries();
+        all(primaries.iter().map(|node| self.replicate(node))).await?;
+        Ok(deleted)
+    }
+
+    /// Voids `key`'s lease: deletes it and takes it out of its group's lease set.
+    async fn void_lease(&self, key: &str) -> Result<()> {
+        let (group, member) = layout::split(key);
+        let node = self.nodes.for_group(group)?;
+        let voided: Result<(), FredError> = async {
+            node.invalidator
+                .del::<(), _>(layout::lease_key(key))
+                .await?;
+            node.invalidator
+                .srem::<(), _, _>(layout::leases_key(group), member)
+                .await
+        }
+        .await;
+        self.nodes.observe(&node, voided)
+    }
+
+    /// SCAN pages from every primary in turn. A primary that cannot be reached fails the scan.
+    fn scan(&self, pattern: String) -> ScanPages {
+        let count = Some(self.settings.scan_count);
+        let primaries = self.nodes.primaries();
+        Box::pin(
+            futures::stream::iter(primaries)
+                .flat_map(move |node| Box::pin(node.client.scan(pattern.clone(), count, None))),
+        )
+    }
+
+    /// Runs `apply` on every page of Redis keys matching `pattern`, on every primary; answers the sum.
+    async fn for_each_scan_page<F, Fut>(&self, pattern: String, apply: F) -> Result<u64>
+    where
+        F: Fn(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<u64>>,
+    {
+        let within = self.settings.page_timeout;
+        let mut pages = self.scan(pattern);
+        let mut total = 0;
+        // fred's SCAN stream does not apply the command timeout and stalls while Redis is down: bound each page.
+        while let Some(page) = tokio::time::timeout(within, pages.next())
+            .await
+            .map_err(|_| unavailable(format!("SCAN got no page within {within:?}")))?
+        {
+            let mut page = page.map_err(backend_error)?;
+            if let Some(found) = page.take_results() {
+                let keys: Vec<String> = found
+                    .iter()
+                    .filter_map(|key| key.as_str().map(str::to_owned))
+                    .collect();
+                if !keys.is_empty() {
+                    total += apply(keys).await?;
+                }
+            }
+            page.next();
+        }
+        Ok(total)
+    }
+}
+
+/// The keys of `page` that `pick` accepts and `pattern` matches.
+fn matching(
+    page: &[String],
+    pattern: &Pattern,
+    pick: impl Fn(Found) -> Option<String>,
+) -> Vec<String> {
+    page.iter()
+        .filter_map(|redis_key| pick(layout::classify(redis_key)))
+        .filter(|key| pattern.matches(key))
+        .collect()
+}

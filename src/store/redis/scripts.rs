@@ -1,0 +1,206 @@
+//! The Lua scripts (the `.lua` files under `scripts/`), loaded once, and the KEYS and ARGV each takes, built
+//! from the key layout and the record header: the only place that knows a script's calling convention.
+//!
+//! `scripts/helpers.lua` is prepended to the scripts that use it, so a helper is written once.
+
+use super::layout;
+use super::record;
+use crate::keys::Key;
+use crate::store::{LeaseToken, StoreWrite};
+use fred::clients::Client;
+use fred::prelude::Error as FredError;
+use fred::types::scripts::Script;
+use fred::types::{FromValue, Value};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+/// Lua shared by the write scripts.
+const HELPERS: &str = include_str!("scripts/helpers.lua");
+
+static SET: LazyLock<Script> = LazyLock::new(|| with_helpers(include_str!("scripts/set.lua")));
+static FILL: LazyLock<Script> = LazyLock::new(|| with_helpers(include_str!("scripts/fill.lua")));
+static LEASE: LazyLock<Script> = LazyLock::new(|| with_helpers(include_str!("scripts/lease.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("scripts/release.lua")));
+static DELETE: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("scripts/delete.lua")));
+static GROUP_PATTERN: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("scripts/group_pattern.lua")));
+
+fn with_helpers(body: &str) -> Script {
+    Script::from_lua([HELPERS, body].concat())
+}
+
+/// One script with its KEYS and ARGV, ready to run on a node's client.
+pub(super) struct Call {
+    script: &'static Script,
+    keys: Vec<String>,
+    args: Vec<Value>,
+}
+
+impl Call {
+    /// Runs the script on `client` (loading it first if the node does not know it yet).
+    pub(super) async fn run<R: FromValue>(self, client: &Client) -> Result<R, FredError> {
+        self.script
+            .evalsha_with_reload(client, self.keys, self.args)
+            .await
+    }
+}
+
+/// A Set: refused (answers 0) when versioned and the stored record carries a higher version.
+pub(super) fn set(write: &StoreWrite) -> Call {
+    let args = vec![
+        write.value.clone().into(),
+        ttl_ms(write.ttl).into(),
+        if write.version.is_some() { "1" } else { "0" }.into(),
+        record::header(write.version).into(),
+        member(&write.key),
+        record::fresh_epoch().into(),
+    ];
+    Call {
+        script: &SET,
+        keys: write_keys(&write.key),
+        args,
+    }
+}
+
+/// A fill: written (answers 1) only while `token` holds the key's lease, which it then releases.
+pub(super) fn fill(token: LeaseToken, write: &StoreWrite) -> Call {
+    let args = vec![
+        token.to_string().into(),
+        write.value.clone().into(),
+        ttl_ms(write.ttl).into(),
+        member(&write.key),
+        record::fresh_epoch().into(),
+        record::header(write.version).into(),
+    ];
+    Call {
+        script: &FILL,
+        keys: write_keys(&write.key),
+        args,
+    }
+}
+
+/// Takes `key`'s lease for `ttl` unless it is held (answers 1 when taken).
+pub(super) fn take_lease(key: &Key, token: LeaseToken, ttl: Duration) -> Call {
+    Call {
+        script: &LEASE,
+        keys: lease_keys(key),
+        args: vec![token.to_string().into(), ttl_ms(ttl).into(), member(key)],
+    }
+}
+
+/// Releases `key`'s lease if `token` still holds it (answers 1 when released).
+pub(super) fn release_lease(key: &Key, token: LeaseToken) -> Call {
+    Call {
+        script: &RELEASE,
+        keys: lease_keys(key),
+        args: vec![token.to_string().into(), member(key)],
+    }
+}
+
+/// Voids the leases of, and deletes, `keys` (all in one hash slot); answers how many values existed.
+pub(super) fn delete<'k>(keys: impl ExactSizeIterator<Item = &'k str>) -> Call {
+    let mut script_keys = Vec::with_capacity(keys.len() * 4);
+    let mut members = Vec::with_capacity(keys.len());
+    for key in keys {
+        let (group, member) = layout::split(key);
+        script_keys.extend([
+            layout::value_key(key),
+            layout::lease_key(key),
+            layout::index_key(group),
+            layout::leases_key(group),
+        ]);
+        members.push(member.into());
+    }
+    Call {
+        script: &DELETE,
+        keys: script_keys,
+        args: members,
+    }
+}
+
+/// Voids the leases of, and deletes, the members of `group` matching `member_pattern`; answers how many values
+/// were deleted.
+pub(super) fn delete_in_group(group: &str, member_pattern: &str) -> Call {
+    Call {
+        script: &GROUP_PATTERN,
+        keys: vec![
+            layout::index_key(group),
+            layout::leases_key(group),
+            layout::epoch_key(group),
+        ],
+        args: vec![
+            member_pattern.into(),
+            layout::value_prefix(group).into(),
+            layout::lease_prefix(group).into(),
+            record::fresh_epoch().into(),
+        ],
+    }
+}
+
+/// The five keys of a write (SET and FILL): value, lease, index, lease set, epoch.
+fn write_keys(key: &Key) -> Vec<String> {
+    let key = key.as_str();
+    let group = layout::group(key);
+    vec![
+        layout::value_key(key),
+        layout::lease_key(key),
+        layout::index_key(group),
+        layout::leases_key(group),
+        layout::epoch_key(group),
+    ]
+}
+
+/// The two keys of a lease script: the lease and its group's lease set.
+fn lease_keys(key: &Key) -> Vec<String> {
+    let key = key.as_str();
+    vec![
+        layout::lease_key(key),
+        layout::leases_key(layout::group(key)),
+    ]
+}
+
+fn member(key: &Key) -> Value {
+    layout::member(key.as_str()).into()
+}
+
+/// Milliseconds for `PX`: at least 1, since Redis refuses 0.
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn every_script_gets_the_keys_and_args_its_lua_reads() {
+        let write = StoreWrite {
+            key: Key::parse("user:1:posts", 512).unwrap(),
+            value: Bytes::from_static(b"v"),
+            ttl: Duration::ZERO,
+            version: Some(2),
+        };
+        let set = set(&write);
+        assert_eq!(
+            set.keys,
+            [
+                "{user:1}:posts",
+                "{user:1}#lease:posts",
+                "{user:1}#keys",
+                "{user:1}#leases",
+                "{user:1}#epoch"
+            ]
+        );
+        assert_eq!(set.args.len(), 6);
+        assert_eq!(set.args[1], Value::Integer(1), "a zero TTL becomes 1 ms");
+        assert_eq!(fill(1, &write).args.len(), 6);
+        let group = delete_in_group("user:1", ":*");
+        assert_eq!(group.args[1], Value::from("{user:1}"));
+        assert_eq!(group.args[2], Value::from("{user:1}#lease"));
+        let deleted = delete(["user:1", "user:1:posts"].into_iter());
+        assert_eq!((deleted.keys.len(), deleted.args.len()), (8, 2));
+    }
+}

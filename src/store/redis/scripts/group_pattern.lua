@@ -1,0 +1,47 @@
+-- Invalidate the keys of one group matching a pattern. KEYS: index, lease set, epoch. ARGV: glob over members
+-- (`*` and `?` only), prefix of the group's value keys, prefix of its lease keys, fresh epoch. A member's value
+-- and lease live at prefix .. member; the prefixes come from the key layout (layout.rs), never from here.
+--
+-- Voids matching leases first, then deletes matching values. If the index is gone (evicted, or every member
+-- expired) while the epoch lives, the whole group is dropped by a new epoch: more than asked, never less.
+-- Cost: the size of the group, whatever the size of the keyspace.
+
+-- A linear-time port of `keys::glob_match`; never Lua's backtracking patterns.
+local function glob(p, s)
+  local pi, si, star, mark = 1, 1, 0, 0
+  while si <= #s do
+    local c = string.sub(p, pi, pi)
+    if c == '*' then
+      star, mark, pi = pi, si, pi + 1
+    elseif pi <= #p and (c == '?' or c == string.sub(s, si, si)) then
+      pi, si = pi + 1, si + 1
+    elseif star > 0 then
+      mark = mark + 1
+      pi, si = star + 1, mark
+    else
+      return false
+    end
+  end
+  while string.sub(p, pi, pi) == '*' do pi = pi + 1 end
+  return pi > #p
+end
+
+local pattern, value_prefix, lease_prefix = ARGV[1], ARGV[2], ARGV[3]
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if glob(pattern, member) then
+    redis.call('DEL', lease_prefix .. member)
+    redis.call('SREM', KEYS[2], member)
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('SET', KEYS[3], ARGV[4], 'KEEPTTL') end
+  return 0
+end
+local n = 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if glob(pattern, member) then
+    n = n + redis.call('UNLINK', value_prefix .. member)
+    redis.call('SREM', KEYS[1], member)
+  end
+end
+return n

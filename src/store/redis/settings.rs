@@ -1,0 +1,63 @@
+//! Everything the Redis store takes from the configuration, read in one place: the rest of the store sees only
+//! these settings, never the configuration tree.
+
+use super::errors::backend_error;
+use super::invalidation::InvalidationSettings;
+use super::nodes::NodeSettings;
+use crate::config::{Config, StoreConfig};
+use crate::{Error, Result};
+use fred::prelude::Config as FredConfig;
+use std::time::Duration;
+
+/// How to reach one Redis deployment and how to treat it.
+pub(super) struct RedisSettings {
+    /// Where the nodes are and how to authenticate; each node's client is built from it.
+    pub(super) fred: FredConfig,
+    pub(super) nodes: NodeSettings,
+    pub(super) invalidation: InvalidationSettings,
+}
+
+impl RedisSettings {
+    /// The settings for `url` under `config`.
+    pub(super) fn new(url: &str, config: &Config) -> Result<RedisSettings> {
+        let store = &config.store;
+        let mut fred = FredConfig::from_url(url).map_err(backend_error)?;
+        apply_credentials(&mut fred, store)?;
+        let command_timeout = Duration::from_millis(store.redis_command_timeout_ms);
+        Ok(RedisSettings {
+            fred,
+            nodes: NodeSettings {
+                command_timeout,
+                connect_timeout: Duration::from_millis(store.redis_connect_timeout_ms),
+                refresh_every: Duration::from_millis(store.redis_topology_refresh_ms),
+                breaker_failures: config.read_through.breaker_failures,
+                breaker_cooldown: Duration::from_millis(config.read_through.breaker_cooldown_ms),
+            },
+            invalidation: InvalidationSettings {
+                scan_count: config.invalidation.scan_count,
+                page_timeout: command_timeout,
+                replica_acks: store.invalidation_replica_acks,
+                replica_ack_timeout: Duration::from_millis(store.replica_ack_timeout_ms),
+            },
+        })
+    }
+}
+
+/// The ACL user, password and TLS trust configured apart from the URL (so the password can come from a Secret).
+fn apply_credentials(fred: &mut FredConfig, store: &StoreConfig) -> Result<()> {
+    if let Some(username) = &store.redis_username {
+        fred.username = Some(username.clone());
+    }
+    if let Some(password) = &store.redis_password {
+        fred.password = Some(password.clone());
+    }
+    if fred.tls.is_some() || store.redis_tls_ca_file.is_some() {
+        let tls = crate::tls::client_config(store.redis_tls_ca_file.as_deref()).map_err(|e| {
+            Error::Backend {
+                source: format!("Redis TLS: {e:#}").into(),
+            }
+        })?;
+        fred.tls = Some(fred::types::config::TlsConnector::from(tls).into());
+    }
+    Ok(())
+}
