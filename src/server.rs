@@ -40,7 +40,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let store = store::open(&config).await.map_err(ServerError::Store)?;
+    let store = store::open(&config.store).await.map_err(ServerError::Store)?;
     let loaders = Loaders::from_config(&config).map_err(ServerError::Store)?;
     let coordinator =
         Arc::new(Coordinator::new(store, loaders, &config).map_err(ServerError::Store)?);

@@ -34,7 +34,7 @@ fn api() -> &'static CacheApi {
         let mut config = Config::default();
         config.store.memory_max_bytes = 16 * 1024 * 1024;
         runtime().block_on(async {
-            let store = cachecoord::store::open(&config).await.unwrap();
+            let store = cachecoord::store::open(&config.store).await.unwrap();
             let coordinator = Coordinator::new(store, Loaders::default(), &config).unwrap();
             CacheApi::new(Arc::new(coordinator), Arc::new(Authenticator::disabled()), 64)
         })

@@ -20,7 +20,7 @@ pub use metered::MeteredStore;
 pub use redis::RedisStore;
 
 use crate::Result;
-use crate::config::Config;
+use crate::config::StoreConfig;
 use crate::keys::{Key, Pattern};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -105,12 +105,12 @@ pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<()>;
 }
 
-/// Opens the store the configuration asks for: Redis when `store.redis_url` is set, the embedded store otherwise;
+/// Opens the store `[store]` asks for: Redis when `redis_url` is set, the embedded store otherwise;
 /// either way observed by [`MeteredStore`].
-pub async fn open(config: &Config) -> Result<Arc<dyn Store>> {
-    let backend: Arc<dyn Store> = match &config.store.redis_url {
-        Some(url) => Arc::new(RedisStore::connect(url, config).await?),
-        None => Arc::new(MemoryStore::new(config.store.memory_max_bytes)),
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>> {
+    let backend: Arc<dyn Store> = match &config.redis_url {
+        Some(_) => Arc::new(RedisStore::connect(config).await?),
+        None => Arc::new(MemoryStore::new(config.memory_max_bytes)),
     };
     Ok(Arc::new(MeteredStore::new(backend)))
 }

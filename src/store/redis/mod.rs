@@ -34,8 +34,8 @@ mod scripts;
 mod settings;
 mod slot_map;
 
-use crate::Result;
-use crate::config::Config;
+use crate::{Error, Result};
+use crate::config::StoreConfig;
 use crate::keys::{Key, Pattern};
 use crate::store::{Heard, LeaseToken, Notice, Store, StoreWrite};
 use async_trait::async_trait;
@@ -57,8 +57,13 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to `url` and waits, up to the configured connect timeout, until Redis answers.
-    pub async fn connect(url: &str, config: &Config) -> Result<RedisStore> {
+    /// Connects to `config.redis_url` and waits, up to the configured connect timeout, until Redis answers.
+    pub async fn connect(config: &StoreConfig) -> Result<RedisStore> {
+        let Some(url) = config.redis_url.as_deref() else {
+            return Err(Error::Backend {
+                source: "store.redis_url is not set".into(),
+            });
+        };
         let RedisSettings {
             fred,
             nodes,

@@ -4,10 +4,9 @@
 use super::errors::backend_error;
 use super::invalidation::InvalidationSettings;
 use super::nodes::NodeSettings;
-use crate::config::{Config, StoreConfig};
+use crate::config::StoreConfig;
 use crate::{Error, Result};
 use fred::prelude::Config as FredConfig;
-use std::time::Duration;
 
 /// How to reach one Redis deployment and how to treat it.
 pub(super) struct RedisSettings {
@@ -18,26 +17,24 @@ pub(super) struct RedisSettings {
 }
 
 impl RedisSettings {
-    /// The settings for `url` under `config`.
-    pub(super) fn new(url: &str, config: &Config) -> Result<RedisSettings> {
-        let store = &config.store;
+    /// The settings for `url` under the `[store]` section.
+    pub(super) fn new(url: &str, store: &StoreConfig) -> Result<RedisSettings> {
         let mut fred = FredConfig::from_url(url).map_err(backend_error)?;
         apply_credentials(&mut fred, store)?;
-        let command_timeout = Duration::from_millis(store.redis_command_timeout_ms);
         Ok(RedisSettings {
             fred,
             nodes: NodeSettings {
-                command_timeout,
-                connect_timeout: Duration::from_millis(store.redis_connect_timeout_ms),
-                refresh_every: Duration::from_millis(store.redis_topology_refresh_ms),
-                breaker_failures: config.read_through.breaker_failures,
-                breaker_cooldown: Duration::from_millis(config.read_through.breaker_cooldown_ms),
+                command_timeout: store.redis_command_timeout,
+                connect_timeout: store.redis_connect_timeout,
+                refresh_every: store.redis_topology_refresh,
+                breaker_failures: store.node_breaker_failures,
+                breaker_cooldown: store.node_breaker_cooldown,
             },
             invalidation: InvalidationSettings {
-                scan_count: config.invalidation.scan_count,
-                page_timeout: command_timeout,
+                scan_count: store.scan_count,
+                page_timeout: store.redis_command_timeout,
                 replica_acks: store.invalidation_replica_acks,
-                replica_ack_timeout: Duration::from_millis(store.replica_ack_timeout_ms),
+                replica_ack_timeout: store.replica_ack_timeout,
             },
         })
     }
