@@ -4,7 +4,7 @@
 
 use super::load::load_fallback;
 use super::shared::Core;
-use super::types::{Lookup, ReadOptions, Source};
+use super::types::{Lookup, ReadOptions, SharedResult, Source};
 use crate::keys::Key;
 use crate::{Error, Result};
 use futures::FutureExt;
@@ -16,35 +16,34 @@ pub(super) async fn fallback(
     keys: Vec<Key>,
     options: ReadOptions,
 ) -> Result<Vec<Lookup>> {
-    let unavailable = || Error::BackendUnavailable {
-        source: "the cache store is unavailable and the key has no loader to fall back to".into(),
-    };
     if options.cache_only || keys.iter().any(|key| core.loaders.for_key(key).is_none()) {
-        return Err(unavailable());
+        return Err(Error::BackendUnavailable {
+            source: "the cache store is unavailable and the key has no loader to fall back to"
+                .into(),
+        });
     }
     let loads = keys.into_iter().map(|key| {
-        let loading = core.clone();
-        async move {
-            let flying = loading.clone();
-            loading
-                .flights
-                .join(key.clone(), move || {
-                    async move {
-                        let policy = flying.policies.for_key(&key).clone();
-                        let Some((_, loader)) = flying.loaders.for_key(&key) else {
-                            return Ok(Lookup::miss());
-                        };
-                        let loader = loader.clone();
-                        load_fallback(&flying, &key, &policy, loader.as_ref()).await
-                    }
-                    .boxed()
-                })
-                .await
-                .map(|mut lookup| {
-                    lookup.source = Source::Fallback;
-                    lookup
-                })
-        }
+        let flying = core.clone();
+        core.flights
+            .join(key.clone(), move || load_direct(flying, key).boxed())
     });
-    futures::future::try_join_all(loads).await
+    let lookups = futures::future::try_join_all(loads).await?;
+    Ok(lookups
+        .into_iter()
+        .map(|mut lookup| {
+            // Coalesced or not, the answer came from the loader, not the cache.
+            lookup.source = Source::Fallback;
+            lookup
+        })
+        .collect())
+}
+
+/// One key's load in the fallback's flight.
+async fn load_direct(core: Arc<Core>, key: Key) -> SharedResult {
+    let policy = core.policies.for_key(&key).clone();
+    let Some((_, loader)) = core.loaders.for_key(&key) else {
+        return Ok(Lookup::miss());
+    };
+    let loader = loader.clone();
+    load_fallback(&core, &key, &policy, loader.as_ref()).await
 }
