@@ -11,8 +11,7 @@
 //! A read that raced a notice must not put the old value back: each notice bumps a sequence number, and a value
 //! read from the store is inserted only if no notice arrived while it was being read.
 
-use super::Entry;
-use super::entry::now_ms;
+use super::entry::{Entry, now_ms};
 use crate::config::NearCacheConfig;
 use crate::keys::{Key, Pattern};
 use crate::store::{Heard, Notice, Store};

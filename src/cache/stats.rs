@@ -2,51 +2,10 @@
 //! same place so the two always agree. The entity is the policy that governs the key (a bounded set, from the
 //! configuration), so a caller inventing entities cannot blow up the metric cardinality.
 
-use super::Source;
+use super::types::Source;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-
-/// Every source, in a fixed order (the counters' index).
-const SOURCES: [Source; 8] = [
-    Source::Hit,
-    Source::NearHit,
-    Source::Negative,
-    Source::Stale,
-    Source::Miss,
-    Source::Loaded,
-    Source::Coalesced,
-    Source::Fallback,
-];
-
-impl Source {
-    /// The label used in metrics and logs.
-    pub fn label(self) -> &'static str {
-        match self {
-            Source::Hit => "hit",
-            Source::NearHit => "near_hit",
-            Source::Negative => "negative",
-            Source::Stale => "stale",
-            Source::Miss => "miss",
-            Source::Loaded => "loaded",
-            Source::Coalesced => "coalesced",
-            Source::Fallback => "fallback",
-        }
-    }
-
-    /// Whether the answer came from a cache (Redis, embedded or near) without waiting for a load: what the hit
-    /// ratio counts as a hit.
-    pub fn is_hit(self) -> bool {
-        matches!(
-            self,
-            Source::Hit | Source::NearHit | Source::Negative | Source::Stale
-        )
-    }
-
-    fn index(self) -> usize {
-        SOURCES.iter().position(|s| *s == self).unwrap_or(0)
-    }
-}
 
 /// One entity's counters, as reported.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -60,7 +19,7 @@ pub struct EntityStats {
 impl EntityStats {
     /// Every source with its count.
     pub fn by_source(&self) -> impl Iterator<Item = (Source, u64)> + '_ {
-        SOURCES.iter().copied().zip(self.counts.iter().copied())
+        Source::ALL.iter().copied().zip(self.counts.iter().copied())
     }
 
     /// How many answers came from `source`.

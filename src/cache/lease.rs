@@ -1,0 +1,84 @@
+//! The store lease of one key, as a type: taking it is the only way to get a [`Lease`], and filling or releasing
+//! it (each consumes the lease) are the only ways to end it, so no path can forget to give a lease back.
+//!
+//! A lease makes a load safe across replicas: only its holder loads (`SET NX PX` with a random token), and its fill
+//! lands only if the token still holds the lease. Every Set and Invalidate voids the lease, so a load that raced an
+//! update loses its right to write and can never put the old value back. A holder that dies leaves a lease that
+//! expires after `lease_ttl_ms`; a waiter then takes it.
+
+use crate::Result;
+use crate::keys::Key;
+use crate::store::{LeaseToken, Store, StoreWrite};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// This replica's hold on one key's lease, until it fills or releases it.
+#[must_use = "a lease is held until it is filled or released"]
+pub(super) struct Lease {
+    store: Arc<dyn Store>,
+    key: Key,
+    token: LeaseToken,
+}
+
+/// How a fill ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fill {
+    /// The value is in the store and the lease is released.
+    Written,
+    /// A Set or an invalidation voided the lease (or it ran out): nothing was written.
+    Voided,
+    /// The store could not take the fill: the value is served, just not cached.
+    Failed,
+}
+
+impl Lease {
+    /// Takes `key`'s lease for `ttl`; `None` when someone else holds it.
+    pub(super) async fn try_take(
+        store: &Arc<dyn Store>,
+        key: &Key,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        let token: LeaseToken = rand::random();
+        let taken = store.try_lease(key, token, ttl).await?;
+        Ok(taken.then(|| Lease {
+            store: store.clone(),
+            key: key.clone(),
+            token,
+        }))
+    }
+
+    /// Takes the lease of every key it can, all at once; `None` where someone else holds it or the store failed.
+    pub(super) async fn try_take_each(
+        store: &Arc<dyn Store>,
+        keys: impl Iterator<Item = &Key>,
+        ttl: Duration,
+    ) -> Vec<Option<Lease>> {
+        let takes = keys.map(|key| Lease::try_take(store, key, ttl));
+        futures::future::join_all(takes)
+            .await
+            .into_iter()
+            .map(|taken| taken.ok().flatten())
+            .collect()
+    }
+
+    /// Writes `write` (for this lease's key) if the lease still holds, which releases it and wakes the waiters.
+    pub(super) async fn fill(self, write: &StoreWrite) -> Fill {
+        debug_assert_eq!(write.key, self.key, "a lease fills its own key");
+        match self.store.fill(self.token, write).await {
+            Ok(true) => Fill::Written,
+            Ok(false) => Fill::Voided,
+            Err(error) => {
+                tracing::warn!(key = %self.key, %error, "loaded value not cached: the fill failed");
+                Fill::Failed
+            }
+        }
+    }
+
+    /// Gives the lease back without writing (the load failed, was not cacheable, or was not needed), so waiters
+    /// retry at once. If the store cannot take it, the lease runs out after its TTL instead.
+    pub(super) async fn release(self) {
+        if let Err(error) = self.store.release_lease(&self.key, self.token).await {
+            tracing::debug!(key = %self.key, %error, "lease not released; it runs out after its TTL");
+        }
+    }
+}

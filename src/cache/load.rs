@@ -1,0 +1,102 @@
+//! One call to a loader and what its answer becomes: the entry to fill (TTL from the loader or the policy,
+//! negative TTL for "not found", the stale window on top, nothing at all for sensitive data) and the caller's
+//! answer. A failed load may be stood in for by an expired entry inside `stale_if_error`.
+
+use super::entry::Entry;
+use super::policy::Policy;
+use super::shared::Core;
+use super::types::{Lookup, SharedResult, Source};
+use crate::Error;
+use crate::keys::Key;
+use crate::loader::{Loaded, Loader};
+use crate::store::StoreWrite;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Calls the loader and builds the entry to fill. On loader failure, a stale entry inside `stale_if_error`
+/// is served instead (with nothing to fill).
+pub(super) async fn load_entry(
+    core: &Core,
+    key: &Key,
+    policy: &Policy,
+    loader: &dyn Loader,
+    stale: Option<Entry>,
+) -> Result<(Option<StoreWrite>, Lookup), Arc<Error>> {
+    let started = Instant::now();
+    match loader.load(key).await {
+        Ok(loaded) => Ok(entry_for(core, key, policy, loaded, started.elapsed())),
+        Err(error) => {
+            tracing::warn!(key = %key, %error, "loader failed");
+            match stale.filter(|e| stale_if_error_allows(e, policy)) {
+                Some(entry) => Ok((None, Lookup::from_entry(&entry, Source::Stale))),
+                None => Err(Arc::new(error)),
+            }
+        }
+    }
+}
+
+/// Loads straight from the loader, bypassing the unavailable store.
+pub(super) async fn load_fallback(
+    core: &Core,
+    key: &Key,
+    policy: &Policy,
+    loader: &dyn Loader,
+) -> SharedResult {
+    let loaded = loader.load(key).await.map_err(Arc::new)?;
+    let (_, mut lookup) = entry_for(core, key, policy, loaded, Duration::ZERO);
+    lookup.source = Source::Fallback;
+    Ok(lookup)
+}
+
+/// Builds the store write and the answer for what a loader returned in `took`.
+pub(super) fn entry_for(
+    core: &Core,
+    key: &Key,
+    policy: &Policy,
+    loaded: Loaded,
+    took: Duration,
+) -> (Option<StoreWrite>, Lookup) {
+    let found = loaded.value.is_some();
+    let ttl = match (found, loaded.ttl) {
+        (false, _) => policy.negative_ttl,
+        (true, Some(ttl)) => ttl.clamp(
+            Duration::from_millis(core.limits.min_ttl_ms),
+            Duration::from_secs(core.limits.max_ttl_secs),
+        ),
+        (true, None) => core.policies.jittered(policy.ttl),
+    };
+    let mut entry = Entry::fresh_for(loaded.value, ttl);
+    entry.load_ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
+    let physical_ttl = if found {
+        ttl + policy.stale_window()
+    } else {
+        ttl
+    };
+    let lookup = Lookup::from_entry(&entry, Source::Loaded);
+    // What must never be cached is served to this caller but not written.
+    let violation = core.sensitive.key_violation(key).or_else(|| {
+        let value = entry.value.as_deref().unwrap_or_default();
+        core.sensitive.value_violation(value)
+    });
+    if let Some(reason) = violation {
+        tracing::warn!(entity = %policy.name, %reason, "loader result not cached: sensitive data");
+        metrics::counter!("cachecoord_sensitive_not_cached_total", "entity" => policy.name.clone())
+            .increment(1);
+        return (None, lookup);
+    }
+    let write = StoreWrite {
+        key: key.clone(),
+        value: core.encode(key, entry),
+        ttl: physical_ttl,
+        version: None,
+    };
+    (Some(write), lookup)
+}
+
+/// Whether an expired entry may stand in for a failed load.
+pub(super) fn stale_if_error_allows(entry: &Entry, policy: &Policy) -> bool {
+    entry.value.is_some()
+        && entry
+            .stale_for()
+            .is_some_and(|s| s <= policy.stale_if_error)
+}

@@ -1,0 +1,200 @@
+//! The read path of Get and BatchGet: near-cache first, then one read of the store for the rest, then a verdict
+//! per key (hit, early refresh, stale serve, or load), then the loads, grouped per loader: one key through its
+//! flight, several through one batch call. A store that is down sends the read to the fallback.
+
+use super::batch::load_batch;
+use super::entry::Entry;
+use super::fallback::fallback;
+use super::flight::load_one;
+use super::refresh::{refresh_in_background, xfetch_says_refresh};
+use super::shared::Core;
+use super::types::{Lookup, ReadOptions, Source, settle};
+use crate::keys::Key;
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What a cached entry means for a read.
+enum Verdict {
+    /// Answer with this.
+    Answer(Lookup),
+    /// Load it; the stale entry (if any) may stand in should the loader fail.
+    Load(Option<Entry>),
+}
+
+/// Reads one key, loading it on a miss when its entity has a loader.
+pub(super) async fn get(core: Arc<Core>, key: &str, options: ReadOptions) -> Result<Lookup> {
+    let key = core.parse_key(key)?;
+    let mut answers = read(core.clone(), vec![key.clone()], options).await?;
+    let lookup = answers.pop().unwrap_or_else(Lookup::miss);
+    core.count(&key, lookup.source);
+    Ok(lookup)
+}
+
+/// Reads many keys; one answer per requested key, in request order. Duplicates are read once and answered
+/// identically.
+pub(super) async fn batch_get(
+    core: Arc<Core>,
+    keys: &[String],
+    options: ReadOptions,
+) -> Result<Vec<Lookup>> {
+    core.check_batch("keys", keys.len())?;
+    let mut distinct: Vec<Key> = Vec::with_capacity(keys.len());
+    let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
+    let mut positions = Vec::with_capacity(keys.len());
+    for raw in keys {
+        let index = match index_of.get(raw.as_str()) {
+            Some(&index) => index,
+            None => {
+                distinct.push(core.parse_key(raw)?);
+                index_of.insert(raw, distinct.len() - 1);
+                distinct.len() - 1
+            }
+        };
+        positions.push(index);
+    }
+    let lookups = read(core.clone(), distinct.clone(), options).await?;
+    for &i in &positions {
+        core.count(&distinct[i], lookups[i].source);
+    }
+    Ok(positions.into_iter().map(|i| lookups[i].clone()).collect())
+}
+
+/// Answers `keys` (distinct), loading misses of entities that have a loader.
+async fn read(core: Arc<Core>, keys: Vec<Key>, options: ReadOptions) -> Result<Vec<Lookup>> {
+    let Some(near) = core.near.clone() else {
+        return read_from_store(core, keys, options, None).await;
+    };
+    // Near-cache first: its hits answer without a Redis round trip.
+    let mut answers: Vec<Option<Lookup>> = vec![None; keys.len()];
+    let (mut rest, mut rest_at) = (Vec::new(), Vec::new());
+    for (index, key) in keys.into_iter().enumerate() {
+        let held = core
+            .policies
+            .for_key(&key)
+            .near_cache_ttl
+            .and_then(|_| near.get(&key));
+        match held {
+            Some(entry) => {
+                answers[index] = Some(Lookup::found_or_negative(&entry, Source::NearHit))
+            }
+            None => {
+                rest.push(key);
+                rest_at.push(index);
+            }
+        }
+    }
+    if !rest.is_empty() {
+        let sequence = near.sequence();
+        let looked_up = read_from_store(core, rest, options, Some(sequence)).await?;
+        for (index, lookup) in rest_at.into_iter().zip(looked_up) {
+            answers[index] = Some(lookup);
+        }
+    }
+    Ok(settle(answers))
+}
+
+/// Answers `keys` from the store (and loaders). `near_sequence` is the near-cache's notice sequence taken
+/// before the read, when hits may be copied into it.
+async fn read_from_store(
+    core: Arc<Core>,
+    keys: Vec<Key>,
+    options: ReadOptions,
+    near_sequence: Option<u64>,
+) -> Result<Vec<Lookup>> {
+    // A store that is down (or whose node serving these keys is: its breaker answers at once) sends the
+    // reads to the loaders.
+    let stored = match core.store.get_many(&keys).await {
+        Ok(stored) => stored,
+        Err(Error::BackendUnavailable { .. }) => return fallback(core, keys, options).await,
+        Err(error) => return Err(error),
+    };
+
+    let mut answers: Vec<Option<Lookup>> = vec![None; keys.len()];
+    let mut to_load: HashMap<usize, Vec<(usize, Option<Entry>)>> = HashMap::new();
+    for (index, (key, bytes)) in keys.iter().zip(stored).enumerate() {
+        let entry = bytes.and_then(|b| core.decode(key, b));
+        let loader = (!options.cache_only)
+            .then(|| core.loaders.for_key(key))
+            .flatten();
+        match judge(&core, key, entry, loader.is_some(), near_sequence) {
+            Verdict::Answer(lookup) => answers[index] = Some(lookup),
+            Verdict::Load(stale) => match loader {
+                Some((route, _)) => to_load.entry(route).or_default().push((index, stale)),
+                None => answers[index] = Some(Lookup::miss()),
+            },
+        }
+    }
+
+    let loads = to_load.into_values().map(|group| {
+        let core = core.clone();
+        let keys = &keys;
+        async move {
+            let picked: Vec<(Key, Option<Entry>)> = group
+                .iter()
+                .map(|(i, stale)| (keys[*i].clone(), stale.clone()))
+                .collect();
+            let lookups = load_group(core, picked).await?;
+            Ok::<_, Error>(
+                group
+                    .into_iter()
+                    .map(|(i, _)| i)
+                    .zip(lookups)
+                    .collect::<Vec<_>>(),
+            )
+        }
+    });
+    for loaded in futures::future::try_join_all(loads).await? {
+        for (index, lookup) in loaded {
+            answers[index] = Some(lookup);
+        }
+    }
+    Ok(settle(answers))
+}
+
+/// Decides what a cached entry means: a hit (maybe refreshing early), a stale serve (refreshing behind it), or a
+/// load.
+fn judge(
+    core: &Arc<Core>,
+    key: &Key,
+    entry: Option<Entry>,
+    has_loader: bool,
+    near_sequence: Option<u64>,
+) -> Verdict {
+    let Some(entry) = entry else {
+        return Verdict::Load(None);
+    };
+    let policy = core.policies.for_key(key);
+    match entry.stale_for() {
+        None => {
+            if has_loader && xfetch_says_refresh(&entry, policy.xfetch_beta) {
+                refresh_in_background(core.clone(), key.clone());
+            }
+            if let (Some(near), Some(sequence), Some(cap)) =
+                (&core.near, near_sequence, policy.near_cache_ttl)
+            {
+                near.insert(key, &entry, cap, sequence);
+            }
+            Verdict::Answer(Lookup::found_or_negative(&entry, Source::Hit))
+        }
+        Some(stale)
+            if has_loader && entry.value.is_some() && stale <= policy.stale_while_revalidate =>
+        {
+            refresh_in_background(core.clone(), key.clone());
+            Verdict::Answer(Lookup::from_entry(&entry, Source::Stale))
+        }
+        Some(_) => Verdict::Load(Some(entry)),
+    }
+}
+
+/// Loads keys that share one loader: one key through its flight, several through one batch call (which needs
+/// leases to be safe).
+async fn load_group(core: Arc<Core>, keys: Vec<(Key, Option<Entry>)>) -> Result<Vec<Lookup>> {
+    if keys.len() == 1 || !core.read_through.leases {
+        let flights = keys
+            .into_iter()
+            .map(|(key, stale)| load_one(core.clone(), key, stale));
+        return futures::future::try_join_all(flights).await;
+    }
+    load_batch(core, keys).await
+}

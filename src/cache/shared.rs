@@ -1,0 +1,145 @@
+//! What every coordinator operation shares: the store, the loaders, the policies and limits, the flights in this
+//! replica, the near-cache, the counters, and the envelope's way in and out of the store (sealing when a policy
+//! says `encrypt`). Held behind an `Arc` so background loads can own it; the operations themselves live in their
+//! own files and take it as an argument.
+
+use super::encryption::Keyring;
+use super::entry::Entry;
+use super::near::NearCache;
+use super::policy::Policies;
+use super::sensitive::SensitiveData;
+use super::singleflight::Flights;
+use super::stats::Stats;
+use super::types::Source;
+use crate::config::{Config, InvalidationConfig, LimitsConfig, ReadThroughConfig};
+use crate::keys::Key;
+use crate::loader::Loaders;
+use crate::store::Store;
+use crate::{Error, Result};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything the coordinator's operations share.
+pub(super) struct Core {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) loaders: Loaders,
+    pub(super) policies: Policies,
+    pub(super) limits: LimitsConfig,
+    pub(super) invalidation: InvalidationConfig,
+    pub(super) read_through: ReadThroughConfig,
+    pub(super) flights: Flights,
+    /// The near-cache, when `near_cache.max_bytes` is set.
+    pub(super) near: Option<Arc<NearCache>>,
+    pub(super) stats: Stats,
+    pub(super) sensitive: SensitiveData,
+    /// Keys for `encrypt = true` entities, when configured.
+    keyring: Option<Keyring>,
+}
+
+impl Core {
+    /// The shared state of a coordinator over `store` and `loaders`, configured by `config`.
+    pub(super) fn new(store: Arc<dyn Store>, loaders: Loaders, config: &Config) -> Result<Core> {
+        let keyring = match (&config.encryption.keys_dir, &config.encryption.active_key) {
+            (Some(dir), Some(active)) => {
+                Some(Keyring::from_dir(dir, active).map_err(|e| Error::Backend {
+                    source: format!("encryption keys: {e:#}").into(),
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Core {
+            store,
+            loaders,
+            policies: Policies::from_config(config)?,
+            limits: config.limits.clone(),
+            invalidation: config.invalidation.clone(),
+            read_through: config.read_through.clone(),
+            flights: Flights::default(),
+            near: (config.near_cache.max_bytes > 0)
+                .then(|| Arc::new(NearCache::new(&config.near_cache))),
+            stats: Stats::default(),
+            sensitive: SensitiveData::new(&config.sensitive_data.deny),
+            keyring,
+        })
+    }
+
+    /// The bytes to store for `entry` under `key`: sealed when the key's policy says `encrypt`.
+    pub(super) fn encode(&self, key: &Key, mut entry: Entry) -> Bytes {
+        if let (true, Some(keyring), Some(value)) = (
+            self.policies.for_key(key).encrypt,
+            &self.keyring,
+            &entry.value,
+        ) {
+            entry.value = Some(keyring.seal(key.as_str(), value));
+            entry.sealed = true;
+        }
+        entry.encode()
+    }
+
+    /// The entry stored under `key`, opened if sealed; `None` for bytes that are not an entry or do not open
+    /// (a retired key, tampering), which then read as a miss.
+    pub(super) fn decode(&self, key: &Key, stored: Bytes) -> Option<Entry> {
+        let mut entry = Entry::decode(stored)?;
+        if !entry.sealed && entry.value.is_some() && self.policies.for_key(key).encrypt {
+            // Plaintext where only ciphertext is written: planted, or from before `encrypt` was turned on.
+            metrics::counter!("cachecoord_undecryptable_entries_total").increment(1);
+            return None;
+        }
+        if entry.sealed {
+            let opened = self
+                .keyring
+                .as_ref()
+                .and_then(|keyring| keyring.open(key.as_str(), entry.value.as_deref()?));
+            if opened.is_none() {
+                tracing::warn!(entity = %self.policies.for_key(key).name, "entry does not decrypt; read as a miss");
+                metrics::counter!("cachecoord_undecryptable_entries_total").increment(1);
+                return None;
+            }
+            entry.value = opened;
+            entry.sealed = false;
+        }
+        Some(entry)
+    }
+
+    /// The decoded entry in `stored` if it is still fresh.
+    pub(super) fn fresh(&self, key: &Key, stored: Option<Bytes>) -> Option<Entry> {
+        stored
+            .and_then(|b| self.decode(key, b))
+            .filter(|entry| entry.stale_for().is_none())
+    }
+
+    /// The key's entry if the store holds a fresh one (errors count as none).
+    pub(super) async fn fresh_entry(&self, key: &Key) -> Option<Entry> {
+        let mut stored = self.store.get_many(std::slice::from_ref(key)).await.ok()?;
+        self.fresh(key, stored.pop().flatten())
+    }
+
+    /// How long a lease holds before a waiter may take it over.
+    pub(super) fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.read_through.lease_ttl_ms)
+    }
+
+    /// Counts one answer under the entity (policy) of `key`.
+    pub(super) fn count(&self, key: &Key, source: Source) {
+        self.stats.record(&self.policies.for_key(key).name, source);
+    }
+
+    pub(super) fn parse_key(&self, raw: &str) -> Result<Key> {
+        Key::parse(raw, self.limits.max_key_bytes)
+    }
+
+    pub(super) fn check_batch(&self, what: &'static str, count: usize) -> Result<()> {
+        if count == 0 {
+            return Err(Error::EmptyRequest { what });
+        }
+        if count > self.limits.max_batch_keys {
+            return Err(Error::BatchTooLarge {
+                what,
+                count,
+                max: self.limits.max_batch_keys,
+            });
+        }
+        Ok(())
+    }
+}
