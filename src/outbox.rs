@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 
 /// The outbox schema, table and trigger function.
-pub const MIGRATION: &str = include_str!("../../migrations/001_outbox.sql");
+pub const MIGRATION: &str = include_str!("../migrations/001_outbox.sql");
 const CHANNEL: &str = "cachecoord_outbox";
 
 fn postgres_error(e: tokio_postgres::Error) -> Error {

@@ -2,7 +2,7 @@
 //! holder's fill), load, fill; load again when an invalidation voids the fill.
 //!
 //! - Only the lease holder loads; other replicas wait for the fill, woken by the store's lease events (pub/sub on
-//!   Redis) with a short safety poll. A waiter that has waited `lease_wait_ms` loads for itself and serves the
+//!   Redis) with a short safety poll. A waiter that has waited `lease_wait` loads for itself and serves the
 //!   value without caching it (availability over strictness, and the holder still owns the fill).
 //! - A voided fill means a Set or an invalidation came after the load started. A Set's value is newer: it is
 //!   served. Otherwise the flight loads again (up to `max_voided_retries`), so its waiters get a value at least
@@ -21,7 +21,7 @@ use crate::store::StoreWrite;
 use crate::{Error, Result};
 use futures::FutureExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
@@ -89,7 +89,7 @@ impl KeyFlight {
     async fn leased(&self, stale: Option<Entry>) -> SharedResult {
         let core = &self.core;
         let lease_ttl = core.lease_ttl();
-        let deadline = Instant::now() + Duration::from_millis(core.read_through.lease_wait_ms);
+        let deadline = Instant::now() + core.read_through.lease_wait;
         // Subscribe before the first look at the lease, so a fill between the two cannot be missed.
         let mut events = core.store.lease_events();
         let mut voided = 0;
@@ -170,7 +170,7 @@ impl KeyFlight {
         deadline: Instant,
     ) -> Waited {
         metrics::counter!("cachecoord_lease_waits_total").increment(1);
-        let poll = Duration::from_millis(self.core.read_through.lease_poll_ms);
+        let poll = self.core.read_through.lease_poll;
         let wake = Instant::now() + poll;
         loop {
             tokio::select! {

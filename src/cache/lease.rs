@@ -4,7 +4,7 @@
 //! A lease makes a load safe across replicas: only its holder loads (`SET NX PX` with a random token), and its fill
 //! lands only if the token still holds the lease. Every Set and Invalidate voids the lease, so a load that raced an
 //! update loses its right to write and can never put the old value back. A holder that dies leaves a lease that
-//! expires after `lease_ttl_ms`; a waiter then takes it.
+//! expires after `lease_ttl`; a waiter then takes it.
 
 use crate::Result;
 use crate::keys::Key;

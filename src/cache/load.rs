@@ -60,8 +60,8 @@ pub(super) fn entry_for(
     let ttl = match (found, loaded.ttl) {
         (false, _) => policy.negative_ttl,
         (true, Some(ttl)) => ttl.clamp(
-            Duration::from_millis(core.limits.min_ttl_ms),
-            Duration::from_secs(core.limits.max_ttl_secs),
+            core.limits.min_ttl,
+            core.limits.max_ttl,
         ),
         (true, None) => core.policies.jittered(policy.ttl),
     };

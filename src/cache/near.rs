@@ -5,7 +5,7 @@
 //! replica applies to its near-cache, so after an invalidation returns, other replicas stop serving the old value
 //! within the pub/sub delay (measured in `tests/near_cache.rs`). A replica that may have missed notices serves
 //! nothing from its near-cache: when the store says the subscription was lost, or when its own heartbeat has not
-//! come back within `deaf_after_ms`, it turns deaf; it hears again only after flushing and receiving a heartbeat
+//! come back within `deaf_after`, it turns deaf; it hears again only after flushing and receiving a heartbeat
 //! sent after the flush.
 //!
 //! A read that raced a notice must not put the old value back: each notice bumps a sequence number, and a value
@@ -64,7 +64,7 @@ pub(crate) struct NearCache {
     heard_at_ms: AtomicU64,
     /// Next heartbeat sequence number.
     beat: AtomicU64,
-    deaf_after_ms: u64,
+    deaf_after: Duration,
     heartbeat: Duration,
 }
 
@@ -87,16 +87,17 @@ impl NearCache {
             flushed_at_beat: AtomicU64::new(0),
             heard_at_ms: AtomicU64::new(0),
             beat: AtomicU64::new(1),
-            deaf_after_ms: config.deaf_after_ms,
-            heartbeat: Duration::from_millis(config.heartbeat_ms),
+            deaf_after: config.deaf_after,
+            heartbeat: config.heartbeat,
         }
     }
 
     /// Whether the near-cache may answer: not deaf, and our own heartbeat came back recently.
     pub(crate) fn hearing(&self) -> bool {
         !self.deaf.load(Ordering::Acquire)
-            && now_ms().saturating_sub(self.heard_at_ms.load(Ordering::Acquire))
-                < self.deaf_after_ms
+            && Duration::from_millis(
+                now_ms().saturating_sub(self.heard_at_ms.load(Ordering::Acquire)),
+            ) < self.deaf_after
     }
 
     /// The entry held for `key`, if the near-cache may answer and it is still fresh.

@@ -56,19 +56,16 @@ impl Policies {
             .policies
             .iter()
             .map(|rule| {
-                let secs =
-                    |over: Option<u64>, default: u64| Duration::from_secs(over.unwrap_or(default));
                 Ok(Policy {
                     name: rule.name.clone(),
-                    ttl: Duration::from_secs(rule.ttl_secs),
-                    negative_ttl: secs(rule.negative_ttl_secs, defaults.negative_ttl_secs),
-                    stale_while_revalidate: secs(
-                        rule.stale_while_revalidate_secs,
-                        defaults.stale_while_revalidate_secs,
-                    ),
-                    stale_if_error: secs(rule.stale_if_error_secs, defaults.stale_if_error_secs),
+                    ttl: rule.ttl,
+                    negative_ttl: rule.negative_ttl.unwrap_or(defaults.negative_ttl),
+                    stale_while_revalidate: rule
+                        .stale_while_revalidate
+                        .unwrap_or(defaults.stale_while_revalidate),
+                    stale_if_error: rule.stale_if_error.unwrap_or(defaults.stale_if_error),
                     xfetch_beta: rule.xfetch_beta.unwrap_or(defaults.xfetch_beta),
-                    near_cache_ttl: rule.near_cache_ttl_secs.map(Duration::from_secs),
+                    near_cache_ttl: rule.near_cache_ttl,
                     sensitive: rule.sensitive,
                     encrypt: rule.encrypt,
                     pattern: Some(Pattern::parse(
@@ -83,10 +80,10 @@ impl Policies {
             rules,
             default: Policy {
                 name: "default".into(),
-                ttl: Duration::from_secs(defaults.ttl_secs),
-                negative_ttl: Duration::from_secs(defaults.negative_ttl_secs),
-                stale_while_revalidate: Duration::from_secs(defaults.stale_while_revalidate_secs),
-                stale_if_error: Duration::from_secs(defaults.stale_if_error_secs),
+                ttl: defaults.ttl,
+                negative_ttl: defaults.negative_ttl,
+                stale_while_revalidate: defaults.stale_while_revalidate,
+                stale_if_error: defaults.stale_if_error,
                 xfetch_beta: defaults.xfetch_beta,
                 near_cache_ttl: None,
                 sensitive: false,
@@ -94,8 +91,8 @@ impl Policies {
                 pattern: None,
             },
             jitter_ratio: config.policy_defaults.jitter_ratio,
-            min_ttl: Duration::from_millis(config.limits.min_ttl_ms),
-            max_ttl: Duration::from_secs(config.limits.max_ttl_secs),
+            min_ttl: config.limits.min_ttl,
+            max_ttl: config.limits.max_ttl,
         })
     }
 

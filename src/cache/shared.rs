@@ -117,7 +117,7 @@ impl Core {
 
     /// How long a lease holds before a waiter may take it over.
     pub(super) fn lease_ttl(&self) -> Duration {
-        Duration::from_millis(self.read_through.lease_ttl_ms)
+        self.read_through.lease_ttl
     }
 
     /// Counts one answer under the entity (policy) of `key`.
