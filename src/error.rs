@@ -175,3 +175,44 @@ pub enum Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why cachecoord cannot start: a setting or file it cannot use, or a backend it cannot reach at start-up.
+/// Distinct from [`Error`], which is what a running call can meet and what callers see as a status: a start-up
+/// failure is an operator's problem, reported once, and never reaches a caller.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+
+    /// A file or setting the configuration names cannot be used (TLS files, encryption keys, the tokens file,
+    /// a loader route).
+    #[error("cannot use {what}: {source}")]
+    Unusable {
+        /// What was being set up, e.g. "encryption keys".
+        what: &'static str,
+        /// Why it cannot be used.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A backend did not answer at start-up.
+    #[error("cannot reach {what} at start-up: {source}")]
+    Unreachable {
+        /// The backend, e.g. "Redis".
+        what: &'static str,
+        /// The backend's own error.
+        #[source]
+        source: Error,
+    },
+}
+
+impl StartupError {
+    /// A [`StartupError::Unusable`] for `what`, from any error.
+    pub fn unusable(what: &'static str, source: impl Into<BoxError>) -> StartupError {
+        StartupError::Unusable {
+            what,
+            source: source.into(),
+        }
+    }
+}

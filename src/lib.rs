@@ -34,7 +34,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, StartupError};
 
 /// Code generated from `proto/cachecoord/v1/*.proto`, server and client.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

@@ -9,7 +9,7 @@
 
 use crate::cache::Coordinator;
 use crate::config::{Config, OutboxTable};
-use crate::{Error, Result};
+use crate::{Error, Result, StartupError};
 use futures::StreamExt;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -37,22 +37,22 @@ fn connector(config: &Config) -> Result<tokio_postgres_rustls::MakeRustlsConnect
 }
 
 /// Applies the migration and (re)creates the capture trigger on every configured table.
-pub async fn migrate(config: &Config) -> Result<()> {
+pub async fn migrate(config: &Config) -> Result<(), StartupError> {
     let url = config
         .postgres
         .url
         .as_deref()
-        .ok_or_else(|| Error::BackendUnavailable {
-            source: "postgres.url is not set".into(),
-        })?;
-    let (client, connection) = tokio_postgres::connect(url, connector(config)?)
+        .ok_or_else(|| StartupError::unusable("postgres.url", "it is not set"))?;
+    let unreachable = |e| StartupError::Unreachable {
+        what: "Postgres",
+        source: postgres_error(e),
+    };
+    let connector = connector(config).map_err(|e| StartupError::unusable("Postgres TLS", e))?;
+    let (client, connection) = tokio_postgres::connect(url, connector)
         .await
-        .map_err(postgres_error)?;
+        .map_err(unreachable)?;
     tokio::spawn(connection);
-    client
-        .batch_execute(MIGRATION)
-        .await
-        .map_err(postgres_error)?;
+    client.batch_execute(MIGRATION).await.map_err(unreachable)?;
     for table in &config.outbox.tables {
         // Identifiers are validated as plain names in Config::validate.
         let sql = format!(
@@ -60,7 +60,7 @@ pub async fn migrate(config: &Config) -> Result<()> {
              FOR EACH ROW EXECUTE FUNCTION cachecoord.capture('{}')",
             table.table, table.id_column
         );
-        client.batch_execute(&sql).await.map_err(postgres_error)?;
+        client.batch_execute(&sql).await.map_err(unreachable)?;
         tracing::info!(table = %table.table, "outbox trigger installed");
     }
     Ok(())

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::loader::Loaders;
 use crate::outbox;
 use crate::proto::cache_service_server::CacheServiceServer;
-use crate::{proto, store};
+use crate::{StartupError, proto, store};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,15 +20,12 @@ use tonic_health::ServingStatus;
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The store or a loader could not be set up (e.g. Redis unreachable at start-up).
+    /// A setting, a file or a backend could not be used at start-up.
     #[error("cannot start: {0}")]
-    Store(#[source] crate::Error),
+    Startup(#[from] StartupError),
     /// The reflection service could not be built from the embedded descriptors.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[source] tonic_reflection::server::Error),
-    /// The tokens file or the TLS files could not be used.
-    #[error("cannot start: {0:#}")]
-    Security(#[source] anyhow::Error),
     /// The transport failed while serving.
     #[error("gRPC transport failed: {0}")]
     Transport(#[source] tonic::transport::Error),
@@ -40,10 +37,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let store = store::open(&config.store).await.map_err(ServerError::Store)?;
-    let loaders = Loaders::from_config(&config).map_err(ServerError::Store)?;
-    let coordinator =
-        Arc::new(Coordinator::new(store, loaders, &config).map_err(ServerError::Store)?);
+    let store = store::open(&config.store).await?;
+    let loaders = Loaders::from_config(&config)?;
+    let coordinator = Arc::new(Coordinator::new(store, loaders, &config)?);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServiceServer<CacheApi>>().await;
@@ -54,7 +50,8 @@ pub async fn serve(
         .map_err(ServerError::Reflection)?;
 
     let auth = Arc::new(match (&config.auth.enabled, &config.auth.tokens_file) {
-        (true, Some(file)) => Authenticator::from_file(file).map_err(ServerError::Security)?,
+        (true, Some(file)) => Authenticator::from_file(file)
+            .map_err(|e| StartupError::unusable("the tokens file", e))?,
         _ => Authenticator::disabled(),
     });
     let api = CacheApi::new(
@@ -129,10 +126,12 @@ pub async fn serve(
         }));
     }
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = crate::tls::grpc_server(&config.tls).map_err(ServerError::Security)? {
+    if let Some(tls) = crate::tls::grpc_server(&config.tls)
+        .map_err(|e| StartupError::unusable("the TLS files", e))?
+    {
         builder = builder
             .tls_config(tls)
-            .map_err(|e| ServerError::Security(e.into()))?;
+            .map_err(|e| StartupError::unusable("the TLS files", e))?;
     }
     let serving = builder
         .add_service(health_service)

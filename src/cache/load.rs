@@ -59,10 +59,7 @@ pub(super) fn entry_for(
     let found = loaded.value.is_some();
     let ttl = match (found, loaded.ttl) {
         (false, _) => policy.negative_ttl,
-        (true, Some(ttl)) => ttl.clamp(
-            core.limits.min_ttl,
-            core.limits.max_ttl,
-        ),
+        (true, Some(ttl)) => ttl.clamp(core.limits.min_ttl, core.limits.max_ttl),
         (true, None) => core.policies.jittered(policy.ttl),
     };
     let mut entry = Entry::fresh_for(loaded.value, ttl);

@@ -49,10 +49,10 @@ pub use policy::{Policies, Policy};
 pub use stats::EntityStats;
 pub use types::{BatchSetOutcome, Lookup, ReadOptions, SetCommand, Source};
 
-use crate::Result;
 use crate::config::Config;
 use crate::loader::Loaders;
 use crate::store::Store;
+use crate::{Result, StartupError};
 use shared::Core;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +65,11 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// A coordinator over `store` and `loaders`, configured by `config`.
-    pub fn new(store: Arc<dyn Store>, loaders: Loaders, config: &Config) -> Result<Coordinator> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        loaders: Loaders,
+        config: &Config,
+    ) -> Result<Coordinator, StartupError> {
         Ok(Coordinator {
             core: Arc::new(Core::new(store, loaders, config)?),
         })

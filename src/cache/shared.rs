@@ -15,7 +15,7 @@ use crate::config::{Config, InvalidationConfig, LimitsConfig, ReadThroughConfig}
 use crate::keys::Key;
 use crate::loader::Loaders;
 use crate::store::Store;
-use crate::{Error, Result};
+use crate::{Error, Result, StartupError};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,19 +39,23 @@ pub(super) struct Core {
 
 impl Core {
     /// The shared state of a coordinator over `store` and `loaders`, configured by `config`.
-    pub(super) fn new(store: Arc<dyn Store>, loaders: Loaders, config: &Config) -> Result<Core> {
+    pub(super) fn new(
+        store: Arc<dyn Store>,
+        loaders: Loaders,
+        config: &Config,
+    ) -> Result<Core, StartupError> {
         let keyring = match (&config.encryption.keys_dir, &config.encryption.active_key) {
-            (Some(dir), Some(active)) => {
-                Some(Keyring::from_dir(dir, active).map_err(|e| Error::Backend {
-                    source: format!("encryption keys: {e:#}").into(),
-                })?)
-            }
+            (Some(dir), Some(active)) => Some(
+                Keyring::from_dir(dir, active)
+                    .map_err(|e| StartupError::unusable("encryption keys", e))?,
+            ),
             _ => None,
         };
         Ok(Core {
             store,
             loaders,
-            policies: Policies::from_config(config)?,
+            policies: Policies::from_config(config)
+                .map_err(|e| StartupError::unusable("policies", e))?,
             limits: config.limits.clone(),
             invalidation: config.invalidation.clone(),
             read_through: config.read_through.clone(),

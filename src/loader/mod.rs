@@ -11,7 +11,7 @@ pub use postgres::PostgresLoader;
 use crate::breaker::Breaker;
 use crate::config::{Config, LoaderKind};
 use crate::keys::{Key, Pattern};
-use crate::{Error, Result};
+use crate::{Error, Result, StartupError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -54,13 +54,17 @@ pub struct Loaders {
 impl Loaders {
     /// Builds every configured loader. Connections are made lazily, so a loader that is down at start-up does
     /// not keep cachecoord from serving cached keys.
-    pub fn from_config(config: &Config) -> Result<Loaders> {
+    pub fn from_config(config: &Config) -> Result<Loaders, StartupError> {
         let mut routes: Vec<(Pattern, Arc<dyn Loader>)> = Vec::new();
+        let unusable = |e: Error| StartupError::unusable("loader route", e);
         for route in &config.loaders {
-            let pattern = Pattern::parse(&route.pattern, config.limits.max_key_bytes, true)?;
+            let pattern = Pattern::parse(&route.pattern, config.limits.max_key_bytes, true)
+                .map_err(unusable)?;
             let loader: Arc<dyn Loader> = match route.kind {
-                LoaderKind::Grpc => Arc::new(GrpcLoader::new(route)?),
-                LoaderKind::Postgres => Arc::new(PostgresLoader::new(route, &config.postgres)?),
+                LoaderKind::Grpc => Arc::new(GrpcLoader::new(route).map_err(unusable)?),
+                LoaderKind::Postgres => {
+                    Arc::new(PostgresLoader::new(route, &config.postgres).map_err(unusable)?)
+                }
             };
             let metered = Metered {
                 route: route.pattern.clone(),

@@ -19,9 +19,9 @@ pub use memory::MemoryStore;
 pub use metered::MeteredStore;
 pub use redis::RedisStore;
 
-use crate::Result;
 use crate::config::StoreConfig;
 use crate::keys::{Key, Pattern};
+use crate::{Result, StartupError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -107,9 +107,14 @@ pub trait Store: Send + Sync {
 
 /// Opens the store `[store]` asks for: Redis when `redis_url` is set, the embedded store otherwise;
 /// either way observed by [`MeteredStore`].
-pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>> {
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StartupError> {
     let backend: Arc<dyn Store> = match &config.redis_url {
-        Some(_) => Arc::new(RedisStore::connect(config).await?),
+        Some(_) => Arc::new(RedisStore::connect(config).await.map_err(|source| {
+            StartupError::Unreachable {
+                what: "Redis",
+                source,
+            }
+        })?),
         None => Arc::new(MemoryStore::new(config.memory_max_bytes)),
     };
     Ok(Arc::new(MeteredStore::new(backend)))

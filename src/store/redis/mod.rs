@@ -34,10 +34,10 @@ mod scripts;
 mod settings;
 mod slot_map;
 
-use crate::{Error, Result};
 use crate::config::StoreConfig;
 use crate::keys::{Key, Pattern};
 use crate::store::{Heard, LeaseToken, Notice, Store, StoreWrite};
+use crate::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::ClientLike;
