@@ -176,6 +176,11 @@ pub enum Error {
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A configuration that cannot be used, with the reason (built by `config`, which checks every section).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub(crate) String);
+
 /// Why cachecoord cannot start: a setting or file it cannot use, or a backend it cannot reach at start-up.
 /// Distinct from [`Error`], which is what a running call can meet and what callers see as a status: a start-up
 /// failure is an operator's problem, reported once, and never reaches a caller.
@@ -183,7 +188,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum StartupError {
     /// The configuration cannot be used.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ConfigError),
 
     /// A file or setting the configuration names cannot be used (TLS files, encryption keys, the tokens file,
     /// a loader route).

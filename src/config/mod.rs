@@ -100,10 +100,7 @@ impl Default for Config {
     }
 }
 
-/// A configuration that cannot be used, with the reason.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(String);
+pub use crate::error::ConfigError;
 
 impl ConfigError {
     fn fail<T>(reason: impl Into<String>) -> Result<T, ConfigError> {
