@@ -181,6 +181,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub(crate) String);
 
+impl ConfigError {
+    /// Refuses a configuration for `reason`.
+    pub(crate) fn fail<T>(reason: impl Into<String>) -> std::result::Result<T, ConfigError> {
+        Err(ConfigError(reason.into()))
+    }
+}
+
 /// Why cachecoord cannot start: a setting or file it cannot use, or a backend it cannot reach at start-up.
 /// Distinct from [`Error`], which is what a running call can meet and what callers see as a status: a start-up
 /// failure is an operator's problem, reported once, and never reaches a caller.

@@ -1,8 +1,8 @@
 //! The coordinator's sections: read-through loading, policies and their defaults, pattern rules, the
 //! near-cache, the never-cache rule and encryption at rest.
 
-use super::ConfigError;
 use super::duration::{millis, opt_secs, secs};
+use crate::error::ConfigError;
 use crate::keys::Pattern;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

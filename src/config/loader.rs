@@ -1,8 +1,8 @@
 //! The sections of the database side: loader routes, the built-in Postgres loader's pool, and the Postgres
 //! outbox that turns committed row changes into invalidations.
 
-use super::ConfigError;
 use super::duration::millis;
+use crate::error::ConfigError;
 use crate::keys::{Key, Pattern};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

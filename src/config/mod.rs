@@ -102,12 +102,6 @@ impl Default for Config {
 
 pub use crate::error::ConfigError;
 
-impl ConfigError {
-    fn fail<T>(reason: impl Into<String>) -> Result<T, ConfigError> {
-        Err(ConfigError(reason.into()))
-    }
-}
-
 impl Config {
     /// Builds the configuration from defaults, the file, the environment and `cli`, then validates it.
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {

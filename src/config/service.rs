@@ -1,7 +1,7 @@
 //! The sections that shape the gRPC service itself: input limits, authentication, TLS, telemetry and shutdown.
 
-use super::ConfigError;
 use super::duration::millis;
+use crate::error::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! `[store]`: which store holds entries, and how cachecoord talks to Redis.
 
-use super::ConfigError;
 use super::duration::millis;
+use crate::error::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;

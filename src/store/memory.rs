@@ -3,7 +3,7 @@
 //! and fill leases — on a moka cache. One mutex orders every lease-sensitive step (write, fill, delete), which is
 //! what Redis's single-threaded scripts give the Redis store.
 
-use super::{Heard, LeaseToken, Notice, Store, StoreWrite};
+use super::contract::{Heard, LeaseToken, Notice, Store, StoreWrite};
 use crate::Result;
 use crate::keys::{Key, Pattern};
 use async_trait::async_trait;

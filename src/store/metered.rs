@@ -1,7 +1,7 @@
 //! A store decorator that times every call and counts failures, for the `cachecoord_store_*` metrics and the
 //! tracing spans of store calls. It wraps whichever backend is configured, so both are observed the same way.
 
-use super::{Heard, LeaseToken, Notice, Store, StoreWrite};
+use super::contract::{Heard, LeaseToken, Notice, Store, StoreWrite};
 use crate::keys::{Key, Pattern};
 use crate::{Error, Result};
 use async_trait::async_trait;

@@ -11,99 +11,19 @@
 //! Every write and invalidation of a key voids its lease, so a load that raced an update can never write the old
 //! value back. Fills and released leases are announced on [`Store::lease_events`], on every replica.
 
+mod contract;
 mod memory;
 mod metered;
 mod redis;
 
+pub use contract::{Heard, LeaseToken, Notice, Store, StoreWrite};
 pub use memory::MemoryStore;
 pub use metered::MeteredStore;
 pub use redis::RedisStore;
 
+use crate::StartupError;
 use crate::config::StoreConfig;
-use crate::keys::{Key, Pattern};
-use crate::{Result, StartupError};
-use async_trait::async_trait;
-use bytes::Bytes;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::broadcast;
-
-/// One write: the value and how long the store keeps it.
-#[derive(Clone, Debug)]
-pub struct StoreWrite {
-    /// Key to write.
-    pub key: Key,
-    /// Bytes to store (an encoded entry).
-    pub value: Bytes,
-    /// Physical time to live: the store forgets the entry after it.
-    pub ttl: Duration,
-    /// When set, the write is refused if the stored entry carries a higher version. The store keeps the version
-    /// of every write beside its bytes (0 when none), so it never reads the bytes to compare.
-    pub version: Option<u64>,
-}
-
-/// A random token naming one holder of one lease.
-pub type LeaseToken = u64;
-
-/// What one replica tells every replica's near-cache (its own included).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Notice {
-    /// These keys changed or were deleted.
-    Keys(Vec<String>),
-    /// Every key matching this pattern was deleted.
-    Pattern(String),
-    /// A replica's liveness probe of its own subscription: (replica id, sequence number).
-    Heartbeat(u64, u64),
-}
-
-/// What a replica hears on the notice channel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Heard {
-    /// A notice from some replica.
-    Notice(Notice),
-    /// The subscription was lost: notices may have been missed until it is back.
-    Lost,
-}
-
-/// The operations the coordinator needs from a backend.
-#[async_trait]
-pub trait Store: Send + Sync {
-    /// Reads `keys`; one answer per key, in order, `None` for a missing or expired key.
-    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Bytes>>>;
-
-    /// Writes every entry and voids its lease; answers, per write, whether it was applied (a versioned write
-    /// older than the stored entry is not). Not atomic across keys: on error some entries may have been written.
-    async fn set_many(&self, writes: &[StoreWrite]) -> Result<Vec<bool>>;
-
-    /// Deletes `keys` (distinct) and voids their leases; answers how many keys existed.
-    async fn delete_many(&self, keys: &[Key]) -> Result<u64>;
-
-    /// Voids the leases of, then deletes, every key matching `pattern`, without blocking the backend; answers how
-    /// many keys were deleted.
-    async fn delete_matching(&self, pattern: &Pattern) -> Result<u64>;
-
-    /// Takes `key`'s lease for `ttl` unless someone holds it; answers whether this caller now holds it.
-    async fn try_lease(&self, key: &Key, token: LeaseToken, ttl: Duration) -> Result<bool>;
-
-    /// Writes `write` only while `token` still holds its key's lease, releases the lease and announces the fill;
-    /// answers false (and writes nothing) when the lease was voided or expired.
-    async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<bool>;
-
-    /// Gives up `key`'s lease if `token` still holds it (a failed load), and announces it so waiters retry.
-    async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<()>;
-
-    /// Keys whose lease was just filled or released, on any replica. Lossy under overload: waiters also poll.
-    fn lease_events(&self) -> broadcast::Receiver<Arc<str>>;
-
-    /// Sends `notice` to every replica's near-cache.
-    async fn publish(&self, notice: &Notice) -> Result<()>;
-
-    /// Notices from every replica, and word when the subscription is lost.
-    fn notices(&self) -> broadcast::Receiver<Heard>;
-
-    /// Checks that the backend answers.
-    async fn ping(&self) -> Result<()>;
-}
 
 /// Opens the store `[store]` asks for: Redis when `redis_url` is set, the embedded store otherwise;
 /// either way observed by [`MeteredStore`].

@@ -36,7 +36,7 @@ mod slot_map;
 
 use crate::config::StoreConfig;
 use crate::keys::{Key, Pattern};
-use crate::store::{Heard, LeaseToken, Notice, Store, StoreWrite};
+use crate::store::contract::{Heard, LeaseToken, Notice, Store, StoreWrite};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;

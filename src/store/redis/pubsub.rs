@@ -7,7 +7,7 @@
 
 use super::errors::backend_error;
 use super::nodes::Nodes;
-use crate::store::{Heard, Notice};
+use crate::store::contract::{Heard, Notice};
 use crate::{Error, Result};
 use fred::clients::SubscriberClient;
 use fred::prelude::{

@@ -6,7 +6,7 @@
 use super::layout;
 use super::record;
 use crate::keys::Key;
-use crate::store::{LeaseToken, StoreWrite};
+use crate::store::contract::{LeaseToken, StoreWrite};
 use fred::clients::Client;
 use fred::prelude::Error as FredError;
 use fred::types::scripts::Script;
