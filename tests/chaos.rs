@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::Client;
 use support::cluster::RedisCluster;
 use support::loader::TestLoader;
 use support::process::ServerProcess;
@@ -30,8 +31,6 @@ const KEYS: usize = 2000;
 const WORKERS: usize = 24;
 /// Above the longest promised wait: a lease wait (1.5 s) plus one load (1 s loader timeout).
 const CALL_DEADLINE: Duration = Duration::from_secs(3);
-
-type Client = CacheServiceClient<Channel>;
 
 fn key(i: usize) -> String {
     format!("item:{i}")

@@ -3,15 +3,11 @@
 
 mod support;
 
-use cachecoord::proto::cache_service_client::CacheServiceClient;
 use cachecoord::proto::{BatchGetRequest, BatchSetRequest, InvalidatePatternRequest, SetRequest};
 use fred::prelude::{Builder, ClientLike, Config as FredConfig, KeysInterface};
 use std::time::{Duration, Instant};
 use support::cluster::{RedisCluster, redis_cli};
-use support::{Backend, TestServer};
-use tonic::transport::Channel;
-
-type Client = CacheServiceClient<Channel>;
+use support::{Client, TestServer, config_on};
 
 fn entry(key: String, value: &[u8]) -> SetRequest {
     SetRequest {
@@ -75,15 +71,12 @@ fn dbsize(cluster: &RedisCluster) -> u64 {
 /// in a 10,000-key one; the cross-group SCAN path, for contrast, grows with the keyspace. Prints both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pattern_invalidation_cost_follows_matches_not_keyspace() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let cluster = RedisCluster::start_async(&[]).await;
     let filler = Builder::from_config(FredConfig::from_url(&cluster.url()).unwrap())
         .build()
         .unwrap();
     filler.init().await.unwrap();
-    let mut config = Backend::Embedded.config();
-    config.store.redis_url = Some(cluster.url());
+    let mut config = config_on(&cluster);
     config.store.redis_command_timeout_ms = 30_000;
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
@@ -150,13 +143,10 @@ async fn pattern_invalidation_cost_follows_matches_not_keyspace() {
 /// as eviction would) is dropped whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_matching_key_survives_eviction() {
-    let cluster = tokio::task::spawn_blocking(|| {
-        RedisCluster::start_with(&["--maxmemory", "6mb", "--maxmemory-policy", "allkeys-lru"])
-    })
-    .await
-    .unwrap();
-    let mut config = Backend::Embedded.config();
-    config.store.redis_url = Some(cluster.url());
+    let cluster =
+        RedisCluster::start_async(&["--maxmemory", "6mb", "--maxmemory-policy", "allkeys-lru"])
+            .await;
+    let config = config_on(&cluster);
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
 

@@ -1,5 +1,5 @@
-//! Real redis-server processes: a 3 primary + 3 replica cluster shared by every test in a binary, and standalone
-//! servers for tests that need to kill one.
+//! Real redis-server processes: a 3 primary + 3 replica cluster shared by every test in a binary, clusters of a
+//! test's own (stopped when dropped), and standalone servers for tests that need to kill one.
 
 use super::on_process_exit;
 use super::ports::{free_port, free_port_with_offset};
@@ -24,9 +24,20 @@ impl RedisCluster {
         CLUSTER.get_or_init(RedisCluster::start)
     }
 
-    /// A cluster of this test's own, for tests that kill and restart it.
+    /// A cluster of this test's own, for tests that kill and restart it; stopped when dropped.
     pub fn start() -> RedisCluster {
         RedisCluster::start_with(&[])
+    }
+
+    /// [`RedisCluster::start_with`] on a blocking thread, for async tests (starting takes seconds).
+    pub async fn start_async(extra: &[&str]) -> RedisCluster {
+        let extra: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            RedisCluster::start_with(&extra)
+        })
+        .await
+        .unwrap()
     }
 
     /// A cluster of this test's own whose nodes get `extra` redis-server arguments (e.g. a maxmemory).
@@ -51,6 +62,7 @@ impl RedisCluster {
                 eprintln!("redis-server did not come up on {port}; trying another port");
             }
         }
+        // The watchdog stops the nodes if this process dies before the cluster is dropped (the shared one never is).
         on_process_exit(&stop_script(&pidfiles, &dir));
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let output = Command::new("redis-cli")
@@ -259,21 +271,7 @@ impl StandaloneRedis {
 
     /// Kills the server with SIGKILL and waits until its port refuses connections.
     pub fn kill(&self) {
-        let pid = std::fs::read_to_string(&self.pidfile).unwrap();
-        let status = Command::new("kill")
-            .args(["-9", pid.trim()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "redis on {} did not die",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        kill_node(&self.pidfile, self.port);
     }
 }
 
@@ -350,6 +348,21 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         .output()
         .expect("redis-cli must be installed");
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+impl Drop for RedisCluster {
+    /// Stops a test's own cluster as soon as its test ends, rather than when the whole test binary exits.
+    fn drop(&mut self) {
+        let pidfiles: Vec<PathBuf> = self
+            .ports
+            .iter()
+            .map(|port| self.dir.join(port.to_string()).join("redis.pid"))
+            .collect();
+        let _ = Command::new("sh")
+            .args(["-c", &stop_script(&pidfiles, &self.dir)])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 impl RedisCluster {

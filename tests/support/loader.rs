@@ -187,6 +187,14 @@ impl TestLoader {
             .loaders
             .push(grpc_loader(pattern, &format!("http://{}", self.addr)));
     }
+
+    /// The same route as a `[[loaders]]` table, for configuration files of server processes.
+    pub fn route_toml(&self, pattern: &str) -> String {
+        format!(
+            "[[loaders]]\npattern = \"{pattern}\"\nkind = \"grpc\"\nendpoint = \"http://{}\"\n",
+            self.addr
+        )
+    }
 }
 
 /// A gRPC loader route.

@@ -1,8 +1,8 @@
 //! Test bed shared by the black-box tests: a real Redis Cluster (3 primaries + 3 replicas), a private Postgres and
 //! the real cachecoord server on free loopback ports, reached through the generated tonic client.
 //!
-//! Servers started here live as long as the test process: a small watchdog shell process stops them (and removes
-//! their directories) once the test binary exits, however it exits.
+//! Servers started here live as long as the test process (a test's own cluster stops when it is dropped): a small
+//! watchdog shell process stops them (and removes their directories) once the test binary exits, however it exits.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -20,6 +20,7 @@ macro_rules! on_both_stores {
     };
 }
 
+pub mod calls;
 pub mod cluster;
 pub mod loader;
 pub mod pki;
@@ -29,7 +30,9 @@ pub mod process;
 pub mod server;
 
 #[allow(unused_imports)]
-pub use server::{Backend, TestServer};
+pub use calls::{Client, batch_get, cached, found_value, get, set, set_request};
+#[allow(unused_imports)]
+pub use server::{Backend, TestServer, config_on};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::Code;
@@ -43,16 +46,6 @@ pub fn unique(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// An unversioned Set of `value` under `key` with the policy's TTL.
-pub fn set_request(key: &str, value: &[u8]) -> cachecoord::proto::SetRequest {
-    cachecoord::proto::SetRequest {
-        key: key.into(),
-        value: value.to_vec().into(),
-        ttl: None,
-        version: None,
-    }
 }
 
 /// Asserts `status` has `code` and an ErrorInfo with `reason` in the cachecoord.v1 domain.

@@ -19,15 +19,21 @@ pub enum Backend {
 impl Backend {
     /// A test configuration for this backend: ephemeral port, everything else default.
     pub fn config(self) -> Config {
-        let mut config = Config {
-            listen_addr: "127.0.0.1:0".parse().unwrap(),
-            ..Config::default()
-        };
-        if let Backend::Cluster = self {
-            config.store.redis_url = Some(RedisCluster::shared().url());
+        match self {
+            Backend::Embedded => Config {
+                listen_addr: "127.0.0.1:0".parse().unwrap(),
+                ..Config::default()
+            },
+            Backend::Cluster => config_on(RedisCluster::shared()),
         }
-        config
     }
+}
+
+/// A test configuration on `cluster` (the shared one, or a test's own): ephemeral port, everything else default.
+pub fn config_on(cluster: &RedisCluster) -> Config {
+    let mut config = Backend::Embedded.config();
+    config.store.redis_url = Some(cluster.url());
+    config
 }
 
 /// A running server; it stops when dropped.

@@ -1,12 +1,11 @@
 //! The built-in Postgres loader against a real Postgres: rows fill `user:{id}` and `posts:{id}`, and a BatchGet
 //! with misses of both entities runs one batch query per entity.
 
-mod support;
-
+use crate::support::cluster::RedisCluster;
+use crate::support::postgres::Postgres;
+use crate::support::{TestServer, batch_get, config_on, get};
 use cachecoord::config::{LoaderConfig, LoaderKind};
-use cachecoord::proto::{BatchGetRequest, GetRequest, Source};
-use support::postgres::Postgres;
-use support::{Backend, TestServer};
+use cachecoord::proto::Source;
 
 fn postgres_loader(pattern: &str, query: &str, batch_query: &str) -> LoaderConfig {
     LoaderConfig {
@@ -38,7 +37,9 @@ async fn postgres_rows_fill_misses_one_query_per_entity() {
     .await
     .unwrap();
 
-    let mut config = Backend::Cluster.config();
+    // The keys are fixed (user:7 for row 7), so no other test may share the cluster.
+    let cluster = RedisCluster::start_async(&[]).await;
+    let mut config = config_on(&cluster);
     config.postgres.url = Some(postgres.connection_string());
     config.loaders = vec![
         postgres_loader(
@@ -55,24 +56,10 @@ async fn postgres_rows_fill_misses_one_query_per_entity() {
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
 
-    let user = client
-        .get(GetRequest {
-            key: "user:7".into(),
-            cache_only: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let user = get(&mut client, "user:7").await;
     assert_eq!(user.source(), Source::Loaded);
     assert_eq!(&user.value[..], br#"{"id":7,"name":"user 7"}"#);
-    let again = client
-        .get(GetRequest {
-            key: "user:7".into(),
-            cache_only: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = get(&mut client, "user:7").await;
     assert_eq!(again.source(), Source::Hit);
     assert_eq!(postgres.executions_of("users-one"), 1);
 
@@ -81,15 +68,7 @@ async fn postgres_rows_fill_misses_one_query_per_entity() {
         .collect();
     keys.push("user:999".into());
     keys.push("user:not-a-number".into());
-    let results = client
-        .batch_get(BatchGetRequest {
-            keys: keys.clone(),
-            cache_only: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let results = batch_get(&mut client, &keys).await;
     for (result, key) in results.iter().zip(&keys) {
         let (entity, id) = key.split_once(':').unwrap();
         if id == "999" || id == "not-a-number" {

@@ -2,21 +2,14 @@
 //! and touches nothing (no entry changed, no load started); tenants in different namespaces use the same key
 //! names without seeing or invalidating each other's entries, through every RPC.
 
-#[macro_use]
-mod support;
-
+use crate::support::loader::TestLoader;
+use crate::support::{Backend, Client, TestServer, assert_error, found_value, set_request, unique};
 use cachecoord::auth::hash_token;
-use cachecoord::proto::cache_service_client::CacheServiceClient;
 use cachecoord::proto::{
     BatchGetRequest, BatchSetRequest, GetRequest, InvalidatePatternRequest, InvalidateRequest,
     StatsRequest,
 };
-use support::loader::TestLoader;
-use support::{Backend, TestServer, assert_error, set_request, unique};
-use tonic::transport::Channel;
 use tonic::{Code, Request};
-
-type Client = CacheServiceClient<Channel>;
 
 /// Tokens of the matrix: (secret, name, namespace, read, write, invalidate).
 const TOKENS: &[(&str, &str, &str, &str, &str, &str)] = &[
@@ -73,12 +66,8 @@ async fn get(client: &mut Client, token: &str, key: &str) -> Option<Vec<u8>> {
         key: key.into(),
         cache_only: true,
     };
-    let answer = client
-        .get(as_caller(Some(token), request))
-        .await
-        .unwrap()
-        .into_inner();
-    answer.found.then(|| answer.value.to_vec())
+    let answer = client.get(as_caller(Some(token), request)).await.unwrap();
+    found_value(answer.into_inner())
 }
 
 async fn set(client: &mut Client, token: &str, key: &str, value: &[u8]) {

@@ -1,11 +1,10 @@
 //! A non-Rust loader: the Python LoaderService in examples/python serves a Get end to end, on the cluster.
 
-mod support;
-
+use crate::support::cluster::RedisCluster;
+use crate::support::loader::grpc_loader;
+use crate::support::ports::free_port;
+use crate::support::{TestServer, config_on};
 use cachecoord::proto::{BatchGetRequest, GetRequest, Source};
-use support::loader::grpc_loader;
-use support::ports::free_port;
-use support::{Backend, TestServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -34,7 +33,8 @@ async fn python_loader_fills_misses() {
         "python loader did not start"
     );
 
-    let mut config = Backend::Cluster.config();
+    let cluster = RedisCluster::start_async(&[]).await;
+    let mut config = config_on(&cluster);
     config
         .loaders
         .push(grpc_loader("user:*", &format!("http://127.0.0.1:{port}")));

@@ -1,15 +1,13 @@
 //! What operators watch: per-entity counters and hit ratio on /metrics after a scripted mix of hits, misses,
 //! loads and stale serves for two entities, with the Stats RPC agreeing.
 
-mod support;
-
+use crate::support::cluster::RedisCluster;
+use crate::support::loader::TestLoader;
+use crate::support::process::{ServerProcess, metric};
+use crate::support::{cached, get, unique};
 use cachecoord::proto::cache_service_client::CacheServiceClient;
-use cachecoord::proto::{GetRequest, Source, StatsRequest};
+use cachecoord::proto::{Source, StatsRequest};
 use std::time::Duration;
-use support::cluster::RedisCluster;
-use support::loader::TestLoader;
-use support::process::{ServerProcess, metric};
-use support::unique;
 
 /// Entity `user` gets 2 hits, 1 load and 1 miss; entity `brief` (1 s TTL, 300 s stale-while-revalidate) gets 1
 /// load, 1 hit and 1 stale serve. /metrics and Stats both show exactly that, and the hit ratios 0.5 and 2/3.
@@ -35,18 +33,12 @@ pattern = "user:*"
 ttl_secs = 3600
 xfetch_beta = 0.0
 
-[[loaders]]
-pattern = "user:*"
-kind = "grpc"
-endpoint = "http://{addr}"
-
-[[loaders]]
-pattern = "brief:*"
-kind = "grpc"
-endpoint = "http://{addr}"
+{}
+{}
 "#,
         cluster.url(),
-        addr = loader.addr
+        loader.route_toml("user:*"),
+        loader.route_toml("brief:*"),
     );
     let server = ServerProcess::start(&config).await;
     let mut client = CacheServiceClient::connect(server.uri()).await.unwrap();
@@ -58,35 +50,19 @@ endpoint = "http://{addr}"
     );
     loader.source.put(&user, b"u");
     loader.source.put(&brief, b"b1");
-    let get = |key: &str, cache_only| GetRequest {
-        key: key.into(),
-        cache_only,
-    };
-
-    let mut sources = Vec::new();
-    for request in [
-        get(&user, false),
-        get(&user, false),
-        get(&user, false),
-        get(&absent, true),
-    ] {
-        sources.push(client.get(request).await.unwrap().into_inner().source());
-    }
+    let sources = [
+        get(&mut client, &user).await.source(),
+        get(&mut client, &user).await.source(),
+        get(&mut client, &user).await.source(),
+        cached(&mut client, &absent).await.source(),
+    ];
     assert_eq!(
         sources,
         [Source::Loaded, Source::Hit, Source::Hit, Source::Miss]
     );
-    let loaded = client.get(get(&brief, false)).await.unwrap().into_inner();
+    let loaded = get(&mut client, &brief).await;
     assert_eq!(loaded.source(), Source::Loaded);
-    assert_eq!(
-        client
-            .get(get(&brief, false))
-            .await
-            .unwrap()
-            .into_inner()
-            .source(),
-        Source::Hit
-    );
+    assert_eq!(get(&mut client, &brief).await.source(), Source::Hit);
     // Expiry is a deadline, not an event: wait out the entry's remaining TTL.
     let left = loaded.ttl_remaining.unwrap();
     tokio::time::sleep(
@@ -95,15 +71,7 @@ endpoint = "http://{addr}"
             + Duration::from_millis(200),
     )
     .await;
-    assert_eq!(
-        client
-            .get(get(&brief, false))
-            .await
-            .unwrap()
-            .into_inner()
-            .source(),
-        Source::Stale
-    );
+    assert_eq!(get(&mut client, &brief).await.source(), Source::Stale);
 
     let text = server.scrape().await;
     let lookups = |entity: &str, source: &str| {

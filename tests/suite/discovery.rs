@@ -1,8 +1,6 @@
 //! grpc.health.v1 and server reflection v1 are served, so generic tools and any language can find the API.
 
-mod support;
-
-use support::{Backend, TestServer};
+use crate::support::{Backend, TestServer};
 use tokio_stream::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};

@@ -1,8 +1,8 @@
 //! A caller's trace continues through cachecoord into the loader: spans for the RPC, the store and the loader
 //! call reach an OTLP collector under the caller's trace id, and the LoaderService call carries it on.
 
-mod support;
-
+use crate::support::loader::TestLoader;
+use crate::support::process::ServerProcess;
 use cachecoord::proto::GetRequest;
 use cachecoord::proto::cache_service_client::CacheServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -13,8 +13,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::loader::TestLoader;
-use support::process::ServerProcess;
 use tonic::{Request, Response, Status};
 
 /// A fake OTLP collector: keeps (trace id as hex, span name) of every span exported to it.
@@ -63,12 +61,9 @@ async fn a_callers_trace_continues_into_the_loader() {
 otlp_endpoint = "http://{collector_addr}"
 trace_sampling_ratio = 1.0
 
-[[loaders]]
-pattern = "user:*"
-kind = "grpc"
-endpoint = "http://{}"
+{}
 "#,
-        loader.addr
+        loader.route_toml("user:*")
     );
     let mut server = ServerProcess::start(&config).await;
     let mut client = CacheServiceClient::connect(server.uri()).await.unwrap();

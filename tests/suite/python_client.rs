@@ -3,9 +3,7 @@
 //! The interpreter is `$CC_TEST_PYTHON` (scripts/test points it at a venv with grpcio and grpcio-tools),
 //! else `python3`.
 
-mod support;
-
-use support::{Backend, TestServer, unique};
+use crate::support::{Backend, TestServer, unique};
 
 async fn python_client_round_trip(backend: Backend) {
     let server = TestServer::start(backend).await;

@@ -1,25 +1,12 @@
 //! Bad input gets INVALID_ARGUMENT with an ErrorInfo reason, never a panic and never damage to other entries; an
 //! unreachable Redis gets UNAVAILABLE.
 
-#[macro_use]
-mod support;
-
+use crate::support::cluster::StandaloneRedis;
+use crate::support::{Backend, TestServer, assert_error, set_request, unique};
 use cachecoord::proto::{
     BatchGetRequest, BatchSetRequest, GetRequest, InvalidatePatternRequest, InvalidateRequest,
-    SetRequest,
 };
-use support::cluster::StandaloneRedis;
-use support::{Backend, TestServer, assert_error, unique};
 use tonic::Code;
-
-fn set_request(key: &str, value: Vec<u8>) -> SetRequest {
-    SetRequest {
-        key: key.into(),
-        value: value.into(),
-        ttl: None,
-        version: None,
-    }
-}
 
 /// Every malformed request is refused with the documented reason, and an innocent key set beforehand is intact
 /// afterwards.
@@ -28,7 +15,7 @@ async fn malformed_requests_are_refused(backend: Backend) {
     let mut client = server.client().await;
     let bystander = format!("user:{}", unique(""));
     client
-        .set(set_request(&bystander, b"intact".to_vec()))
+        .set(set_request(&bystander, b"intact"))
         .await
         .unwrap();
 
@@ -53,16 +40,13 @@ async fn malformed_requests_are_refused(backend: Backend) {
             .await
             .unwrap_err();
         assert_error(&status, Code::InvalidArgument, "INVALID_KEY");
-        let status = client
-            .set(set_request(key, b"v".to_vec()))
-            .await
-            .unwrap_err();
+        let status = client.set(set_request(key, b"v")).await.unwrap_err();
         assert_error(&status, Code::InvalidArgument, "INVALID_KEY");
     }
 
     let too_large = vec![0u8; 1024 * 1024 + 1];
     let status = client
-        .set(set_request("user:1", too_large))
+        .set(set_request("user:1", &too_large))
         .await
         .unwrap_err();
     assert_error(&status, Code::InvalidArgument, "VALUE_TOO_LARGE");
@@ -77,12 +61,12 @@ async fn malformed_requests_are_refused(backend: Backend) {
             nanos: 0,
         },
     ] {
-        let mut request = set_request("user:1", b"v".to_vec());
+        let mut request = set_request("user:1", b"v");
         request.ttl = Some(ttl);
         let status = client.set(request).await.unwrap_err();
         assert_error(&status, Code::InvalidArgument, "TTL_OUT_OF_BOUNDS");
     }
-    let mut request = set_request("user:1", b"v".to_vec());
+    let mut request = set_request("user:1", b"v");
     request.ttl = Some(prost_types::Duration {
         seconds: -5,
         nanos: 0,
@@ -120,10 +104,7 @@ async fn malformed_requests_are_refused(backend: Backend) {
 
     // One bad key spoils the whole batch, and nothing of it is written or deleted.
     let first = format!("user:{}", unique(""));
-    let entries = vec![
-        set_request(&first, b"v".to_vec()),
-        set_request("user:[2]", b"v".to_vec()),
-    ];
+    let entries = vec![set_request(&first, b"v"), set_request("user:[2]", b"v")];
     let status = client
         .batch_set(BatchSetRequest { entries })
         .await
@@ -195,7 +176,7 @@ async fn match_all_pattern_needs_explicit_permission(backend: Backend) {
     let mut client = server.client().await;
     let id = unique("");
     let keys = [format!("alpha{id}:1"), format!("beta{id}:1")];
-    let entries = keys.iter().map(|k| set_request(k, b"v".to_vec())).collect();
+    let entries = keys.iter().map(|k| set_request(k, b"v")).collect();
     client.batch_set(BatchSetRequest { entries }).await.unwrap();
     let deleted = client
         .invalidate_pattern(InvalidatePatternRequest {
@@ -219,7 +200,7 @@ on_both_stores!(
 /// served again once the slots free up.
 #[tokio::test]
 async fn excess_in_flight_calls_are_refused_at_once() {
-    let loader = support::loader::TestLoader::start().await;
+    let loader = crate::support::loader::TestLoader::start().await;
     let mut config = Backend::Embedded.config();
     config.limits.max_in_flight = 4;
     loader.route(&mut config, "slow:*");
@@ -250,7 +231,7 @@ async fn excess_in_flight_calls_are_refused_at_once() {
     let mut extra = client.clone();
     for _ in 0..5 {
         let status = extra
-            .set(set_request(&format!("user:{id}"), b"x".to_vec()))
+            .set(set_request(&format!("user:{id}"), b"x"))
             .await
             .unwrap_err();
         assert_error(&status, Code::ResourceExhausted, "TOO_MANY_IN_FLIGHT");
@@ -262,7 +243,7 @@ async fn excess_in_flight_calls_are_refused_at_once() {
         );
     }
     extra
-        .set(set_request(&format!("user:{id}"), b"x".to_vec()))
+        .set(set_request(&format!("user:{id}"), b"x"))
         .await
         .unwrap();
 }
@@ -275,10 +256,7 @@ async fn unreachable_redis_is_unavailable() {
     config.store.redis_command_timeout_ms = 500;
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
-    client
-        .set(set_request("user:1", b"v".to_vec()))
-        .await
-        .unwrap();
+    client.set(set_request("user:1", b"v")).await.unwrap();
 
     redis.kill();
     let status = client
@@ -289,10 +267,7 @@ async fn unreachable_redis_is_unavailable() {
         .await
         .unwrap_err();
     assert_error(&status, Code::Unavailable, "BACKEND_UNAVAILABLE");
-    let status = client
-        .set(set_request("user:1", b"v2".to_vec()))
-        .await
-        .unwrap_err();
+    let status = client.set(set_request("user:1", b"v2")).await.unwrap_err();
     assert_error(&status, Code::Unavailable, "BACKEND_UNAVAILABLE");
     let status = client
         .invalidate(InvalidateRequest {

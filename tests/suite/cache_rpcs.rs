@@ -1,29 +1,8 @@
 //! Every CacheService RPC, run against the embedded store and against the real Redis Cluster.
 
-#[macro_use]
-mod support;
-
-use cachecoord::proto::cache_service_client::CacheServiceClient;
-use cachecoord::proto::{
-    BatchGetRequest, BatchSetRequest, GetRequest, GetResponse, InvalidatePatternRequest,
-    InvalidateRequest, Source,
-};
+use crate::support::{Backend, TestServer, batch_get, get, set_request, unique};
+use cachecoord::proto::{BatchSetRequest, InvalidatePatternRequest, InvalidateRequest, Source};
 use std::time::{Duration, Instant};
-use support::{Backend, TestServer, set_request, unique};
-use tonic::transport::Channel;
-
-type Client = CacheServiceClient<Channel>;
-
-async fn get(client: &mut Client, key: &str) -> GetResponse {
-    client
-        .get(GetRequest {
-            key: key.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
 
 fn secs(d: &Option<prost_types::Duration>) -> f64 {
     let d = d.as_ref().expect("ttl present");
@@ -119,15 +98,7 @@ async fn batch_set_then_batch_get(backend: Backend) {
     requested.insert(10, missing.clone());
     requested.push(keys[3].clone());
     requested.push(keys[3].clone());
-    let results = client
-        .batch_get(BatchGetRequest {
-            keys: requested.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let results = batch_get(&mut client, &requested).await;
     assert_eq!(results.len(), requested.len());
     for (result, key) in results.iter().zip(&requested) {
         assert_eq!(&result.key, key);

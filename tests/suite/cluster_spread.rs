@@ -1,22 +1,9 @@
 //! Batches and pattern invalidation on a real 3 + 3 Redis Cluster reach every primary, verified by reading each
 //! primary directly.
 
-mod support;
-
-use cachecoord::proto::{
-    BatchGetRequest, BatchSetRequest, InvalidatePatternRequest, InvalidateRequest, SetRequest,
-};
-use support::cluster::RedisCluster;
-use support::{Backend, TestServer, unique};
-
-fn set_request(key: &str) -> SetRequest {
-    SetRequest {
-        key: key.into(),
-        value: key.as_bytes().to_vec().into(),
-        ttl: None,
-        version: None,
-    }
-}
+use crate::support::cluster::RedisCluster;
+use crate::support::{Backend, TestServer, batch_get, set_request, unique};
+use cachecoord::proto::{BatchSetRequest, InvalidatePatternRequest, InvalidateRequest};
 
 /// Keys spread over all three primaries are written by one BatchSet and read back by one BatchGet.
 #[tokio::test]
@@ -26,7 +13,7 @@ async fn batches_span_every_primary() {
     let mut client = server.client().await;
     let id = unique("");
     let keys: Vec<String> = (0..300).map(|i| format!("user:{id}x{i}")).collect();
-    let entries = keys.iter().map(|k| set_request(k)).collect();
+    let entries = keys.iter().map(|k| set_request(k, k.as_bytes())).collect();
     assert_eq!(
         client
             .batch_set(BatchSetRequest { entries })
@@ -50,15 +37,7 @@ async fn batches_span_every_primary() {
     }
     assert_eq!(seen, 300, "every key lives on exactly one primary");
 
-    let results = client
-        .batch_get(BatchGetRequest {
-            keys: keys.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let results = batch_get(&mut client, &keys).await;
     for (result, key) in results.iter().zip(&keys) {
         assert!(result.found, "{key} missing from BatchGet");
         assert_eq!(&result.value[..], key.as_bytes());
@@ -86,7 +65,7 @@ async fn pattern_invalidation_reaches_every_primary() {
     let matching: Vec<String> = (0..300).map(|i| format!("user:{id}x{i}:posts")).collect();
     let others: Vec<String> = (0..300).map(|i| format!("user:{id}x{i}:likes")).collect();
     for batch in [&matching, &others] {
-        let entries = batch.iter().map(|k| set_request(k)).collect();
+        let entries = batch.iter().map(|k| set_request(k, k.as_bytes())).collect();
         client.batch_set(BatchSetRequest { entries }).await.unwrap();
     }
     let primaries = cluster.primaries();

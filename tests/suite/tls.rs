@@ -1,14 +1,12 @@
 //! TLS everywhere it matters: mutual TLS on the gRPC port (a client without a certificate from the configured CA
 //! is refused; one with it works, with a bearer token on top), and TLS plus an ACL user towards Redis.
 
-mod support;
-
+use crate::support::cluster::StandaloneRedis;
+use crate::support::pki::Pki;
+use crate::support::{Backend, TestServer, unique};
 use cachecoord::auth::hash_token;
 use cachecoord::proto::cache_service_client::CacheServiceClient;
 use cachecoord::proto::{GetRequest, SetRequest};
-use support::cluster::StandaloneRedis;
-use support::pki::Pki;
-use support::{Backend, TestServer, unique};
 use tonic::Request;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 

@@ -1,38 +1,20 @@
 //! Invalidation from Postgres: a committed UPDATE removes the mapped keys with no Invalidate call, and rows
 //! changed while cachecoord is stopped are applied when it starts.
 
-mod support;
-
+use crate::support::cluster::RedisCluster;
+use crate::support::postgres::Postgres;
+use crate::support::{Client, TestServer, cached, config_on, set};
 use cachecoord::config::{Cli, Config};
-use cachecoord::proto::cache_service_client::CacheServiceClient;
-use cachecoord::proto::{GetRequest, SetRequest};
 use std::time::{Duration, Instant};
-use support::postgres::Postgres;
-use support::{Backend, TestServer};
-use tonic::transport::Channel;
 
-async fn cached(client: &mut CacheServiceClient<Channel>, key: &str) -> bool {
-    let request = GetRequest {
-        key: key.into(),
-        cache_only: true,
-    };
-    client.get(request).await.unwrap().into_inner().found
-}
-
-async fn set(client: &mut CacheServiceClient<Channel>, key: &str) {
-    let request = SetRequest {
-        key: key.into(),
-        value: b"cached".to_vec().into(),
-        ttl: None,
-        version: None,
-    };
-    client.set(request).await.unwrap();
+async fn is_cached(client: &mut Client, key: &str) -> bool {
+    cached(client, key).await.found
 }
 
 /// Polls until `key` is no longer cached; answers how long that took.
-async fn until_gone(client: &mut CacheServiceClient<Channel>, key: &str) -> Duration {
+async fn until_gone(client: &mut Client, key: &str) -> Duration {
     let started = Instant::now();
-    while cached(client, key).await {
+    while is_cached(client, key).await {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{key} was never invalidated"
@@ -90,20 +72,22 @@ patterns = ["user:{{id}}:*"]
         ..Cli::default()
     })
     .unwrap();
-    let cluster = Backend::Cluster.config();
-    config.listen_addr = cluster.listen_addr;
-    config.store.redis_url = cluster.store.redis_url.clone();
+    // The keys are fixed (user:7 for row 7), so no other test may share the cluster.
+    let redis = RedisCluster::start_async(&[]).await;
+    let on_cluster = config_on(&redis);
+    config.listen_addr = on_cluster.listen_addr;
+    config.store.redis_url = on_cluster.store.redis_url;
     let mut plain = config.clone();
     plain.outbox.enabled = false;
 
     let server = TestServer::start_with(config.clone()).await;
     let mut client = server.client().await;
     for key in ["user:7", "user:7:posts", "user:8", "user:9"] {
-        set(&mut client, key).await;
+        set(&mut client, key, b"cached").await;
     }
     let mut propagation = Vec::new();
     for round in 0..20 {
-        set(&mut client, "user:7").await;
+        set(&mut client, "user:7", b"cached").await;
         db.execute(
             "UPDATE accounts SET name = $1 WHERE id = 7",
             &[&format!("round {round}")],
@@ -118,11 +102,11 @@ patterns = ["user:{{id}}:*"]
         propagation[10], propagation[19]
     );
     assert!(
-        !cached(&mut client, "user:7:posts").await,
+        !is_cached(&mut client, "user:7:posts").await,
         "pattern user:7:* was not applied"
     );
     assert!(
-        cached(&mut client, "user:8").await,
+        is_cached(&mut client, "user:8").await,
         "an unrelated key was invalidated"
     );
     server.stop().await;
@@ -143,7 +127,7 @@ patterns = ["user:{{id}}:*"]
     let observer = TestServer::start_with(plain).await;
     let mut observer_client = observer.client().await;
     assert!(
-        cached(&mut observer_client, "user:9").await,
+        is_cached(&mut observer_client, "user:9").await,
         "nothing should apply the row while down"
     );
 
@@ -155,6 +139,6 @@ patterns = ["user:{{id}}:*"]
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "applied rows are removed from the outbox");
-    assert!(cached(&mut observer_client, "user:8").await);
+    assert!(is_cached(&mut observer_client, "user:8").await);
     drop(restarted);
 }

@@ -1,10 +1,8 @@
 //! The test bed itself: the cluster really is six redis-server processes (3 primaries + 3 replicas) and the
 //! private Postgres really answers queries.
 
-mod support;
-
-use support::cluster::RedisCluster;
-use support::postgres::Postgres;
+use crate::support::cluster::RedisCluster;
+use crate::support::postgres::Postgres;
 
 /// Six distinct redis-server processes form the cluster: three primaries, each with one replica.
 #[test]
@@ -16,7 +14,7 @@ fn cluster_is_three_primaries_and_three_replicas() {
         .ports
         .iter()
         .map(|port| {
-            let info = support::cluster::redis_cli(*port, &["info", "server"]);
+            let info = crate::support::cluster::redis_cli(*port, &["info", "server"]);
             info.lines()
                 .find_map(|line| line.strip_prefix("process_id:"))
                 .expect("process_id in INFO")

@@ -2,20 +2,15 @@
 //! answering the old value within the pub/sub delay (measured, printed), and a replica whose subscription is
 //! killed serves no near-cache hit until it hears again.
 
-mod support;
-
+use crate::support::cluster::{RedisCluster, redis_cli};
+use crate::support::{Client, TestServer, cached as get, config_on, set, unique};
 use cachecoord::config::Config;
-use cachecoord::proto::cache_service_client::CacheServiceClient;
-use cachecoord::proto::{GetRequest, GetResponse, InvalidateRequest, SetRequest, Source};
+use cachecoord::proto::{GetResponse, InvalidateRequest, Source};
 use std::time::{Duration, Instant};
-use support::cluster::{RedisCluster, redis_cli};
-use support::{Backend, TestServer, unique};
-use tonic::transport::Channel;
 
-type Client = CacheServiceClient<Channel>;
-
-fn near_cached_config() -> Config {
-    let mut config = Backend::Cluster.config();
+/// Near-caching `user:*` for a minute, on `cluster`.
+fn near_cached_config(cluster: &RedisCluster) -> Config {
+    let mut config = config_on(cluster);
     config.near_cache.max_bytes = 16 * 1024 * 1024;
     let user = config
         .policies
@@ -24,24 +19,6 @@ fn near_cached_config() -> Config {
         .unwrap();
     user.near_cache_ttl_secs = Some(60);
     config
-}
-
-async fn get(client: &mut Client, key: &str) -> GetResponse {
-    let request = GetRequest {
-        key: key.into(),
-        cache_only: true,
-    };
-    client.get(request).await.unwrap().into_inner()
-}
-
-async fn set(client: &mut Client, key: &str, value: &str) {
-    let request = SetRequest {
-        key: key.into(),
-        value: value.as_bytes().to_vec().into(),
-        ttl: None,
-        version: None,
-    };
-    client.set(request).await.unwrap();
 }
 
 /// Reads until the answer comes from the near-cache (the replica hears its notices and holds the key).
@@ -64,16 +41,17 @@ async fn until_near_hit(client: &mut Client, key: &str) -> GetResponse {
 /// answering the value. Prints the propagation delay's percentiles; asserts only that it always ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_invalidation_on_one_replica_reaches_the_others() {
+    let cluster = RedisCluster::shared();
     let (a, b) = (
-        TestServer::start_with(near_cached_config()).await,
-        TestServer::start_with(near_cached_config()).await,
+        TestServer::start_with(near_cached_config(cluster)).await,
+        TestServer::start_with(near_cached_config(cluster)).await,
     );
     let (mut on_a, mut on_b) = (a.client().await, b.client().await);
     let key = format!("user:{}", unique("near"));
     let mut delays = Vec::new();
     for round in 0..200 {
         let value = format!("v{round}");
-        set(&mut on_a, &key, &value).await;
+        set(&mut on_a, &key, value.as_bytes()).await;
         let held = until_near_hit(&mut on_b, &key).await;
         assert_eq!(held.value, value.as_bytes());
         on_a.invalidate(InvalidateRequest {
@@ -110,16 +88,18 @@ async fn an_invalidation_on_one_replica_reaches_the_others() {
 /// invalidated while it was deaf) until it has resubscribed and flushed; then near hits resume, fresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deaf_replica_serves_nothing_from_its_near_cache() {
+    // Killing pub/sub connections would deafen every server on a shared cluster, so this test has its own.
+    let cluster = RedisCluster::start_async(&[]).await;
     let (a, b) = (
-        TestServer::start_with(near_cached_config()).await,
-        TestServer::start_with(near_cached_config()).await,
+        TestServer::start_with(near_cached_config(&cluster)).await,
+        TestServer::start_with(near_cached_config(&cluster)).await,
     );
     let (mut on_a, mut on_b) = (a.client().await, b.client().await);
     let key = format!("user:{}", unique("deaf"));
-    set(&mut on_a, &key, "old").await;
+    set(&mut on_a, &key, b"old").await;
     until_near_hit(&mut on_b, &key).await;
 
-    for port in &RedisCluster::shared().ports {
+    for port in &cluster.ports {
         redis_cli(*port, &["client", "kill", "type", "pubsub"]);
     }
     // B notices at once (connection closed) or within deaf_after_ms (its heartbeat stops coming back).
@@ -131,7 +111,7 @@ async fn a_deaf_replica_serves_nothing_from_its_near_cache() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    set(&mut on_a, &key, "new").await;
+    set(&mut on_a, &key, b"new").await;
     let mut sources = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

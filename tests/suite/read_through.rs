@@ -1,44 +1,15 @@
 //! Read-through loading against the real Redis Cluster and a real LoaderService: one load per key across
 //! replicas, no stale write-back, negative caching, cache-only reads, stale windows and versioned writes.
 
-mod support;
-
-use cachecoord::proto::cache_service_client::CacheServiceClient;
+use crate::support::loader::TestLoader;
+use crate::support::{Backend, Client, TestServer, assert_error, batch_get, cached, get, unique};
 use cachecoord::proto::{
-    BatchGetRequest, GetRequest, GetResponse, InvalidatePatternRequest, InvalidateRequest,
-    SetRequest, Source,
+    GetRequest, InvalidatePatternRequest, InvalidateRequest, SetRequest, Source,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::loader::TestLoader;
-use support::{Backend, TestServer, assert_error, unique};
 use tonic::Code;
-use tonic::transport::Channel;
-
-type Client = CacheServiceClient<Channel>;
-
-async fn get(client: &mut Client, key: &str) -> GetResponse {
-    client
-        .get(GetRequest {
-            key: key.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn cached(client: &mut Client, key: &str) -> GetResponse {
-    client
-        .get(GetRequest {
-            key: key.into(),
-            cache_only: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
 
 /// Three cachecoord replicas share one cluster; 300 concurrent Gets of one cold key, spread over them, with a
 /// 200 ms loader: exactly one loader call, and every caller gets the value.
@@ -259,15 +230,7 @@ async fn batch_get_loads_each_entity_in_one_call() {
         .flat_map(|(u, p)| [u.clone(), p.clone()])
         .collect();
     keys.push(format!("user:{id}missing"));
-    let results = client
-        .batch_get(BatchGetRequest {
-            keys: keys.clone(),
-            cache_only: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let results = batch_get(&mut client, &keys).await;
     for (result, key) in results.iter().zip(&keys) {
         assert_eq!(&result.key, key);
         if key.ends_with("missing") {
@@ -405,11 +368,13 @@ async fn a_dead_holders_lease_expires_and_a_waiter_takes_over() {
     let mut client = server.client().await;
     let key = format!("user:{}", unique("orphan"));
     loader.source.put(&key, b"row");
-    let port = support::cluster::RedisCluster::shared().ports[0];
+    let port = crate::support::cluster::RedisCluster::shared().ports[0];
     // Where cachecoord keeps the lease of user:<id> (see src/store/redis_layout.rs).
     let lease = format!("{{{key}}}#lease");
-    let reply =
-        support::cluster::redis_cli(port, &["-c", "SET", &lease, "dead-holder", "PX", "1500"]);
+    let reply = crate::support::cluster::redis_cli(
+        port,
+        &["-c", "SET", &lease, "dead-holder", "PX", "1500"],
+    );
     assert_eq!(reply.trim(), "OK");
 
     let answer = get(&mut client, &key).await;

@@ -2,12 +2,9 @@
 //! Redis nodes: no plaintext), keys rotate (new writes use the new key id, entries under the old key still read),
 //! and an entry whose key has been retired reads as a miss, never as garbage or an error.
 
-mod support;
-
+use crate::support::cluster::{RedisCluster, redis_cli};
+use crate::support::{Backend, TestServer, cached, found_value, set, unique};
 use cachecoord::config::{Config, PolicyConfig};
-use cachecoord::proto::{GetRequest, SetRequest};
-use support::cluster::{RedisCluster, redis_cli};
-use support::{Backend, TestServer, unique};
 
 /// A config with `profile:*` encrypted under the keys in `dir`, `active` being the one new entries use.
 fn encrypting(dir: &std::path::Path, active: &str) -> Config {
@@ -42,31 +39,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-async fn set(server: &TestServer, key: &str, value: &[u8]) {
-    let request = SetRequest {
-        key: key.into(),
-        value: value.to_vec().into(),
-        ttl: None,
-        version: None,
-    };
-    server.client().await.set(request).await.unwrap();
-}
-
-async fn get(server: &TestServer, key: &str) -> Option<Vec<u8>> {
-    let request = GetRequest {
-        key: key.into(),
-        cache_only: true,
-    };
-    let answer = server
-        .client()
-        .await
-        .get(request)
-        .await
-        .unwrap()
-        .into_inner();
-    answer.found.then(|| answer.value.to_vec())
-}
-
+/// Encrypted entries are ciphertext in Redis, still read after a key rotation, and read as misses once their
+/// key is retired.
 #[tokio::test]
 async fn encrypted_entities_are_ciphertext_in_redis_and_survive_key_rotation() {
     let keys = tempfile::tempdir().unwrap();
@@ -76,10 +50,11 @@ async fn encrypted_entities_are_ciphertext_in_redis_and_survive_key_rotation() {
     let marker = format!("plaintext-marker-{id}");
 
     let server = TestServer::start_with(encrypting(keys.path(), "k1")).await;
-    set(&server, &secret_profile, marker.as_bytes()).await;
-    set(&server, &plain_user, marker.as_bytes()).await;
+    let mut client = server.client().await;
+    set(&mut client, &secret_profile, marker.as_bytes()).await;
+    set(&mut client, &plain_user, marker.as_bytes()).await;
     assert_eq!(
-        get(&server, &secret_profile).await.as_deref(),
+        found_value(cached(&mut client, &secret_profile).await).as_deref(),
         Some(marker.as_bytes())
     );
     let raw = raw_value(&secret_profile);
@@ -98,13 +73,14 @@ async fn encrypted_entities_are_ciphertext_in_redis_and_survive_key_rotation() {
     // Rotate: k2 becomes active, k1 stays for the entries it sealed.
     std::fs::write(keys.path().join("k2"), "22".repeat(32)).unwrap();
     let server = TestServer::start_with(encrypting(keys.path(), "k2")).await;
+    let mut client = server.client().await;
     assert_eq!(
-        get(&server, &secret_profile).await.as_deref(),
+        found_value(cached(&mut client, &secret_profile).await).as_deref(),
         Some(marker.as_bytes()),
         "old entry still reads"
     );
     let newer = format!("profile:{id}:new");
-    set(&server, &newer, marker.as_bytes()).await;
+    set(&mut client, &newer, marker.as_bytes()).await;
     let raw = raw_value(&newer);
     assert!(contains(&raw, b"k2") && !contains(&raw, marker.as_bytes()));
     server.stop().await;
@@ -112,9 +88,13 @@ async fn encrypted_entities_are_ciphertext_in_redis_and_survive_key_rotation() {
     // Retire k1: its entries read as misses (to be reloaded), the k2 entry still reads.
     std::fs::remove_file(keys.path().join("k1")).unwrap();
     let server = TestServer::start_with(encrypting(keys.path(), "k2")).await;
-    assert_eq!(get(&server, &secret_profile).await, None);
+    let mut client = server.client().await;
     assert_eq!(
-        get(&server, &newer).await.as_deref(),
+        found_value(cached(&mut client, &secret_profile).await),
+        None
+    );
+    assert_eq!(
+        found_value(cached(&mut client, &newer).await).as_deref(),
         Some(marker.as_bytes())
     );
 }

@@ -1,12 +1,9 @@
 //! Secrets are never cached: a Set of a key or JSON value that names one is refused with SENSITIVE_DATA (and the
 //! server stays healthy); a loader result that names one is served but never written.
 
-#[macro_use]
-mod support;
-
+use crate::support::loader::TestLoader;
+use crate::support::{Backend, TestServer, assert_error, set_request, unique};
 use cachecoord::proto::{GetRequest, Source};
-use support::loader::TestLoader;
-use support::{Backend, TestServer, assert_error, set_request, unique};
 use tonic::Code;
 
 /// `user:1:password`, `session:…` and a JSON value with a `password` field are refused; ordinary data is not.

@@ -1,12 +1,10 @@
 //! SIGTERM drains: health flips to NOT_SERVING, in-flight calls complete, new calls are refused, exit code 0.
 
-mod support;
-
+use crate::support::loader::TestLoader;
+use crate::support::process::ServerProcess;
 use cachecoord::proto::GetRequest;
 use cachecoord::proto::cache_service_client::CacheServiceClient;
 use std::time::{Duration, Instant};
-use support::loader::TestLoader;
-use support::process::ServerProcess;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Five slow Gets are in flight when SIGTERM arrives: they all complete with their values; health says
@@ -21,12 +19,9 @@ async fn sigterm_drains_in_flight_calls_and_exits_cleanly() {
 drain_delay_ms = 500
 grace_period_ms = 10000
 
-[[loaders]]
-pattern = "user:*"
-kind = "grpc"
-endpoint = "http://{}"
+{}
 "#,
-        loader.addr
+        loader.route_toml("user:*")
     );
     let mut server = ServerProcess::start(&config).await;
     let client = CacheServiceClient::connect(server.uri()).await.unwrap();

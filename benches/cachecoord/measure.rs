@@ -1,0 +1,119 @@
+//! Measuring one scenario: a closed loop of calls at a fixed concurrency, its latency percentiles and throughput,
+//! and a server process's peak memory.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One scenario's outcome.
+pub(crate) struct Figures {
+    pub(crate) name: String,
+    pub(crate) concurrency: usize,
+    pub(crate) requests: u64,
+    pub(crate) errors: u64,
+    pub(crate) per_second: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) p999_us: f64,
+    pub(crate) note: String,
+}
+
+/// Runs `call` from `concurrency` workers for `duration`, each worker waiting for its previous call.
+pub(crate) async fn closed_loop<F, Fut>(
+    name: &str,
+    concurrency: usize,
+    duration: Duration,
+    call: F,
+) -> Figures
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let (mut latencies, mut errors, mut i) = (Vec::new(), 0u64, 0u64);
+                while started.elapsed() < duration {
+                    let t = Instant::now();
+                    if !call(worker, i).await {
+                        errors += 1;
+                    }
+                    latencies.push(t.elapsed().as_nanos() as u64);
+                    i += 1;
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        let (latencies, worker_errors) = worker.await.unwrap();
+        all.extend(latencies);
+        errors += worker_errors;
+    }
+    figures(
+        name,
+        concurrency,
+        all,
+        errors,
+        started.elapsed(),
+        String::new(),
+    )
+}
+
+/// Sorts the latencies (ns), takes percentiles and throughput, and prints one line.
+pub(crate) fn figures(
+    name: &str,
+    concurrency: usize,
+    mut latencies: Vec<u64>,
+    errors: u64,
+    elapsed: Duration,
+    note: String,
+) -> Figures {
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let index = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(index).copied().unwrap_or(0) as f64 / 1e3
+    };
+    let figures = Figures {
+        name: name.to_owned(),
+        concurrency,
+        requests: latencies.len() as u64,
+        errors,
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+        p999_us: at(0.999),
+        note,
+    };
+    eprintln!(
+        "{:<40} c={:<4} {:>10.0}/s p50 {:>8.0}µs p99 {:>8.0}µs p99.9 {:>8.0}µs errors {} {}",
+        figures.name,
+        concurrency,
+        figures.per_second,
+        figures.p50_us,
+        figures.p99_us,
+        figures.p999_us,
+        errors,
+        figures.note
+    );
+    figures
+}
+
+/// Peak resident set size of a process, from /proc (kB → MiB).
+pub(crate) fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())
+            })
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -1,0 +1,147 @@
+//! The two herd scenarios, each on servers and a loader of its own: a stampede of callers on cold keys, and an
+//! expiry storm of hot keys that all expire together.
+
+use crate::measure::{Figures, closed_loop, figures};
+use crate::scenarios::{clients, server_config};
+use crate::support::cluster::RedisCluster;
+use crate::support::loader::TestLoader;
+use crate::support::process::ServerProcess;
+use cachecoord::proto::{BatchGetRequest, GetRequest};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The expiry storm: `keys` hot keys loaded together (20 ms loader, 2 s TTL, no jitter) expire together under
+/// steady load. On: XFetch (β = 1) refreshes hits early in the background and stale-while-revalidate (5 s)
+/// serves an expired value while one refresh runs; off: every expiry is a miss that waits for a load. Runs `duration` (several expiries) and answers the figures of the whole run.
+pub(crate) async fn expiry_storm(
+    cluster: &RedisCluster,
+    xfetch: bool,
+    keys: usize,
+    duration: Duration,
+) -> Figures {
+    let loader = TestLoader::start().await;
+    loader.source.set_delay(Duration::from_millis(20));
+    let config = format!(
+        r#"
+log_level = "warn"
+[store]
+redis_url = "{}"
+[policy_defaults]
+jitter_ratio = 0.0
+[[policies]]
+name = "storm"
+pattern = "storm:*"
+ttl_secs = 2
+xfetch_beta = {}
+stale_while_revalidate_secs = {}
+[[loaders]]
+pattern = "storm:*"
+kind = "grpc"
+endpoint = "http://{}"
+max_concurrency = 1024
+"#,
+        cluster.url(),
+        if xfetch { "1.0" } else { "0.0" },
+        if xfetch { 5 } else { 0 },
+        loader.addr
+    );
+    let server = ServerProcess::start(&config).await;
+    let pool = Arc::new(clients(&server, 4).await);
+    let tag = format!("{}{}", if xfetch { "x" } else { "p" }, std::process::id());
+    let names: Arc<Vec<String>> = Arc::new((0..keys).map(|k| format!("storm:{tag}k{k}")).collect());
+    for name in names.iter() {
+        loader.source.put(name, b"row");
+    }
+    // Load every key at once (in batches of the 1,000-key limit), so they all expire together.
+    for chunk in names.chunks(1000) {
+        let batch = BatchGetRequest {
+            keys: chunk.to_vec(),
+            cache_only: false,
+        };
+        pool[0].clone().batch_get(batch).await.unwrap();
+    }
+    let state = if xfetch { "on" } else { "off" };
+    let name = format!("expiry storm, XFetch + stale-while-revalidate {state}");
+    let mut figures = closed_loop(&name, 32, duration, move |w, i| {
+        let mut client = pool[w % pool.len()].clone();
+        let key = names[((w as u64 * 97 + i) % names.len() as u64) as usize].clone();
+        async move {
+            client
+                .get(GetRequest {
+                    key,
+                    cache_only: false,
+                })
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let loads: usize = (0..keys)
+        .map(|k| loader.source.loads_of(&format!("storm:{tag}k{k}")))
+        .sum();
+    figures.note = format!("{keys} keys, 2 s TTL, {loads} loads in {duration:?}");
+    figures
+}
+
+/// The stampede: `replicas` servers × `callers` concurrent Gets on each of `keys` cold keys, 100 ms loader.
+pub(crate) async fn stampede(
+    cluster: &RedisCluster,
+    leases: bool,
+    replicas: usize,
+    callers: usize,
+    keys: usize,
+) -> Figures {
+    let loader = TestLoader::start().await;
+    loader.source.set_delay(Duration::from_millis(100));
+    let mut servers = Vec::new();
+    for _ in 0..replicas {
+        servers.push(ServerProcess::start(&server_config(cluster, &loader, leases)).await);
+    }
+    let mut pool = Vec::new();
+    for server in &servers {
+        pool.extend(clients(server, 2).await);
+    }
+    let tag = format!("{}{}", if leases { "l" } else { "n" }, std::process::id());
+    let names: Vec<String> = (0..keys).map(|k| format!("storm:{tag}x{k}")).collect();
+    for name in &names {
+        loader.source.put(name, b"row");
+    }
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    for i in 0..replicas * callers * keys {
+        let mut client = pool[i % pool.len()].clone();
+        let key = names[i % keys].clone();
+        calls.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let ok = client
+                .get(GetRequest {
+                    key,
+                    cache_only: false,
+                })
+                .await
+                .is_ok();
+            (t.elapsed(), ok)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for call in calls {
+        let (latency, ok) = call.await.unwrap();
+        latencies.push(latency.as_nanos() as u64);
+        errors += u64::from(!ok);
+    }
+    let total_loads: usize = names.iter().map(|k| loader.source.loads_of(k)).sum();
+    let note = format!(
+        "{replicas} replicas × {callers} callers × {keys} keys: {:.2} loader calls per key",
+        total_loads as f64 / keys as f64
+    );
+    let name = format!("stampede, leases {}", if leases { "on" } else { "off" });
+    figures(
+        &name,
+        replicas * callers,
+        latencies,
+        errors,
+        started.elapsed(),
+        note,
+    )
+}
