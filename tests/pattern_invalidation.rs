@@ -77,7 +77,7 @@ async fn pattern_invalidation_cost_follows_matches_not_keyspace() {
         .unwrap();
     filler.init().await.unwrap();
     let mut config = config_on(&cluster);
-    config.store.redis_command_timeout_ms = 30_000;
+    config.store.redis_command_timeout = std::time::Duration::from_secs(30);
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
 

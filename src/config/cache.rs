@@ -64,7 +64,7 @@ impl ReadThroughConfig {
 }
 
 /// Pattern invalidation rules.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct InvalidationConfig {
     /// Allow patterns whose first segment is not a literal entity (including `*`, which matches every key).
@@ -73,15 +73,6 @@ pub struct InvalidationConfig {
     /// Old name of `store.scan_count`, still accepted.
     #[serde(default, skip_serializing)]
     pub scan_count: Option<u32>,
-}
-
-impl Default for InvalidationConfig {
-    fn default() -> Self {
-        InvalidationConfig {
-            allow_cross_entity_patterns: false,
-            scan_count: None,
-        }
-    }
 }
 
 /// The near-cache: hot keys of opted-in entities answered from this replica's memory, kept coherent by notices

@@ -387,7 +387,7 @@ async fn revoked_tokens_stop_working_without_a_restart() {
     let mut config = Backend::Embedded.config();
     config.auth.enabled = true;
     config.auth.tokens_file = Some(file.clone());
-    config.auth.reload_interval_ms = 50;
+    config.auth.reload_interval = std::time::Duration::from_millis(50);
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
     let key = format!("user:{}", unique(""));

@@ -253,7 +253,7 @@ async fn unreachable_redis_is_unavailable() {
     let redis = StandaloneRedis::start();
     let mut config = Backend::Embedded.config();
     config.store.redis_url = Some(redis.url());
-    config.store.redis_command_timeout_ms = 500;
+    config.store.redis_command_timeout = std::time::Duration::from_millis(500);
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;
     client.set(set_request("user:1", b"v")).await.unwrap();

@@ -13,7 +13,7 @@ fn encrypting(dir: &std::path::Path, active: &str) -> Config {
         0,
         PolicyConfig {
             encrypt: true,
-            ..PolicyConfig::new("profile", "profile:*", 3600)
+            ..PolicyConfig::new("profile", "profile:*", std::time::Duration::from_secs(3600))
         },
     );
     config.encryption.keys_dir = Some(dir.to_owned());

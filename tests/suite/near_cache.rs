@@ -17,7 +17,7 @@ fn near_cached_config(cluster: &RedisCluster) -> Config {
         .iter_mut()
         .find(|p| p.name == "user")
         .unwrap();
-    user.near_cache_ttl_secs = Some(60);
+    user.near_cache_ttl = Some(std::time::Duration::from_secs(60));
     config
 }
 

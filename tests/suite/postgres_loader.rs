@@ -6,19 +6,15 @@ use crate::support::postgres::Postgres;
 use crate::support::{TestServer, batch_get, config_on, get};
 use cachecoord::config::{LoaderConfig, LoaderKind};
 use cachecoord::proto::Source;
+use std::time::Duration;
 
 fn postgres_loader(pattern: &str, query: &str, batch_query: &str) -> LoaderConfig {
     LoaderConfig {
-        pattern: pattern.into(),
-        kind: LoaderKind::Postgres,
-        endpoint: None,
         query: Some(query.into()),
         batch_query: Some(batch_query.into()),
-        timeout_ms: 5_000,
+        timeout: Duration::from_secs(5),
         max_concurrency: 16,
-        breaker_failures: 5,
-        breaker_cooldown_ms: 1000,
-        tls_ca_file: None,
+        ..LoaderConfig::new(pattern, LoaderKind::Postgres)
     }
 }
 

@@ -341,10 +341,10 @@ async fn versioned_sets_refuse_older_versions() {
 /// A one-second policy with the given stale windows (seconds).
 fn brief_policy(pattern: &str, swr: u64, sie: u64) -> cachecoord::config::PolicyConfig {
     cachecoord::config::PolicyConfig {
-        stale_while_revalidate_secs: Some(swr),
-        stale_if_error_secs: Some(sie),
+        stale_while_revalidate: Some(std::time::Duration::from_secs(swr)),
+        stale_if_error: Some(std::time::Duration::from_secs(sie)),
         xfetch_beta: Some(0.0),
-        ..cachecoord::config::PolicyConfig::new("brief", pattern, 1)
+        ..cachecoord::config::PolicyConfig::new("brief", pattern, std::time::Duration::from_secs(1))
     }
 }
 

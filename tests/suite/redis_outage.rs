@@ -19,7 +19,7 @@ async fn gets_fall_back_to_the_loader_while_redis_is_down() {
             .put(&format!("user:{i}"), format!("row {i}").as_bytes());
     }
     let mut config = config_on(&cluster);
-    config.store.redis_command_timeout_ms = 300;
+    config.store.redis_command_timeout = std::time::Duration::from_millis(300);
     loader.route(&mut config, "user:*");
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;

@@ -131,7 +131,7 @@ async fn redis_over_tls_with_an_acl_user() {
 
     // A wrong password cannot start a server against it.
     config.store.redis_password = Some("wrong".into());
-    config.store.redis_connect_timeout_ms = 1500;
+    config.store.redis_connect_timeout = std::time::Duration::from_millis(1500);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let refused = cachecoord::server::serve(config, listener, std::future::pending()).await;
     assert!(refused.is_err(), "a wrong ACL password must not connect");

@@ -200,15 +200,8 @@ impl TestLoader {
 /// A gRPC loader route.
 pub fn grpc_loader(pattern: &str, endpoint: &str) -> LoaderConfig {
     LoaderConfig {
-        pattern: pattern.into(),
-        kind: LoaderKind::Grpc,
         endpoint: Some(endpoint.into()),
-        query: None,
-        batch_query: None,
-        timeout_ms: 5_000,
-        max_concurrency: 64,
-        breaker_failures: 5,
-        breaker_cooldown_ms: 1000,
-        tls_ca_file: None,
+        timeout: Duration::from_secs(5),
+        ..LoaderConfig::new(pattern, LoaderKind::Grpc)
     }
 }
