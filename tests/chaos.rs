@@ -154,7 +154,13 @@ where
         match call(client).await {
             Ok(answer) => return Ok(answer),
             Err(status) if retryable(&status) => last = status,
-            Err(status) => return Err(status),
+            Err(status) => {
+                if matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown) {
+                    // Never expected: say what it was, so a failing run explains itself.
+                    eprintln!("chaos: unexpected answer: {status:?}");
+                }
+                return Err(status);
+            }
         }
     }
     Err(last)

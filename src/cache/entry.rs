@@ -8,12 +8,13 @@
 //! | 1      | format `2`      | lets later formats add fields                                          |
 //! | 2      | flags           | bit 0: negative entry (the loader said "not found"); bit 1: sealed     |
 //! | 3..11  | fresh_until_ms  | Unix ms after which the entry is stale: `ttl_remaining` without PTTL   |
-//! | 11..19 | version         | caller's version for versioned Sets (0 = none); Redis scripts read it |
+//! | 11..19 | version         | caller's version for versioned Sets (0 = none), as the caller wrote it |
 //! | 19..23 | load_ms         | how long the load took: XFetch's δ for early refresh                  |
 //! | 23..   | value           | the caller's bytes, untouched, or sealed by `encryption` when bit 1   |
 //!
 //! A reader that finds bytes it does not recognise treats them as a miss rather than serving something it cannot
-//! vouch for. `store/redis.rs` reads the version at offset 11 inside its Lua scripts: keep the two in step.
+//! vouch for. No store reads this envelope: the version a store compares travels beside the bytes
+//! (`StoreWrite::version`) and the store keeps it in its own record.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -369,7 +369,7 @@ async fn a_dead_holders_lease_expires_and_a_waiter_takes_over() {
     let key = format!("user:{}", unique("orphan"));
     loader.source.put(&key, b"row");
     let port = crate::support::cluster::RedisCluster::shared().ports[0];
-    // Where cachecoord keeps the lease of user:<id> (see src/store/redis_layout.rs).
+    // Where cachecoord keeps the lease of user:<id> (see src/store/redis/layout.rs).
     let lease = format!("{{{key}}}#lease");
     let reply = crate::support::cluster::redis_cli(
         port,
