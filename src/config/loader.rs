@@ -123,9 +123,9 @@ impl LoaderConfig {
                 "loader {name:?}: timeout_ms must be below read_through.lease_ttl_ms, or a slow load outlives its lease"
             ));
         }
-        if self.timeout.is_zero() || self.max_concurrency == 0 || self.breaker_failures == 0 {
+        if self.timeout.is_zero() || self.max_concurrency == 0 {
             return ConfigError::fail(format!(
-                "loader {name:?}: timeout_ms, max_concurrency and breaker_failures must be positive"
+                "loader {name:?}: timeout_ms and max_concurrency must be positive"
             ));
         }
         Ok(())

@@ -137,8 +137,8 @@ impl Config {
         Ok(config)
     }
 
-    /// The old names of moved knobs that this configuration still used, as `old → new` lines for a start-up
-    /// warning. Empty once [`Config::load`] has applied them (it keeps them for this report).
+    /// The old names of moved knobs that this configuration used, as `old → new` lines for a start-up warning.
+    /// [`Config::load`] copies their values to the new knobs and leaves the old ones set for this report.
     pub fn renamed_knobs(&self) -> Vec<&'static str> {
         let mut used = Vec::new();
         if self.read_through.breaker_failures.is_some() {
