@@ -52,7 +52,7 @@ impl CacheService for CacheApi {
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
         self.handle(request, |caller, request| async move {
-            let ttl = self.coordinator.set(write(&caller, request)?).await?;
+            let ttl = self.coordinator.set(self.write(&caller, request)?).await?;
             Ok(ttl.into())
         })
         .await
@@ -65,7 +65,7 @@ impl CacheService for CacheApi {
         self.handle(request, |caller, BatchSetRequest { entries }| async move {
             let commands = entries
                 .into_iter()
-                .map(|entry| write(&caller, entry))
+                .map(|entry| self.write(&caller, entry))
                 .collect::<Result<Vec<_>>>()?;
             let BatchSetOutcome {
                 written,
@@ -127,12 +127,16 @@ impl CacheService for CacheApi {
     }
 }
 
-/// A write with its key in the caller's namespace. The TTL is checked before the key, as callers have always
-/// seen.
-fn write(caller: &Caller, request: SetRequest) -> Result<SetCommand> {
-    let mut command = SetCommand::try_from(request)?;
-    command.key = caller.key(Action::Write, &command.key)?;
-    Ok(command)
+impl CacheApi {
+    /// A write with its key in the caller's namespace. The key is checked first: an oversized or malformed key is
+    /// the error to report, whatever else is wrong with the request.
+    fn write(&self, caller: &Caller, request: SetRequest) -> Result<SetCommand> {
+        let key = caller.key(Action::Write, &request.key)?;
+        self.coordinator.check_key(&key)?;
+        let mut command = SetCommand::try_from(request)?;
+        command.key = key;
+        Ok(command)
+    }
 }
 
 impl Rpc for GetRequest {

@@ -9,6 +9,10 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// ErrorInfo domain of every error cachecoord returns.
 pub const ERROR_DOMAIN: &str = "cachecoord.v1";
 
+/// Longest status message sent, in bytes. Messages may quote the caller's input; gRPC carries them in a header,
+/// and a header past the client's limit turns the answer into RESOURCE_EXHAUSTED with the reason lost.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
 /// Converts a domain error into the status sent to the caller.
 pub fn to_status(error: &Error) -> Status {
     let (code, reason) = match error {
@@ -37,7 +41,39 @@ pub fn to_status(error: &Error) -> Status {
     }
     Status::with_error_details(
         code,
-        error.to_string(),
+        bounded(error.to_string()),
         ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new()),
     )
+}
+
+/// `message`, cut at a character boundary to [`MAX_MESSAGE_BYTES`] (marked with `…`) when longer.
+fn bounded(mut message: String) -> String {
+    const MARK: &str = "…";
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES - MARK.len();
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(MARK);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_quoting_input_stay_bounded() {
+        let status = to_status(&Error::PermissionDenied {
+            token: "reader".into(),
+            action: "read",
+            target: format!("user:{}", "é".repeat(50_000)),
+        });
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES);
+        assert!(status.message().ends_with('…'));
+        let short = to_status(&Error::EmptyRequest { what: "keys" });
+        assert!(!short.message().ends_with('…'));
+    }
 }

@@ -90,6 +90,12 @@ impl Coordinator {
         self.core.stats.snapshot()
     }
 
+    /// Checks `raw` against the key grammar and length limit, without touching anything: for callers that must
+    /// refuse a bad key before looking at the rest of a request.
+    pub fn check_key(&self, raw: &str) -> Result<()> {
+        self.core.parse_key(raw).map(drop)
+    }
+
     /// The policy table, for callers that report per-entity figures.
     pub fn policies(&self) -> &Policies {
         &self.core.policies

@@ -284,3 +284,50 @@ async fn unreachable_redis_is_unavailable() {
         .unwrap_err();
     assert_error(&status, Code::Unavailable, "BACKEND_UNAVAILABLE");
 }
+
+/// An oversized key is refused as INVALID_KEY even when the request has another fault too (a negative TTL), and
+/// no error message echoes more than a bounded piece of the input: a 100,000-byte key must not become 100 KB of
+/// response headers, which the client would see as RESOURCE_EXHAUSTED instead of the error.
+#[tokio::test]
+async fn errors_never_echo_unbounded_input() {
+    const BOUND: usize = 1024;
+    let server = TestServer::start(Backend::Embedded).await;
+    let mut client = server.client().await;
+    let huge_key = format!("user:{}", "k".repeat(100_000));
+    let mut negative_ttl = set_request(&huge_key, b"v");
+    negative_ttl.ttl = Some(prost_types::Duration {
+        seconds: -5,
+        nanos: 0,
+    });
+
+    let set = client.set(negative_ttl.clone()).await.unwrap_err();
+    let batch_set = client
+        .batch_set(BatchSetRequest {
+            entries: vec![negative_ttl],
+        })
+        .await
+        .unwrap_err();
+    let get = client
+        .get(GetRequest {
+            key: huge_key.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    for status in [&set, &batch_set, &get] {
+        assert_error(status, Code::InvalidArgument, "INVALID_KEY");
+        assert!(
+            status.message().len() <= BOUND,
+            "a {}-byte message echoes the input",
+            status.message().len()
+        );
+    }
+    let pattern = client
+        .invalidate_pattern(InvalidatePatternRequest {
+            pattern: format!("user:{}*", "p".repeat(100_000)),
+        })
+        .await
+        .unwrap_err();
+    assert_error(&pattern, Code::InvalidArgument, "INVALID_PATTERN");
+    assert!(pattern.message().len() <= BOUND);
+}
