@@ -39,7 +39,16 @@ impl Lease {
         ttl: Duration,
     ) -> Result<Option<Lease>> {
         let token: LeaseToken = rand::random();
-        let taken = store.try_lease(key, token, ttl).await?;
+        let taken = match store.try_lease(key, token, ttl).await {
+            Ok(taken) => taken,
+            Err(error) => {
+                // The answer was lost, not necessarily the lease: the script may have run. Give back whatever
+                // this token may hold, in the background (the store is failing: the caller must not wait on it).
+                let (store, key) = (store.clone(), key.clone());
+                tokio::spawn(async move { give_back(store.as_ref(), &key, token).await });
+                return Err(error);
+            }
+        };
         Ok(taken.then(|| Lease {
             store: store.clone(),
             key: key.clone(),
@@ -69,6 +78,9 @@ impl Lease {
             Ok(false) => Fill::Voided,
             Err(error) => {
                 tracing::warn!(key = %self.key, %error, "loaded value not cached: the fill failed");
+                // The fill did not land, but the lease may still stand (a node refusing writes still deletes):
+                // give it back, or every other replica waits out its TTL on each miss of this key.
+                self.release().await;
                 Fill::Failed
             }
         }
@@ -77,8 +89,13 @@ impl Lease {
     /// Gives the lease back without writing (the load failed, was not cacheable, or was not needed), so waiters
     /// retry at once. If the store cannot take it, the lease runs out after its TTL instead.
     pub(super) async fn release(self) {
-        if let Err(error) = self.store.release_lease(&self.key, self.token).await {
-            tracing::debug!(key = %self.key, %error, "lease not released; it runs out after its TTL");
-        }
+        give_back(self.store.as_ref(), &self.key, self.token).await;
+    }
+}
+
+/// Releases `key`'s lease if `token` holds it; a failure only means the lease runs out after its TTL.
+async fn give_back(store: &dyn Store, key: &Key, token: LeaseToken) {
+    if let Err(error) = store.release_lease(key, token).await {
+        tracing::debug!(%key, %error, "lease not released; it runs out after its TTL");
     }
 }

@@ -437,3 +437,55 @@ async fn the_callers_deadline_is_respected() {
     }
     assert_eq!(loader.source.loads_of(&key), 1);
 }
+
+/// A fill that the key's primary refuses (out of memory under `noeviction`, set while the load runs) is served
+/// uncached, and its lease is given back at once: other replicas must not wait out the lease TTL on every miss
+/// of that key.
+#[tokio::test]
+async fn a_failed_fill_gives_its_lease_back() {
+    let cluster = crate::support::cluster::RedisCluster::start_async(&[]).await;
+    let loader = TestLoader::start().await;
+    loader.source.set_delay(Duration::from_millis(300));
+    let mut config = crate::support::config_on(&cluster);
+    loader.route(&mut config, "user:*");
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let key = format!("user:{}", unique("oom"));
+    loader.source.put(&key, b"row");
+    // Where cachecoord keeps the lease of user:<id> (see src/store/redis/layout.rs), and the primary owning it.
+    let lease = format!("{{{key}}}#lease");
+    let cli = crate::support::cluster::redis_cli;
+    let slot: u16 = cli(cluster.ports[0], &["CLUSTER", "KEYSLOT", &lease])
+        .trim()
+        .parse()
+        .unwrap();
+    let owner = cluster
+        .slot_owners()
+        .into_iter()
+        .find(|(first, last, _)| (*first..=*last).contains(&slot))
+        .map(|(_, _, port)| port)
+        .unwrap();
+
+    let mut reads = loader.source.subscribe_reads();
+    let mut reader = client.clone();
+    let reader_key = key.clone();
+    let answer = tokio::spawn(async move { get(&mut reader, &reader_key).await });
+    while reads.recv().await.unwrap() != key {}
+    // The lease is taken and the load is running: from now on the primary refuses writes.
+    cli(owner, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    cli(owner, &["CONFIG", "SET", "maxmemory", "1"]);
+    let answer = answer.await.unwrap();
+    let lease_left = cli(owner, &["EXISTS", &lease]);
+    cli(owner, &["CONFIG", "SET", "maxmemory", "0"]);
+
+    assert_eq!(
+        (answer.source(), &answer.value[..]),
+        (Source::Loaded, &b"row"[..])
+    );
+    assert_eq!(cached(&mut client, &key).await.source(), Source::Miss);
+    assert_eq!(
+        lease_left.trim(),
+        "0",
+        "the failed fill left its lease behind"
+    );
+}
