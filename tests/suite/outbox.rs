@@ -133,11 +133,20 @@ patterns = ["user:{{id}}:*"]
 
     let restarted = TestServer::start_with(config).await;
     until_gone(&mut observer_client, "user:9").await;
-    let left: i64 = db
-        .query_one("SELECT count(*) FROM cachecoord.outbox", &[])
-        .await
-        .unwrap()
-        .get(0);
+    // The row is deleted in the transaction that applied it, which commits just after the invalidation is
+    // visible: wait for that commit (bounded), then nothing may be left.
+    let started = Instant::now();
+    let left = loop {
+        let left: i64 = db
+            .query_one("SELECT count(*) FROM cachecoord.outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 || started.elapsed() > Duration::from_secs(10) {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     assert_eq!(left, 0, "applied rows are removed from the outbox");
     assert!(is_cached(&mut observer_client, "user:8").await);
     drop(restarted);
