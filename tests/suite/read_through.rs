@@ -440,7 +440,8 @@ async fn the_callers_deadline_is_respected() {
 
 /// A fill that the key's primary refuses (out of memory under `noeviction`, set while the load runs) is served
 /// uncached, and its lease is given back at once: other replicas must not wait out the lease TTL on every miss
-/// of that key.
+/// of that key. While the primary stays full, its refusals are a passing condition of that node: a Set answers
+/// UNAVAILABLE (retry), never INTERNAL, and a Get that cannot take a lease falls back to the loader.
 #[tokio::test]
 async fn a_failed_fill_gives_its_lease_back() {
     let cluster = crate::support::cluster::RedisCluster::start_async(&[]).await;
@@ -476,6 +477,12 @@ async fn a_failed_fill_gives_its_lease_back() {
     cli(owner, &["CONFIG", "SET", "maxmemory", "1"]);
     let answer = answer.await.unwrap();
     let lease_left = cli(owner, &["EXISTS", &lease]);
+    let refused_set = client
+        .set(crate::support::set_request(&key, b"new"))
+        .await
+        .unwrap_err();
+    loader.source.put(&key, b"row 2");
+    let while_full = get(&mut client, &key).await;
     cli(owner, &["CONFIG", "SET", "maxmemory", "0"]);
 
     assert_eq!(
@@ -487,5 +494,10 @@ async fn a_failed_fill_gives_its_lease_back() {
         lease_left.trim(),
         "0",
         "the failed fill left its lease behind"
+    );
+    assert_error(&refused_set, Code::Unavailable, "BACKEND_UNAVAILABLE");
+    assert_eq!(
+        (while_full.source(), &while_full.value[..]),
+        (Source::Fallback, &b"row 2"[..])
     );
 }

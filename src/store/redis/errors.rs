@@ -19,6 +19,10 @@ const TRANSIENT_CODES: &[&str] = &[
     // A WAIT cut short, or refused, because its primary was just demoted.
     "UNBLOCKED",
     "WAIT cannot be used with replica",
+    // A node refusing writes while full (`noeviction`), or busy with a long script: conditions of that one node,
+    // which pass, so they count against its breaker and a read falls back to the loader.
+    "OOM command not allowed",
+    "BUSY Redis is busy",
 ];
 
 /// Classifies `error`: transient conditions are [`Error::BackendUnavailable`], the rest [`Error::Backend`].
