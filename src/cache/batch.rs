@@ -14,10 +14,12 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
-/// Loads `keys` (misses of one loader, each with the stale entry that may stand in should the loader fail).
+/// Loads `keys` (misses of one loader, each with the stale entry that may stand in should the loader fail) for
+/// a request that began at `since`.
 pub(super) async fn load_batch(
     core: Arc<Core>,
     keys: Vec<(Key, Option<Entry>)>,
+    since: Instant,
 ) -> Result<Vec<Lookup>> {
     // The leased part runs in its own task: a caller that leaves must not strand leases that other callers,
     // on every replica, are waiting on.
@@ -29,7 +31,7 @@ pub(super) async fn load_batch(
     let rest: Vec<usize> = (0..keys.len()).filter(|&i| answers[i].is_none()).collect();
     let singles = rest.iter().map(|&i| {
         let (key, stale) = keys[i].clone();
-        load_one(core.clone(), key, stale)
+        load_one(core.clone(), key, stale, since)
     });
     for (&i, lookup) in rest
         .iter()

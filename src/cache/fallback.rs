@@ -9,12 +9,14 @@ use crate::keys::Key;
 use crate::{Error, Result};
 use futures::FutureExt;
 use std::sync::Arc;
+use std::time::Instant;
 
-/// Answers `keys` (distinct) straight from their loaders.
+/// Answers `keys` (distinct) straight from their loaders, for a request that began at `since`.
 pub(super) async fn fallback(
     core: Arc<Core>,
     keys: Vec<Key>,
     options: ReadOptions,
+    since: Instant,
 ) -> Result<Vec<Lookup>> {
     if options.cache_only || keys.iter().any(|key| core.loaders.for_key(key).is_none()) {
         return Err(Error::BackendUnavailable {
@@ -25,7 +27,7 @@ pub(super) async fn fallback(
     let loads = keys.into_iter().map(|key| {
         let flying = core.clone();
         core.flights
-            .join(key.clone(), move || load_direct(flying, key).boxed())
+            .join(key.clone(), since, move || load_direct(flying, key).boxed())
     });
     let lookups = futures::future::try_join_all(loads).await?;
     Ok(lookups

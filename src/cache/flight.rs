@@ -25,11 +25,17 @@ use std::time::Instant;
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
-/// Joins (or starts) the single-key flight of `key`; `stale` may stand in should the loader fail.
-pub(super) async fn load_one(core: Arc<Core>, key: Key, stale: Option<Entry>) -> Result<Lookup> {
+/// Joins (or starts) the single-key flight of `key` for a request that began at `since`; `stale` may stand in
+/// should the loader fail.
+pub(super) async fn load_one(
+    core: Arc<Core>,
+    key: Key,
+    stale: Option<Entry>,
+    since: Instant,
+) -> Result<Lookup> {
     let flying = core.clone();
     core.flights
-        .join(key.clone(), move || fly(flying, key, stale).boxed())
+        .join(key.clone(), since, move || fly(flying, key, stale).boxed())
         .await
 }
 

@@ -13,6 +13,7 @@ use crate::keys::Key;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// What a cached entry means for a read.
 enum Verdict {
@@ -24,8 +25,9 @@ enum Verdict {
 
 /// Reads one key, loading it on a miss when its entity has a loader.
 pub(super) async fn get(core: Arc<Core>, key: &str, options: ReadOptions) -> Result<Lookup> {
+    let since = Instant::now();
     let key = core.parse_key(key)?;
-    let mut answers = read(core.clone(), vec![key.clone()], options).await?;
+    let mut answers = read(core.clone(), vec![key.clone()], options, since).await?;
     let lookup = answers.pop().unwrap_or_else(Lookup::miss);
     core.count(&key, lookup.source);
     Ok(lookup)
@@ -38,6 +40,7 @@ pub(super) async fn batch_get(
     keys: &[String],
     options: ReadOptions,
 ) -> Result<Vec<Lookup>> {
+    let since = Instant::now();
     core.check_batch("keys", keys.len())?;
     let mut distinct: Vec<Key> = Vec::with_capacity(keys.len());
     let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
@@ -53,17 +56,22 @@ pub(super) async fn batch_get(
         };
         positions.push(index);
     }
-    let lookups = read(core.clone(), distinct.clone(), options).await?;
+    let lookups = read(core.clone(), distinct.clone(), options, since).await?;
     for &i in &positions {
         core.count(&distinct[i], lookups[i].source);
     }
     Ok(positions.into_iter().map(|i| lookups[i].clone()).collect())
 }
 
-/// Answers `keys` (distinct), loading misses of entities that have a loader.
-async fn read(core: Arc<Core>, keys: Vec<Key>, options: ReadOptions) -> Result<Vec<Lookup>> {
+/// Answers `keys` (distinct) for a request that began at `since`, loading misses of entities that have a loader.
+async fn read(
+    core: Arc<Core>,
+    keys: Vec<Key>,
+    options: ReadOptions,
+    since: Instant,
+) -> Result<Vec<Lookup>> {
     let Some(near) = core.near.clone() else {
-        return read_from_store(core, keys, options, None).await;
+        return read_from_store(core, keys, options, None, since).await;
     };
     // Near-cache first: its hits answer without a Redis round trip.
     let mut answers: Vec<Option<Lookup>> = vec![None; keys.len()];
@@ -86,7 +94,7 @@ async fn read(core: Arc<Core>, keys: Vec<Key>, options: ReadOptions) -> Result<V
     }
     if !rest.is_empty() {
         let sequence = near.sequence();
-        let looked_up = read_from_store(core, rest, options, Some(sequence)).await?;
+        let looked_up = read_from_store(core, rest, options, Some(sequence), since).await?;
         for (index, lookup) in rest_at.into_iter().zip(looked_up) {
             answers[index] = Some(lookup);
         }
@@ -101,12 +109,13 @@ async fn read_from_store(
     keys: Vec<Key>,
     options: ReadOptions,
     near_sequence: Option<u64>,
+    since: Instant,
 ) -> Result<Vec<Lookup>> {
     // A store that is down (or whose node serving these keys is: its breaker answers at once) sends the
     // reads to the loaders.
     let stored = match core.store.get_many(&keys).await {
         Ok(stored) => stored,
-        Err(Error::BackendUnavailable { .. }) => return fallback(core, keys, options).await,
+        Err(Error::BackendUnavailable { .. }) => return fallback(core, keys, options, since).await,
         Err(error) => return Err(error),
     };
 
@@ -134,7 +143,7 @@ async fn read_from_store(
                 .iter()
                 .map(|(i, stale)| (keys[*i].clone(), stale.clone()))
                 .collect();
-            let lookups = load_group(core, picked).await?;
+            let lookups = load_group(core, picked, since).await?;
             Ok::<_, Error>(
                 group
                     .into_iter()
@@ -189,12 +198,16 @@ fn judge(
 
 /// Loads keys that share one loader: one key through its flight, several through one batch call (which needs
 /// leases to be safe).
-async fn load_group(core: Arc<Core>, keys: Vec<(Key, Option<Entry>)>) -> Result<Vec<Lookup>> {
+async fn load_group(
+    core: Arc<Core>,
+    keys: Vec<(Key, Option<Entry>)>,
+    since: Instant,
+) -> Result<Vec<Lookup>> {
     if keys.len() == 1 || !core.read_through.leases {
         let flights = keys
             .into_iter()
-            .map(|(key, stale)| load_one(core.clone(), key, stale));
+            .map(|(key, stale)| load_one(core.clone(), key, stale, since));
         return futures::future::try_join_all(flights).await;
     }
-    load_batch(core, keys).await
+    load_batch(core, keys, since).await
 }

@@ -501,3 +501,50 @@ async fn a_failed_fill_gives_its_lease_back() {
         (Source::Fallback, &b"row 2"[..])
     );
 }
+
+/// A caller never joins a load that read the source before the caller's request began. Two replicas: A holds the
+/// lease on a slow load; B's caller gives up waiting for it and loads for itself (uncached), reading v0; the row
+/// becomes v1 and an invalidation is acknowledged; a new Get on B must then answer v1, not B's running v0 load.
+#[tokio::test]
+async fn a_new_caller_never_joins_a_load_older_than_itself() {
+    let loader = TestLoader::start().await;
+    loader.source.set_delay(Duration::from_millis(1000));
+    let mut config = Backend::Cluster.config();
+    config.read_through.lease_wait = Duration::from_millis(200);
+    loader.route(&mut config, "user:*");
+    let a = TestServer::start_with(config.clone()).await;
+    let b = TestServer::start_with(config).await;
+    let (client_a, client_b) = (a.client().await, b.client().await);
+    let key = format!("user:{}", unique("join"));
+    loader.source.put(&key, b"v0");
+    let mut reads = loader.source.subscribe_reads();
+
+    let get_on = |client: &Client| {
+        let (mut client, key) = (client.clone(), key.clone());
+        tokio::spawn(async move { get(&mut client, &key).await })
+    };
+    let holder = get_on(&client_a);
+    while reads.recv().await.unwrap() != key {}
+    let gave_up = get_on(&client_b);
+    // B's caller waited out the lease and is now reading v0 itself.
+    while reads.recv().await.unwrap() != key {}
+    loader.source.put(&key, b"v1");
+    client_a
+        .clone()
+        .invalidate(InvalidateRequest {
+            keys: vec![key.clone()],
+        })
+        .await
+        .unwrap();
+
+    let after = get_on(&client_b).await.unwrap();
+    assert_eq!(
+        &after.value[..],
+        b"v1",
+        "a Get that began after the acknowledged invalidation answered {:?} ({:?})",
+        String::from_utf8_lossy(&after.value),
+        after.source()
+    );
+    holder.await.unwrap();
+    gave_up.await.unwrap();
+}
