@@ -4,7 +4,7 @@
 
 use super::load::load_fallback;
 use super::shared::Core;
-use super::types::{Lookup, ReadOptions, SharedResult, Source};
+use super::types::{Flown, Lookup, ReadOptions, SharedResult, Source};
 use crate::keys::Key;
 use crate::{Error, Result};
 use futures::FutureExt;
@@ -26,8 +26,9 @@ pub(super) async fn fallback(
     }
     let loads = keys.into_iter().map(|key| {
         let flying = core.clone();
-        core.flights
-            .join(key.clone(), since, move || load_direct(flying, key).boxed())
+        core.flights.join(key.clone(), since, move || {
+            load_direct(flying.clone(), key.clone()).boxed()
+        })
     });
     let lookups = futures::future::try_join_all(loads).await?;
     Ok(lookups
@@ -44,7 +45,7 @@ pub(super) async fn fallback(
 async fn load_direct(core: Arc<Core>, key: Key) -> SharedResult {
     let policy = core.policies.for_key(&key).clone();
     let Some((_, loader)) = core.loaders.for_key(&key) else {
-        return Ok(Lookup::miss());
+        return Ok(Flown::new(Lookup::miss(), Instant::now()));
     };
     let loader = loader.clone();
     load_fallback(&core, &key, &policy, loader.as_ref()).await

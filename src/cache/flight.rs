@@ -11,13 +11,12 @@
 
 use super::entry::Entry;
 use super::lease::{Fill, Lease};
-use super::load::{load_entry, load_fallback};
+use super::load::{LoadedEntry, load_entry, load_fallback};
 use super::policy::Policy;
 use super::shared::Core;
-use super::types::{Lookup, SharedResult, Source};
+use super::types::{Flown, Lookup, SharedResult, Source};
 use crate::keys::Key;
 use crate::loader::Loader;
-use crate::store::StoreWrite;
 use crate::{Error, Result};
 use futures::FutureExt;
 use std::sync::Arc;
@@ -25,8 +24,8 @@ use std::time::Instant;
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
-/// Joins (or starts) the single-key flight of `key` for a request that began at `since`; `stale` may stand in
-/// should the loader fail.
+/// Joins (or starts) the single-key flight of `key` for a request that began at `since`; `stale` (read from the
+/// store after `since`) may stand in should the loader fail.
 pub(super) async fn load_one(
     core: Arc<Core>,
     key: Key,
@@ -35,21 +34,30 @@ pub(super) async fn load_one(
 ) -> Result<Lookup> {
     let flying = core.clone();
     core.flights
-        .join(key.clone(), since, move || fly(flying, key, stale).boxed())
+        .join(key.clone(), since, move || {
+            fly(flying.clone(), key.clone(), stale.clone(), since).boxed()
+        })
         .await
 }
 
-/// The body of a flight: the key's load, by whichever protocol the configuration asks for.
-async fn fly(core: Arc<Core>, key: Key, stale: Option<Entry>) -> SharedResult {
+/// The body of a flight: the key's load, by whichever protocol the configuration asks for. `stale_as_of` is
+/// when the starter's request began (its stale entry was read after that).
+async fn fly(
+    core: Arc<Core>,
+    key: Key,
+    stale: Option<Entry>,
+    stale_as_of: Instant,
+) -> SharedResult {
     let policy = core.policies.for_key(&key).clone();
     let Some((_, loader)) = core.loaders.for_key(&key) else {
-        return Ok(Lookup::miss());
+        return Ok(Flown::new(Lookup::miss(), Instant::now()));
     };
     let flight = KeyFlight {
         loader: loader.clone(),
         core,
         key,
         policy,
+        stale_as_of,
     };
     if flight.core.read_through.leases {
         flight.leased(stale).await
@@ -64,19 +72,21 @@ struct KeyFlight {
     key: Key,
     policy: Policy,
     loader: Arc<dyn Loader>,
+    /// When the stale stand-in (if any) was read, at the latest.
+    stale_as_of: Instant,
 }
 
 /// How holding the lease ended.
 enum Held {
     /// Answer with this.
-    Settled(Lookup),
+    Settled(Flown),
     /// The fill was voided and no newer value is stored: load again (or serve this when out of retries).
-    Voided(Lookup),
+    Voided(Flown),
 }
 
 /// How waiting for another replica's load ended.
 enum Waited {
-    Filled(Lookup),
+    Filled(Flown),
     Retry,
     TimedOut,
 }
@@ -84,11 +94,11 @@ enum Waited {
 impl KeyFlight {
     /// Without leases: load and write, best effort (the value is served whether or not the write lands).
     async fn unleased(&self, stale: Option<Entry>) -> SharedResult {
-        let (write, lookup) = self.load(stale).await?;
-        if let Some(write) = write {
-            let _ = self.core.store.set_many(std::slice::from_ref(&write)).await;
+        let loaded = self.load(stale).await?;
+        if let Some(write) = &loaded.write {
+            let _ = self.core.store.set_many(std::slice::from_ref(write)).await;
         }
-        Ok(lookup)
+        Ok(Flown::new(loaded.lookup, loaded.as_of))
     }
 
     /// Takes the lease and loads, or waits for whoever holds it; loads again when a fill is voided.
@@ -107,10 +117,10 @@ impl KeyFlight {
                 }
                 Err(error) => return Err(Arc::new(error)),
                 Ok(Some(lease)) => match self.hold(lease, stale.clone()).await? {
-                    Held::Settled(lookup) => return Ok(lookup),
-                    Held::Voided(lookup) => {
+                    Held::Settled(flown) => return Ok(flown),
+                    Held::Voided(flown) => {
                         if voided == core.read_through.max_voided_retries {
-                            return Ok(lookup);
+                            return Ok(flown);
                         }
                         voided += 1;
                         tracing::debug!(key = %self.key, voided, "load voided by an invalidation; loading again");
@@ -121,13 +131,13 @@ impl KeyFlight {
                     .instrument(tracing::info_span!("lease_wait"))
                     .await
                 {
-                    Waited::Filled(lookup) => return Ok(lookup),
+                    Waited::Filled(flown) => return Ok(flown),
                     Waited::Retry => {}
                     Waited::TimedOut => {
                         metrics::counter!("cachecoord_lease_wait_timeouts_total").increment(1);
                         tracing::warn!(key = %self.key, "lease wait timed out; loading without caching");
-                        let (_, lookup) = self.load(stale).await?;
-                        return Ok(lookup);
+                        let loaded = self.load(stale).await?;
+                        return Ok(Flown::new(loaded.lookup, loaded.as_of));
                     }
                 },
             }
@@ -138,34 +148,38 @@ impl KeyFlight {
     async fn hold(&self, lease: Lease, stale: Option<Entry>) -> Result<Held, Arc<Error>> {
         // Someone may have filled the key between our miss and our lease (their lease was released by the fill):
         // look again before loading, or a key can be loaded twice.
-        if let Some(filled) = self.core.fresh_entry(&self.key).await {
+        if let Some(filled) = self.fresh_entry().await {
             lease.release().await;
-            return Ok(Held::Settled(Lookup::found_or_negative(
-                &filled,
-                Source::Coalesced,
-            )));
+            return Ok(Held::Settled(filled.map_lookup(|entry| {
+                Lookup::found_or_negative(entry, Source::Coalesced)
+            })));
         }
-        let (write, lookup) = match self.load(stale).await {
+        let loaded = match self.load(stale).await {
             Ok(loaded) => loaded,
             Err(error) => {
                 lease.release().await;
                 return Err(error);
             }
         };
-        let Some(write) = write else {
+        let answer = Flown::new(loaded.lookup, loaded.as_of);
+        let Some(write) = loaded.write else {
             // Served stale on loader failure, or not cacheable: nothing to fill.
             lease.release().await;
-            return Ok(Held::Settled(lookup));
+            return Ok(Held::Settled(answer));
         };
         match lease.fill(&write).await {
             // Voided by a Set or an invalidation (or the lease ran out). A Set's value is newer than ours: serve
             // it. Otherwise load again, after the invalidation.
-            Fill::Voided => match self.core.fresh_entry(&self.key).await {
-                Some(fresh) => Ok(Held::Settled(Lookup::from_entry(&fresh, Source::Coalesced))),
-                None => Ok(Held::Voided(lookup)),
+            Fill::Voided => match self.fresh_entry().await {
+                Some(fresh) => {
+                    Ok(Held::Settled(fresh.map_lookup(|entry| {
+                        Lookup::from_entry(entry, Source::Coalesced)
+                    })))
+                }
+                None => Ok(Held::Voided(answer)),
             },
             // A failed fill is served, just not cached.
-            Fill::Written | Fill::Failed => Ok(Held::Settled(lookup)),
+            Fill::Written | Fill::Failed => Ok(Held::Settled(answer)),
         }
     }
 
@@ -188,8 +202,10 @@ impl KeyFlight {
             }
             break;
         }
-        if let Some(entry) = self.core.fresh_entry(&self.key).await {
-            return Waited::Filled(Lookup::found_or_negative(&entry, Source::Coalesced));
+        if let Some(filled) = self.fresh_entry().await {
+            return Waited::Filled(
+                filled.map_lookup(|entry| Lookup::found_or_negative(entry, Source::Coalesced)),
+            );
         }
         if Instant::now() >= deadline {
             Waited::TimedOut
@@ -198,15 +214,36 @@ impl KeyFlight {
         }
     }
 
+    /// The key's fresh entry in the store, good as of the moment the read was sent.
+    async fn fresh_entry(&self) -> Option<Stored> {
+        let as_of = Instant::now();
+        let entry = self.core.fresh_entry(&self.key).await?;
+        Some(Stored { entry, as_of })
+    }
+
     /// Calls the loader; see [`load_entry`].
-    async fn load(&self, stale: Option<Entry>) -> Result<(Option<StoreWrite>, Lookup), Arc<Error>> {
+    async fn load(&self, stale: Option<Entry>) -> Result<LoadedEntry, Arc<Error>> {
         load_entry(
             &self.core,
             &self.key,
             &self.policy,
             self.loader.as_ref(),
             stale,
+            self.stale_as_of,
         )
         .await
+    }
+}
+
+/// An entry read from the store, and when the read was sent.
+struct Stored {
+    entry: Entry,
+    as_of: Instant,
+}
+
+impl Stored {
+    /// The answer `to_lookup` makes of the entry, good as of the read.
+    fn map_lookup(self, to_lookup: impl FnOnce(&Entry) -> Lookup) -> Flown {
+        Flown::new(to_lookup(&self.entry), self.as_of)
     }
 }

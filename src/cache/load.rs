@@ -5,7 +5,7 @@
 use super::entry::Entry;
 use super::policy::Policy;
 use super::shared::Core;
-use super::types::{Lookup, SharedResult, Source};
+use super::types::{Flown, Lookup, SharedResult, Source};
 use crate::Error;
 use crate::keys::Key;
 use crate::loader::{Loaded, Loader};
@@ -13,22 +13,42 @@ use crate::store::StoreWrite;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Calls the loader and builds the entry to fill. On loader failure, a stale entry inside `stale_if_error`
-/// is served instead (with nothing to fill).
+/// A loader's answer: the entry to fill (if any), the caller's answer, and the instant the answer is good for.
+pub(super) struct LoadedEntry {
+    pub(super) write: Option<StoreWrite>,
+    pub(super) lookup: Lookup,
+    pub(super) as_of: Instant,
+}
+
+/// Calls the loader and builds the entry to fill; the answer is good as of the call's start. On loader failure,
+/// a stale entry inside `stale_if_error` is served instead (nothing to fill), good as of `stale_as_of`, when it
+/// was read from the store.
 pub(super) async fn load_entry(
     core: &Core,
     key: &Key,
     policy: &Policy,
     loader: &dyn Loader,
     stale: Option<Entry>,
-) -> Result<(Option<StoreWrite>, Lookup), Arc<Error>> {
+    stale_as_of: Instant,
+) -> Result<LoadedEntry, Arc<Error>> {
     let started = Instant::now();
     match loader.load(key).await {
-        Ok(loaded) => Ok(entry_for(core, key, policy, loaded, started.elapsed())),
+        Ok(loaded) => {
+            let (write, lookup) = entry_for(core, key, policy, loaded, started.elapsed());
+            Ok(LoadedEntry {
+                write,
+                lookup,
+                as_of: started,
+            })
+        }
         Err(error) => {
             tracing::warn!(key = %key, %error, "loader failed");
             match stale.filter(|e| stale_if_error_allows(e, policy)) {
-                Some(entry) => Ok((None, Lookup::from_entry(&entry, Source::Stale))),
+                Some(entry) => Ok(LoadedEntry {
+                    write: None,
+                    lookup: Lookup::from_entry(&entry, Source::Stale),
+                    as_of: stale_as_of,
+                }),
                 None => Err(Arc::new(error)),
             }
         }
@@ -42,10 +62,11 @@ pub(super) async fn load_fallback(
     policy: &Policy,
     loader: &dyn Loader,
 ) -> SharedResult {
+    let started = Instant::now();
     let loaded = loader.load(key).await.map_err(Arc::new)?;
     let (_, mut lookup) = entry_for(core, key, policy, loaded, Duration::ZERO);
     lookup.source = Source::Fallback;
-    Ok(lookup)
+    Ok(Flown::new(lookup, started))
 }
 
 /// Builds the store write and the answer for what a loader returned in `took`.

@@ -4,106 +4,97 @@
 //! A load runs in its own task, so a caller that gives up (deadline) does not cancel it for the others. What the
 //! load does (lease, load, fill) is the caller's business: this file only keeps the registry.
 //!
-//! A caller joins only a flight that started after its own request began. An older flight may have read the
-//! source before an invalidation this caller saw acknowledged (a load that waited out a lease and reads for
-//! itself, a voided load out of retries, a stale stand-in, a fallback load): its value is too old to answer
-//! with. Such a caller starts a new flight, which takes the key's place in the registry; the older flight still
-//! answers its own callers. The new flight is no extra load across replicas: it meets the older flight's lease
-//! and waits for its fill, which the store has already checked against every invalidation.
+//! A caller may take a flight's answer only if the answer was read (from the source or the store) after the
+//! caller's own request began. An older answer (a load that waited out a lease and read for itself, a voided load
+//! out of retries, a stale stand-in, a fallback load, a fill read before the caller arrived) may predate an
+//! invalidation the caller saw acknowledged: the caller then joins the key's next flight instead. Callers that
+//! arrive while a flight loads still share it when it fills: a fill lands only if no invalidation came after its
+//! lease was taken, and the next flight finds that fill in the store rather than loading again.
 
-use super::types::{Lookup, SharedResult, Source};
+use super::types::{Flown, Lookup, SharedResult, Source};
 use crate::Error;
 use crate::keys::Key;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tracing::Instrument;
 
 type Flight = Shared<BoxFuture<'static, SharedResult>>;
 
-/// The newest flight of a key.
-struct Running {
-    /// Tells this flight from a newer one of the same key, so an ending flight removes only itself.
-    id: u64,
-    /// When the flight started: every source read it makes comes after this.
-    started: Instant,
-    flight: Flight,
-}
-
-/// Loads in flight in this replica, the newest per key, plus keys being refreshed in the background.
+/// Loads in flight in this replica, one per key, plus keys being refreshed in the background.
 #[derive(Default)]
 pub(super) struct Flights {
     /// Shared with the flights' tasks, which remove themselves when they end.
-    running: Arc<Mutex<HashMap<Key, Running>>>,
-    next_id: AtomicU64,
+    running: Arc<Mutex<HashMap<Key, Flight>>>,
     /// Shared with the refresh tasks, which remove their key when they end.
     refreshing: Arc<Mutex<HashSet<Key>>>,
 }
 
 impl Flights {
-    /// Joins the key's flight in this replica if it started at or after `since` (when the caller's request
-    /// began), or starts one as the future `start` makes. A caller that joined someone else's load answers
+    /// Answers from the key's flight in this replica (joined, or started as the future `start` makes), for a
+    /// request that began at `since`: a joined flight whose answer is older than `since` is not taken, and the
+    /// key's next flight is joined instead. A caller that joined someone else's load answers
     /// [`Source::Coalesced`] where the leader answers [`Source::Loaded`].
     pub(super) async fn join(
         &self,
         key: Key,
         since: Instant,
-        start: impl FnOnce() -> BoxFuture<'static, SharedResult> + Send + 'static,
+        start: impl Fn() -> BoxFuture<'static, SharedResult> + Send + Sync + 'static,
     ) -> crate::Result<Lookup> {
-        let (flight, leader) = {
-            let mut running = lock(&self.running);
-            match running.get(&key) {
-                Some(newest) if newest.started >= since => (newest.flight.clone(), false),
-                _ => {
-                    let registry = self.running.clone();
-                    let flight_key = key.clone();
-                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                    // The flight runs in the span of the call that started it, so its store and loader
-                    // calls show up in that caller's trace.
-                    let flight = async move {
-                        // Removed however the flight ends (done, panicked, aborted): a dead flight must not
-                        // answer for its key forever. A newer flight of the key stays.
-                        let _landing = OnDrop(|| {
-                            let mut running = lock(&registry);
-                            if running.get(&flight_key).is_some_and(|r| r.id == id) {
-                                running.remove(&flight_key);
-                            }
-                        });
-                        start().await
-                    };
-                    let task = tokio::spawn(flight.in_current_span());
-                    let failed_key = key.to_string();
-                    let flight = async move {
-                        task.await.unwrap_or_else(|join| {
-                            Err(Arc::new(Error::LoaderFailed {
-                                key: failed_key,
-                                source: join.into(),
-                            }))
-                        })
-                    }
-                    .boxed()
-                    .shared();
-                    let started = Instant::now();
-                    running.insert(
-                        key,
-                        Running {
-                            id,
-                            started,
-                            flight: flight.clone(),
-                        },
-                    );
-                    (flight, true)
+        let start = Arc::new(start);
+        loop {
+            let (flight, leader) = self.flight(&key, &start);
+            let Flown { mut lookup, as_of } = flight.await.map_err(Error::Shared)?;
+            if leader || as_of >= since {
+                if !leader && lookup.source == Source::Loaded {
+                    lookup.source = Source::Coalesced;
                 }
+                return Ok(lookup);
             }
-        };
-        let mut lookup = flight.await.map_err(Error::Shared)?;
-        if !leader && lookup.source == Source::Loaded {
-            lookup.source = Source::Coalesced;
+            // Too old for this caller. The flight has ended and left the registry (it leaves before its answer
+            // is out), so the next round joins a newer flight or starts one.
         }
-        Ok(lookup)
+    }
+
+    /// The key's running flight, or a new one started by `start` (then `true`: this caller leads it).
+    fn flight(
+        &self,
+        key: &Key,
+        start: &Arc<impl Fn() -> BoxFuture<'static, SharedResult> + Send + Sync + 'static>,
+    ) -> (Flight, bool) {
+        let mut running = lock(&self.running);
+        if let Some(flight) = running.get(key) {
+            return (flight.clone(), false);
+        }
+        let registry = self.running.clone();
+        let flight_key = key.clone();
+        let start = start.clone();
+        // The flight runs in the span of the call that started it, so its store and loader calls show up in
+        // that caller's trace.
+        let flight = async move {
+            // Removed however the flight ends (done, panicked, aborted): a dead flight must not answer for its
+            // key forever.
+            let _landing = OnDrop(|| {
+                lock(&registry).remove(&flight_key);
+            });
+            start().await
+        };
+        let task = tokio::spawn(flight.in_current_span());
+        let failed_key = key.to_string();
+        let flight = async move {
+            task.await.unwrap_or_else(|join| {
+                Err(Arc::new(Error::LoaderFailed {
+                    key: failed_key,
+                    source: join.into(),
+                }))
+            })
+        }
+        .boxed()
+        .shared();
+        running.insert(key.clone(), flight.clone());
+        (flight, true)
     }
 
     /// Marks `key` as refreshing in the background, unless it already is; the mark lasts as long as the

@@ -6,7 +6,7 @@ use super::entry::Entry;
 use crate::Error;
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where an answer came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,7 +119,23 @@ pub(super) fn settle(answers: Vec<Option<Lookup>>) -> Vec<Lookup> {
 }
 
 /// What a load shared by several callers answers; the error is shared with all of them.
-pub(super) type SharedResult = Result<Lookup, Arc<Error>>;
+pub(super) type SharedResult = Result<Flown, Arc<Error>>;
+
+/// A flight's answer, and the instant its value is good for: it was read (from the source, or from the store)
+/// no earlier than `as_of`. A caller whose request began after `as_of` may not take it: an invalidation it saw
+/// acknowledged may have come between that read and its request.
+#[derive(Clone, Debug)]
+pub(super) struct Flown {
+    pub(super) lookup: Lookup,
+    pub(super) as_of: Instant,
+}
+
+impl Flown {
+    /// `lookup`, good as of `as_of`.
+    pub(super) fn new(lookup: Lookup, as_of: Instant) -> Flown {
+        Flown { lookup, as_of }
+    }
+}
 
 /// How a read may be answered.
 #[derive(Clone, Copy, Debug, Default)]

@@ -548,3 +548,34 @@ async fn a_new_caller_never_joins_a_load_older_than_itself() {
     holder.await.unwrap();
     gave_up.await.unwrap();
 }
+
+/// Callers that arrive one after another while a slow load runs (longer than `lease_wait`) still cost one load:
+/// none of them may start a load of its own because the running one began before it did.
+#[tokio::test]
+async fn callers_arriving_during_a_slow_load_share_it() {
+    let loader = TestLoader::start().await;
+    loader.source.set_delay(Duration::from_millis(1000));
+    let mut config = Backend::Cluster.config();
+    config.read_through.lease_wait = Duration::from_millis(200);
+    loader.route(&mut config, "user:*");
+    let server = TestServer::start_with(config).await;
+    let client = server.client().await;
+    let key = format!("user:{}", unique("slow"));
+    loader.source.put(&key, b"row");
+    let mut reads = loader.source.subscribe_reads();
+
+    let get_on = |client: &Client| {
+        let (mut client, key) = (client.clone(), key.clone());
+        tokio::spawn(async move { get(&mut client, &key).await })
+    };
+    let mut callers = vec![get_on(&client)];
+    while reads.recv().await.unwrap() != key {}
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        callers.push(get_on(&client));
+    }
+    for caller in callers {
+        assert_eq!(&caller.await.unwrap().value[..], b"row");
+    }
+    assert_eq!(loader.source.loads_of(&key), 1);
+}
