@@ -24,8 +24,8 @@ use std::time::Instant;
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
-/// Joins (or starts) the single-key flight of `key` for a request that began at `since`; `stale` (read from the
-/// store after `since`) may stand in should the loader fail.
+/// Joins (or starts) the single-key flight of `key` for a request that began at `since`; `stale` (the expired
+/// entry the miss found) lets the flight look for a stand-in should the loader fail.
 pub(super) async fn load_one(
     core: Arc<Core>,
     key: Key,
@@ -35,19 +35,13 @@ pub(super) async fn load_one(
     let flying = core.clone();
     core.flights
         .join(key.clone(), since, move || {
-            fly(flying.clone(), key.clone(), stale.clone(), since).boxed()
+            fly(flying.clone(), key.clone(), stale.clone()).boxed()
         })
         .await
 }
 
-/// The body of a flight: the key's load, by whichever protocol the configuration asks for. `stale_as_of` is
-/// when the starter's request began (its stale entry was read after that).
-async fn fly(
-    core: Arc<Core>,
-    key: Key,
-    stale: Option<Entry>,
-    stale_as_of: Instant,
-) -> SharedResult {
+/// The body of a flight: the key's load, by whichever protocol the configuration asks for.
+async fn fly(core: Arc<Core>, key: Key, stale: Option<Entry>) -> SharedResult {
     let policy = core.policies.for_key(&key).clone();
     let Some((_, loader)) = core.loaders.for_key(&key) else {
         return Ok(Flown::new(Lookup::miss(), Instant::now()));
@@ -57,7 +51,6 @@ async fn fly(
         core,
         key,
         policy,
-        stale_as_of,
     };
     if flight.core.read_through.leases {
         flight.leased(stale).await
@@ -72,8 +65,6 @@ struct KeyFlight {
     key: Key,
     policy: Policy,
     loader: Arc<dyn Loader>,
-    /// When the stale stand-in (if any) was read, at the latest.
-    stale_as_of: Instant,
 }
 
 /// How holding the lease ended.
@@ -229,7 +220,6 @@ impl KeyFlight {
             &self.policy,
             self.loader.as_ref(),
             stale,
-            self.stale_as_of,
         )
         .await
     }

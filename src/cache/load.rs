@@ -21,15 +21,16 @@ pub(super) struct LoadedEntry {
 }
 
 /// Calls the loader and builds the entry to fill; the answer is good as of the call's start. On loader failure,
-/// a stale entry inside `stale_if_error` is served instead (nothing to fill), good as of `stale_as_of`, when it
-/// was read from the store.
+/// when the miss found an expired entry (`stale`), the store is read again: what it holds now (a newer fill, or
+/// the expired entry inside `stale_if_error`) is served instead, with nothing to fill, good as of that read. The
+/// entry the miss found is not served itself: it was read before the flight, and the flight's answer reaches
+/// callers that came later.
 pub(super) async fn load_entry(
     core: &Core,
     key: &Key,
     policy: &Policy,
     loader: &dyn Loader,
     stale: Option<Entry>,
-    stale_as_of: Instant,
 ) -> Result<LoadedEntry, Arc<Error>> {
     let started = Instant::now();
     match loader.load(key).await {
@@ -43,14 +44,23 @@ pub(super) async fn load_entry(
         }
         Err(error) => {
             tracing::warn!(key = %key, %error, "loader failed");
-            match stale.filter(|e| stale_if_error_allows(e, policy)) {
-                Some(entry) => Ok(LoadedEntry {
-                    write: None,
-                    lookup: Lookup::from_entry(&entry, Source::Stale),
-                    as_of: stale_as_of,
-                }),
-                None => Err(Arc::new(error)),
-            }
+            let as_of = Instant::now();
+            let stored = match stale {
+                Some(_) => core.stored_entry(key).await,
+                None => None,
+            };
+            let source = match &stored {
+                Some(entry) if entry.stale_for().is_none() => Source::Coalesced,
+                Some(entry) if stale_if_error_allows(entry, policy) => Source::Stale,
+                _ => return Err(Arc::new(error)),
+            };
+            let lookup =
+                stored.map_or_else(Lookup::miss, |entry| Lookup::from_entry(&entry, source));
+            Ok(LoadedEntry {
+                write: None,
+                lookup,
+                as_of,
+            })
         }
     }
 }

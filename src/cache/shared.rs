@@ -115,8 +115,15 @@ impl Core {
 
     /// The key's entry if the store holds a fresh one (errors count as none).
     pub(super) async fn fresh_entry(&self, key: &Key) -> Option<Entry> {
+        self.stored_entry(key)
+            .await
+            .filter(|entry| entry.stale_for().is_none())
+    }
+
+    /// The key's entry as the store holds it now, fresh or expired (errors count as none).
+    pub(super) async fn stored_entry(&self, key: &Key) -> Option<Entry> {
         let mut stored = self.store.get_many(std::slice::from_ref(key)).await.ok()?;
-        self.fresh(key, stored.pop().flatten())
+        stored.pop().flatten().and_then(|b| self.decode(key, b))
     }
 
     /// How long a lease holds before a waiter may take it over.

@@ -71,14 +71,15 @@ impl Flights {
         let registry = self.running.clone();
         let flight_key = key.clone();
         let start = start.clone();
+        // Removed however the flight ends (done, panicked, aborted, or dropped before it ever ran): a dead flight
+        // must not answer for its key forever.
+        let landing = OnDrop(move || {
+            lock(&registry).remove(&flight_key);
+        });
         // The flight runs in the span of the call that started it, so its store and loader calls show up in
         // that caller's trace.
         let flight = async move {
-            // Removed however the flight ends (done, panicked, aborted): a dead flight must not answer for its
-            // key forever.
-            let _landing = OnDrop(|| {
-                lock(&registry).remove(&flight_key);
-            });
+            let _landing = landing;
             start().await
         };
         let task = tokio::spawn(flight.in_current_span());
