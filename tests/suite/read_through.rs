@@ -519,13 +519,9 @@ async fn a_new_caller_never_joins_a_load_older_than_itself() {
     loader.source.put(&key, b"v0");
     let mut reads = loader.source.subscribe_reads();
 
-    let get_on = |client: &Client| {
-        let (mut client, key) = (client.clone(), key.clone());
-        tokio::spawn(async move { get(&mut client, &key).await })
-    };
-    let holder = get_on(&client_a);
+    let holder = spawn_get(&client_a, &key);
     while reads.recv().await.unwrap() != key {}
-    let gave_up = get_on(&client_b);
+    let gave_up = spawn_get(&client_b, &key);
     // B's caller waited out the lease and is now reading v0 itself.
     while reads.recv().await.unwrap() != key {}
     loader.source.put(&key, b"v1");
@@ -537,7 +533,7 @@ async fn a_new_caller_never_joins_a_load_older_than_itself() {
         .await
         .unwrap();
 
-    let after = get_on(&client_b).await.unwrap();
+    let after = spawn_get(&client_b, &key).await.unwrap();
     assert_eq!(
         &after.value[..],
         b"v1",
@@ -564,18 +560,23 @@ async fn callers_arriving_during_a_slow_load_share_it() {
     loader.source.put(&key, b"row");
     let mut reads = loader.source.subscribe_reads();
 
-    let get_on = |client: &Client| {
-        let (mut client, key) = (client.clone(), key.clone());
-        tokio::spawn(async move { get(&mut client, &key).await })
-    };
-    let mut callers = vec![get_on(&client)];
+    let mut callers = vec![spawn_get(&client, &key)];
     while reads.recv().await.unwrap() != key {}
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        callers.push(get_on(&client));
+        callers.push(spawn_get(&client, &key));
     }
     for caller in callers {
         assert_eq!(&caller.await.unwrap().value[..], b"row");
     }
     assert_eq!(loader.source.loads_of(&key), 1);
+}
+
+/// A Get of `key` through `client`, running on its own while the test goes on.
+fn spawn_get(
+    client: &Client,
+    key: &str,
+) -> tokio::task::JoinHandle<cachecoord::proto::GetResponse> {
+    let (mut client, key) = (client.clone(), key.to_owned());
+    tokio::spawn(async move { get(&mut client, &key).await })
 }
