@@ -128,12 +128,28 @@ impl World {
     }
 }
 
-/// Whether a failed call may be retried on another replica: the server said UNAVAILABLE, or the connection broke.
+/// Whether a failed call may be retried on another replica: the server said UNAVAILABLE, or the connection broke
+/// — including a call the server never started because its connection was closing: a draining replica's HTTP/2
+/// GOAWAY (NO_ERROR) refuses streams opened after it, which tonic reports as INTERNAL.
 fn retryable(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable | Code::Unknown | Code::Cancelled
-    )
+    ) || refused_by_goaway(status)
+}
+
+/// A stream the server refused with a graceful GOAWAY: it never reached a handler, so it is safe to send again.
+fn refused_by_goaway(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    let mut cause = status.source();
+    while let Some(error) = cause {
+        let described = format!("{error:?}");
+        if described.contains("GoAway(") && described.contains("NO_ERROR") {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// Runs `call` on a live replica, retrying once on another after a retryable failure.
