@@ -134,6 +134,9 @@ pub async fn serve(
             .map_err(|e| StartupError::unusable("the TLS files", e))?;
     }
     let serving = builder
+        .layer(tower::util::MapResponseLayer::new(
+            crate::api::explain_transport_refusal::<tonic::body::Body>,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(cache_service)

@@ -193,7 +193,7 @@ async fn no_matching_key_survives_eviction() {
     write(&mut client, &lost, b"v").await;
     let port = cluster.ports[0];
     assert_eq!(
-        redis_cli(port, &["-c", "DEL", "{user:lost}#keys"]).trim(),
+        redis_cli(port, &["-c", "DEL", "{user:lost}#index"]).trim(),
         "1"
     );
     invalidate(&mut client, "user:lost:k1*".into()).await;

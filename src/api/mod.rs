@@ -11,7 +11,7 @@ mod deadline;
 mod handlers;
 mod status;
 
-pub use status::{ERROR_DOMAIN, to_status};
+pub use status::{ERROR_DOMAIN, explain_transport_refusal, to_status};
 
 use crate::auth::Authenticator;
 use crate::cache::Coordinator;

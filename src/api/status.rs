@@ -46,6 +46,35 @@ pub fn to_status(error: &Error) -> Status {
     )
 }
 
+/// Gives the transport's own refusal of an oversized request (tonic answers OUT_OF_RANGE from the message's
+/// length prefix, before any handler runs) the ErrorInfo every other error carries: reason `REQUEST_TOO_LARGE`.
+/// Such a refusal is a trailers-only response, its status in the headers; every other response passes as is.
+pub fn explain_transport_refusal<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == b"11");
+    if !out_of_range || headers.contains_key("grpc-status-details-bin") {
+        return response;
+    }
+    let message = Status::from_header_map(headers)
+        .map(|status| bounded(status.message().to_owned()))
+        .unwrap_or_default();
+    let status = Status::with_error_details(
+        Code::OutOfRange,
+        message,
+        ErrorDetails::with_error_info(
+            "REQUEST_TOO_LARGE",
+            ERROR_DOMAIN,
+            HashMap::<String, String>::new(),
+        ),
+    );
+    if let Err(error) = status.add_header(headers) {
+        tracing::warn!(%error, "could not describe an oversized request's refusal");
+    }
+    response
+}
+
 /// `message`, cut at a character boundary to [`MAX_MESSAGE_BYTES`] (marked with `…`) when longer.
 fn bounded(mut message: String) -> String {
     const MARK: &str = "…";

@@ -88,12 +88,14 @@ pub(super) fn entry_for(
     took: Duration,
 ) -> (Option<StoreWrite>, Lookup) {
     let found = loaded.value.is_some();
+    let version = loaded.version;
     let ttl = match (found, loaded.ttl) {
         (false, _) => policy.negative_ttl,
         (true, Some(ttl)) => ttl.clamp(core.limits.min_ttl, core.limits.max_ttl),
         (true, None) => core.policies.jittered(policy.ttl),
     };
     let mut entry = Entry::fresh_for(loaded.value, ttl);
+    entry.version = version.unwrap_or(0);
     entry.load_ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
     let physical_ttl = if found {
         ttl + policy.stale_window()
@@ -116,7 +118,7 @@ pub(super) fn entry_for(
         key: key.clone(),
         value: core.encode(key, entry),
         ttl: physical_ttl,
-        version: None,
+        version,
     };
     (Some(write), lookup)
 }

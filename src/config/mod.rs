@@ -187,12 +187,39 @@ impl Config {
         let allow_cross_entity = self.invalidation.allow_cross_entity_patterns;
         self.outbox
             .validate(max_key_bytes, allow_cross_entity, postgres_url_set)?;
+        self.check_version_retention()?;
         let encrypting = self.policies.iter().any(|p| p.encrypt);
         let keys = &self.encryption;
         if encrypting && (keys.keys_dir.is_none() || keys.active_key.is_none()) {
             return ConfigError::fail(
                 "a policy sets encrypt = true: encryption.keys_dir and encryption.active_key are required",
             );
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// A version floor must outlive every value it guards, and a lease's late fill: otherwise a late writer
+    /// holding an older version finds the floor gone and is accepted.
+    fn check_version_retention(&self) -> Result<(), ConfigError> {
+        let defaults = &self.policy_defaults;
+        let longest_stale = self
+            .policies
+            .iter()
+            .flat_map(|p| [p.stale_while_revalidate, p.stale_if_error])
+            .flatten()
+            .chain([defaults.stale_while_revalidate, defaults.stale_if_error])
+            .max()
+            .unwrap_or_default();
+        let longest_life = self.limits.max_ttl + longest_stale + self.read_through.lease_ttl;
+        if self.store.version_retention < longest_life {
+            return ConfigError::fail(format!(
+                "store.version_retention_secs ({} s) must cover limits.max_ttl_secs + the longest stale window + \
+                 read_through.lease_ttl_ms ({} s)",
+                self.store.version_retention.as_secs(),
+                longest_life.as_secs_f64().ceil()
+            ));
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! `[store]`: which store holds entries, and how cachecoord talks to Redis.
 
-use super::duration::millis;
+use super::duration::{millis, secs};
 use crate::error::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -48,13 +48,21 @@ pub struct StoreConfig {
     /// (still accepted).
     pub scan_count: u32,
     /// Replicas that must acknowledge an Invalidate or InvalidatePattern (Redis `WAIT`) before it is answered,
-    /// so it survives a failover of its primary. Default 1; capped by the replicas each primary has (0 on a
-    /// server without replicas); 0 turns the wait off.
+    /// so it survives a failover of its primary. Default 1; 0 turns the wait off (a server or cluster without
+    /// replicas needs 0). Never lowered to what the slot map lists: a primary whose replica is down or lagging
+    /// answers UNAVAILABLE until one acknowledges.
     pub invalidation_replica_acks: usize,
     /// `replica_ack_timeout_ms`: how long an invalidation waits for those acknowledgements before answering
     /// UNAVAILABLE (retry). Default 500 ms.
     #[serde(rename = "replica_ack_timeout_ms", with = "millis")]
     pub replica_ack_timeout: Duration,
+    /// `version_retention_secs`: how long a key remembers the highest version written to it (by a versioned
+    /// Set, or a fill whose loader reported the row's version) after its value expired or was invalidated, so
+    /// a late writer holding an older version is still refused. Default 691200 s (8 days). Must cover the
+    /// longest life a value can have plus a lease: `limits.max_ttl_secs` + the longest stale window +
+    /// `read_through.lease_ttl_ms`.
+    #[serde(rename = "version_retention_secs", with = "secs")]
+    pub version_retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -73,6 +81,7 @@ impl Default for StoreConfig {
             scan_count: 1000,
             invalidation_replica_acks: 1,
             replica_ack_timeout: Duration::from_millis(500),
+            version_retention: Duration::from_secs(8 * 24 * 3600),
         }
     }
 }

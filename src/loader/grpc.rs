@@ -55,10 +55,16 @@ fn load_request(key: &Key) -> LoadRequest {
     }
 }
 
-fn loaded(found: bool, value: bytes::Bytes, ttl: Option<prost_types::Duration>) -> Loaded {
+fn loaded(
+    found: bool,
+    value: bytes::Bytes,
+    ttl: Option<prost_types::Duration>,
+    version: Option<u64>,
+) -> Loaded {
     Loaded {
         value: found.then_some(value),
         ttl: ttl.and_then(|ttl| Duration::try_from(ttl).ok()),
+        version: version.filter(|_| found),
     }
 }
 
@@ -83,7 +89,12 @@ impl Loader for GrpcLoader {
                 .await
                 .map_err(|status| failed(key, status))?
                 .into_inner();
-            Ok(loaded(response.found, response.value, response.ttl))
+            Ok(loaded(
+                response.found,
+                response.value,
+                response.ttl,
+                response.version,
+            ))
         })
         .await
     }
@@ -107,16 +118,11 @@ impl Loader for GrpcLoader {
             let mut by_key: HashMap<String, Loaded> = response
                 .results
                 .into_iter()
-                .map(|r| (r.key, loaded(r.found, r.value, r.ttl)))
+                .map(|r| (r.key, loaded(r.found, r.value, r.ttl, r.version)))
                 .collect();
             Ok(keys
                 .iter()
-                .map(|key| {
-                    by_key.remove(key.local()).unwrap_or(Loaded {
-                        value: None,
-                        ttl: None,
-                    })
-                })
+                .map(|key| by_key.remove(key.local()).unwrap_or(Loaded::absent()))
                 .collect())
         })
         .await

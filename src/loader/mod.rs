@@ -24,6 +24,28 @@ pub struct Loaded {
     pub value: Option<Bytes>,
     /// A TTL the loader asks for, overriding the entity policy.
     pub ttl: Option<Duration>,
+    /// The version of the row the value came from, when the loader reports it: the fill is then versioned.
+    pub version: Option<u64>,
+}
+
+impl Loaded {
+    /// The source has no such key.
+    pub fn absent() -> Loaded {
+        Loaded {
+            value: None,
+            ttl: None,
+            version: None,
+        }
+    }
+
+    /// `value`, with no TTL or version of its own.
+    pub fn value(value: Bytes) -> Loaded {
+        Loaded {
+            value: Some(value),
+            ttl: None,
+            version: None,
+        }
+    }
 }
 
 /// A source of truth that can fill misses.

@@ -142,7 +142,11 @@ impl Loader for PostgresLoader {
                 .first()
                 .map(|row| column_bytes(row, 0, key))
                 .transpose()?;
-            Ok(Loaded { value, ttl: None })
+            Ok(Loaded {
+                value,
+                ttl: None,
+                version: None,
+            })
         })
         .await
     }
@@ -173,6 +177,7 @@ impl Loader for PostgresLoader {
                 .map(|id| Loaded {
                     value: by_id.get(*id).cloned(),
                     ttl: None,
+                    version: None,
                 })
                 .collect())
         })

@@ -1,7 +1,9 @@
 //! The embedded in-process store: what `cargo run` uses, so a newcomer needs nothing else. Same semantics as
 //! Redis — per-entry TTL, a memory bound (least recently used entries go first), glob deletion, versioned writes
 //! and fill leases — on a moka cache. One mutex orders every lease-sensitive step (write, fill, delete), which is
-//! what Redis's single-threaded scripts give the Redis store.
+//! what Redis's single-threaded scripts give the Redis store. Version floors (the highest version written to a
+//! key, outliving its value for the version retention window) live in a second cache of their own, bounded to
+//! `MAX_VERSION_FLOORS` keys: past that, the least recently used floors are forgotten.
 
 use super::contract::{Heard, LeaseToken, Notice, Store, StoreWrite};
 use crate::Result;
@@ -19,6 +21,8 @@ use tokio::sync::broadcast;
 const ENTRY_OVERHEAD_BYTES: usize = 96;
 /// Outstanding leases above which expired ones are swept on the next lease taken.
 const LEASE_SWEEP_THRESHOLD: usize = 1024;
+/// Most version floors kept.
+const MAX_VERSION_FLOORS: u64 = 1 << 20;
 /// Lease events buffered for slow subscribers before the oldest are dropped (waiters also poll).
 const EVENT_BUFFER: usize = 4096;
 
@@ -53,14 +57,25 @@ pub struct MemoryStore {
     cache: Cache<String, Entry>,
     /// Lease holders and their expiry. Its mutex also serialises writes against fills.
     leases: Mutex<HashMap<String, (LeaseToken, Instant)>>,
+    /// The highest version written to each key, kept for the version retention window after its last versioned
+    /// write whatever happens to the value.
+    version_floors: Cache<String, u64>,
     events: broadcast::Sender<Arc<str>>,
     /// In one process every "replica" hears every notice at once; nothing can be lost.
     notices: broadcast::Sender<Heard>,
 }
 
 impl MemoryStore {
-    /// A store that holds at most about `max_bytes` of keys and values.
+    /// A store that holds at most about `max_bytes` of keys and values, remembering versions for the default
+    /// retention.
     pub fn new(max_bytes: u64) -> MemoryStore {
+        let retention = crate::config::StoreConfig::default().version_retention;
+        MemoryStore::with_version_retention(max_bytes, retention)
+    }
+
+    /// A store that holds at most about `max_bytes` of keys and values, and remembers each key's highest version
+    /// for `version_retention` after its last versioned write.
+    pub fn with_version_retention(max_bytes: u64, version_retention: Duration) -> MemoryStore {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, entry: &Entry| {
@@ -72,6 +87,10 @@ impl MemoryStore {
         MemoryStore {
             cache,
             leases: Mutex::new(HashMap::new()),
+            version_floors: Cache::builder()
+                .max_capacity(MAX_VERSION_FLOORS)
+                .time_to_live(version_retention)
+                .build(),
             events: broadcast::channel(EVENT_BUFFER).0,
             notices: broadcast::channel(EVENT_BUFFER).0,
         }
@@ -84,7 +103,23 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether `write` is versioned and older than what its key has held (its floor, or its stored entry).
+    fn older_than_stored(&self, write: &StoreWrite) -> bool {
+        let Some(version) = write.version else {
+            return false;
+        };
+        let key = write.key.as_str();
+        let floor = self.version_floors.get(key).unwrap_or(0);
+        let stored = self.cache.get(key).map_or(0, |e| e.version);
+        floor.max(stored) > version
+    }
+
+    /// Writes `write` (the caller holds the lease mutex) and raises its key's version floor.
     fn insert(&self, write: &StoreWrite) {
+        if let Some(version) = write.version {
+            self.version_floors
+                .insert(write.key.as_str().to_owned(), version);
+        }
         let entry = Entry {
             value: write.value.clone(),
             ttl: write.ttl,
@@ -113,11 +148,8 @@ impl Store for MemoryStore {
         Ok(writes
             .iter()
             .map(|write| {
-                if let Some(version) = write.version {
-                    let stored = self.cache.get(write.key.as_str()).map_or(0, |e| e.version);
-                    if stored > version {
-                        return false;
-                    }
+                if self.older_than_stored(write) {
+                    return false;
                 }
                 leases.remove(write.key.as_str());
                 self.insert(write);
@@ -176,6 +208,11 @@ impl Store for MemoryStore {
                 .is_some_and(|&(holder, expires)| holder == token && expires > Instant::now());
             if held {
                 leases.remove(write.key.as_str());
+                // A versioned fill older than what the key held read an older row: dropped, lease released.
+                if self.older_than_stored(write) {
+                    self.announce(&write.key);
+                    return Ok(false);
+                }
                 self.insert(write);
             }
             held
@@ -321,5 +358,11 @@ mod tests {
         assert_eq!(store.set_many(&[versioned(5)]).await.unwrap(), vec![true]);
         assert_eq!(store.set_many(&[versioned(4)]).await.unwrap(), vec![false]);
         assert_eq!(store.set_many(&[versioned(5)]).await.unwrap(), vec![true]);
+        store.delete_many(&[key("user:1")]).await.unwrap();
+        assert_eq!(
+            store.set_many(&[versioned(4)]).await.unwrap(),
+            vec![false],
+            "a delete does not forget the version"
+        );
     }
 }

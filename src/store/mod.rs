@@ -35,7 +35,10 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StartupError> 
                 source,
             }
         })?),
-        None => Arc::new(MemoryStore::new(config.memory_max_bytes)),
+        None => Arc::new(MemoryStore::with_version_retention(
+            config.memory_max_bytes,
+            config.version_retention,
+        )),
     };
     Ok(Arc::new(MeteredStore::new(backend)))
 }

@@ -331,3 +331,22 @@ async fn errors_never_echo_unbounded_input() {
     assert_error(&pattern, Code::InvalidArgument, "INVALID_PATTERN");
     assert!(pattern.message().len() <= BOUND);
 }
+
+/// A request larger than `limits.max_request_bytes` is refused by the transport before any handler runs, and
+/// still carries the ErrorInfo every error promises (reason REQUEST_TOO_LARGE); the server keeps serving.
+#[tokio::test]
+async fn an_oversized_request_gets_out_of_range_with_a_reason() {
+    let mut config = Backend::Embedded.config();
+    config.limits.max_request_bytes = 4096;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let key = format!("user:{}", unique("oversized"));
+
+    let refused = client
+        .set(set_request(&key, &[7u8; 8192]))
+        .await
+        .unwrap_err();
+
+    assert_error(&refused, Code::OutOfRange, "REQUEST_TOO_LARGE");
+    client.set(set_request(&key, b"small")).await.unwrap();
+}

@@ -16,6 +16,7 @@ mod auth;
 mod bad_input;
 mod cache_rpcs;
 mod cluster_spread;
+mod consistency;
 mod discovery;
 mod encryption;
 mod lifecycle;

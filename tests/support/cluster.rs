@@ -137,7 +137,15 @@ impl RedisCluster {
                 .ports
                 .iter()
                 .all(|port| redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok"));
-            if all_ok && self.primaries().len() == 3 && self.replicas().len() == 3 {
+            // Replicas in sync too: until then a primary's WAIT (every invalidation's fence) times out.
+            let replicated = || {
+                self.primaries().iter().all(|port| {
+                    redis_cli(*port, &["INFO", "replication"])
+                        .lines()
+                        .any(|line| line.starts_with("slave0:") && line.contains("state=online"))
+                })
+            };
+            if all_ok && self.primaries().len() == 3 && self.replicas().len() == 3 && replicated() {
                 return;
             }
             assert!(
@@ -306,11 +314,16 @@ fn start_redis(dir: &Path, port: u16, extra: &[&str]) -> PathBuf {
     pidfile
 }
 
-fn redis_server() -> &'static str {
+/// The redis-server binary: `CC_TEST_REDIS_SERVER` when set (scripts/test points it at Redis 7.2), else the
+/// Debian package's.
+fn redis_server() -> String {
+    if let Ok(path) = std::env::var("CC_TEST_REDIS_SERVER") {
+        return path;
+    }
     if Path::new("/usr/bin/redis-server").exists() {
-        "/usr/bin/redis-server"
+        "/usr/bin/redis-server".into()
     } else {
-        "redis-server"
+        "redis-server".into()
     }
 }
 

@@ -14,10 +14,13 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
+/// A row of the source: its bytes and, when the test gave one, its version.
+type Row = (Vec<u8>, Option<u64>);
+
 /// The loader's state, shared with the test.
 #[derive(Default)]
 pub struct SourceOfTruth {
-    values: Mutex<HashMap<String, Vec<u8>>>,
+    values: Mutex<HashMap<String, Row>>,
     delay_ms: AtomicU64,
     failing: AtomicBool,
     /// Load calls, all keys.
@@ -36,11 +39,24 @@ impl SourceOfTruth {
         self.values
             .lock()
             .unwrap()
-            .insert(key.into(), value.to_vec());
+            .insert(key.into(), (value.to_vec(), None));
+    }
+
+    /// Sets the source's value for `key` and the row version loads report with it.
+    pub fn put_versioned(&self, key: &str, value: &[u8], version: u64) {
+        self.values
+            .lock()
+            .unwrap()
+            .insert(key.into(), (value.to_vec(), Some(version)));
     }
 
     /// The source's current value for `key`.
     pub fn value(&self, key: &str) -> Option<Vec<u8>> {
+        self.row(key).map(|(value, _)| value)
+    }
+
+    /// The source's current row for `key`: value and version.
+    fn row(&self, key: &str) -> Option<Row> {
         self.values.lock().unwrap().get(key).cloned()
     }
 
@@ -80,19 +96,19 @@ impl SourceOfTruth {
         self.reads.as_ref().expect("reads channel").subscribe()
     }
 
-    async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, Status> {
+    async fn read(&self, key: &str) -> Result<Option<Row>, Status> {
         let value = self.read_now(key)?;
         self.wait_delay().await;
         Ok(value)
     }
 
-    /// Reads `key` from the source, counting and announcing the read, without the delay.
-    fn read_now(&self, key: &str) -> Result<Option<Vec<u8>>, Status> {
+    /// Reads `key`'s row from the source, counting and announcing the read, without the delay.
+    fn read_now(&self, key: &str) -> Result<Option<Row>, Status> {
         *self.per_key.lock().unwrap().entry(key.into()).or_default() += 1;
         if self.failing.load(Ordering::Relaxed) {
             return Err(Status::unavailable("source of truth is down (test)"));
         }
-        let value = self.value(key);
+        let value = self.row(key);
         if let Some(reads) = &self.reads {
             let _ = reads.send(key.to_owned());
         }
@@ -120,11 +136,14 @@ impl LoaderService for Service {
             self.0.traceparents.lock().unwrap().push(traceparent);
         }
         let request = request.into_inner();
-        let value = self.0.read(&request.key).await?;
+        let row = self.0.read(&request.key).await?;
+        let found = row.is_some();
+        let (value, version) = row.unwrap_or_default();
         Ok(Response::new(LoadResponse {
-            found: value.is_some(),
-            value: value.unwrap_or_default().into(),
+            found,
+            value: value.into(),
             ttl: None,
+            version,
         }))
     }
 
@@ -142,12 +161,15 @@ impl LoaderService for Service {
         self.0.batches.lock().unwrap().push(keys.clone());
         let mut results = Vec::new();
         for key in keys {
-            let value = self.0.read_now(&key)?;
+            let row = self.0.read_now(&key)?;
+            let found = row.is_some();
+            let (value, version) = row.unwrap_or_default();
             results.push(BatchLoadResult {
                 key,
-                found: value.is_some(),
-                value: value.unwrap_or_default().into(),
+                found,
+                value: value.into(),
                 ttl: None,
+                version,
             });
         }
         self.0.wait_delay().await;

@@ -1,8 +1,10 @@
 //! Invalidation: deleting keys, deleting what a pattern matches, and fencing both with `WAIT` so an acknowledged
 //! invalidation survives its primary's failover.
 //!
-//! Every step runs on each node's invalidation client (`Node::invalidator`), whose connection carries nothing
-//! else: `WAIT` then counts exactly the invalidation's writes and holds up no reads or writes.
+//! Deletes run on each node's own client, like every other command, so they apply at once even while a replica
+//! lags. Then the node's fence (`fence`) acknowledges them: a fence write and `WAIT` on the node's invalidation
+//! connection, shared by the invalidations running at once. A fence that times out answers UNAVAILABLE but does
+//! not count against the node's breaker: a lagging replica is not a failing primary.
 //!
 //! A pattern inside one group (`user:123:*`) is one script on one primary, costing the group's size. Patterns that
 //! span groups (`user:*:posts`) SCAN every primary instead, a page at a time, so Redis stays responsive while a
@@ -15,7 +17,9 @@ use super::scripts;
 use crate::keys::Pattern;
 use crate::{Error, Result};
 use fred::interfaces::SetsInterface;
-use fred::prelude::{Error as FredError, KeysInterface, ServerInterface};
+use fred::prelude::{ClientLike, Error as FredError, KeysInterface, ServerInterface};
+use fred::types::Expiration;
+use fred::types::config::Options;
 use fred::types::scan::{ScanResult, Scanner};
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
@@ -32,11 +36,16 @@ pub(super) struct InvalidationSettings {
     pub(super) scan_count: u32,
     /// How long one SCAN page may take (fred's SCAN stream applies no command timeout of its own).
     pub(super) page_timeout: Duration,
-    /// Replicas that must acknowledge an invalidation (capped by the replicas each primary has).
+    /// Replicas that must acknowledge an invalidation (0: no fence).
     pub(super) replica_acks: usize,
     /// How long to wait for them.
     pub(super) replica_ack_timeout: Duration,
+    /// How long any other command may take (the fence write; added to the wait's own timeout).
+    pub(super) command_timeout: Duration,
 }
+
+/// Fence keys outlive any wait for them; they only need to exist long enough to be replicated.
+const FENCE_TTL_MS: i64 = 60_000;
 
 /// Invalidates keys and patterns on the nodes of one deployment.
 pub(super) struct Invalidator {
@@ -59,7 +68,7 @@ impl Invalidator {
             let call = scripts::delete(indices.iter().map(|&i| keys[i]));
             async move {
                 let node = self.nodes.for_slot(slot)?;
-                let deleted = call.run::<u64>(&node.invalidator).await;
+                let deleted = call.run::<u64>(&node.client).await;
                 let deleted = self.nodes.observe(&node, deleted)?;
                 if replicate {
                     self.replicate(&node).await?;
@@ -78,44 +87,62 @@ impl Invalidator {
         }
     }
 
-    /// Waits until the replicas of `node` (up to `replica_acks`) have every write made so far on its
-    /// invalidation connection. Fewer acknowledgements within the timeout is UNAVAILABLE: the invalidation
-    /// reached the primary but might not survive its failover, so the caller should retry (invalidations are
-    /// idempotent).
+    /// Waits until `replica_acks` replicas of `node` hold every write the node made before this call (the
+    /// caller's deletes among them). Fewer within the timeout is UNAVAILABLE: the invalidation reached the
+    /// primary but might not survive its failover, so the caller should retry (invalidations are idempotent).
+    /// The count wanted is the configured one, never lowered to the replicas the slot map lists: a young or
+    /// degraded cluster may list none while a lagging replica can still be promoted.
     async fn replicate(&self, node: &Node) -> Result<()> {
-        let InvalidationSettings {
-            replica_acks,
-            replica_ack_timeout,
-            ..
-        } = self.settings;
-        let wanted = replica_acks.min(self.nodes.replicas_of(node));
-        if wanted == 0 {
+        if self.settings.replica_acks == 0 {
             return Ok(());
         }
+        node.fence
+            .after_writes(|| self.fence(node))
+            .await
+            .map_err(unavailable)
+    }
+
+    /// One fence on `node`: a write, then `WAIT` for it, on the node's invalidation connection.
+    async fn fence(&self, node: &Node) -> Result<(), String> {
+        let InvalidationSettings {
+            replica_acks: wanted,
+            replica_ack_timeout,
+            command_timeout,
+            ..
+        } = self.settings;
+        let Some(slot) = self.nodes.a_slot_of(node) else {
+            return Err(format!("{} serves no slot now; retry", node.name()));
+        };
+        let client = node.invalidator.with_options(&Options {
+            timeout: Some(replica_ack_timeout + command_timeout),
+            ..Options::default()
+        });
+        let failed = |error: FredError| format!("{}: {error}; retry", node.name());
+        let fence_ttl = Expiration::PX(FENCE_TTL_MS);
+        client
+            .set::<(), _, _>(layout::fence_key(slot), 1, Some(fence_ttl), None, false)
+            .await
+            .map_err(failed)?;
         let timeout_ms = i64::try_from(replica_ack_timeout.as_millis()).unwrap_or(i64::MAX);
         let wanted_i64 = i64::try_from(wanted).unwrap_or(i64::MAX);
-        let acked: i64 = node
-            .invalidator
-            .wait(wanted_i64, timeout_ms)
-            .await
-            .map_err(backend_error)?;
+        let acked: i64 = client.wait(wanted_i64, timeout_ms).await.map_err(failed)?;
         if acked >= wanted_i64 {
-            Ok(())
-        } else {
-            metrics::counter!("cachecoord_invalidations_unreplicated_total").increment(1);
-            Err(unavailable(format!(
-                "{} applied the invalidation but {acked} of {wanted} replicas acknowledged it within \
-                 {replica_ack_timeout:?}; retry it",
-                node.name(),
-            )))
+            return Ok(());
         }
+        metrics::counter!("cachecoord_invalidations_unreplicated_total").increment(1);
+        Err(format!(
+            "{} applied the invalidation but {acked} of {wanted} replicas acknowledged it within \
+             {replica_ack_timeout:?} (the slot map lists {} for it); retry it",
+            node.name(),
+            self.nodes.replicas_of(node),
+        ))
     }
 
     /// Pattern invalidation within one group: one script on the group's slot.
     async fn delete_in_group(&self, group: &str, member_pattern: &str) -> Result<u64> {
         let node = self.nodes.for_group(group)?;
         let deleted = scripts::delete_in_group(group, member_pattern)
-            .run(&node.invalidator)
+            .run(&node.client)
             .await;
         let deleted = self.nodes.observe(&node, deleted)?;
         self.replicate(&node).await?;
@@ -161,10 +188,8 @@ impl Invalidator {
         let (group, member) = layout::split(key);
         let node = self.nodes.for_group(group)?;
         let voided: Result<(), FredError> = async {
-            node.invalidator
-                .del::<(), _>(layout::lease_key(key))
-                .await?;
-            node.invalidator
+            node.client.del::<(), _>(layout::lease_key(key)).await?;
+            node.client
                 .srem::<(), _, _>(layout::leases_key(group), member)
                 .await
         }

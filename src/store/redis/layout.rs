@@ -8,10 +8,12 @@
 //! | Redis key               | holds                                                              |
 //! |-------------------------|--------------------------------------------------------------------|
 //! | `{user:123}:posts`      | the record of `user:123:posts` (group epoch, header, payload)      |
-//! | `{user:123}#keys`       | set of the group's keys, as members (`:posts`, ``): the index      |
+//! | `{user:123}#index`      | sorted set of the group's members (`:posts`, ``) by value expiry   |
 //! | `{user:123}#epoch`      | 8 random bytes; a record whose prefix differs is not served        |
 //! | `{user:123}#lease:posts`| the fill lease of `user:123:posts` (a holder's token)              |
 //! | `{user:123}#leases`     | set of members with a lease out, so a pattern can void them        |
+//! | `{user:123}#version:posts` | highest version written to `user:123:posts`, kept for the version retention window after the value is gone |
+//! | `{f12}#fence`           | written before each `WAIT` of an invalidation (one per node, see `fence_key`) |
 //!
 //! Keys never contain braces, and a key's member (its remainder after the group) is empty or starts with `:`, so
 //! `#…` bookkeeping names can never collide with a caller's key.
@@ -20,8 +22,13 @@ use crate::keys::Pattern;
 
 /// Between a group's tag and a member: where that member's lease lives.
 const LEASE_SUFFIX: &str = "#lease";
-/// After a group's tag: its index of members.
-const INDEX_SUFFIX: &str = "#keys";
+/// After a group's tag: its index of members. (Named `#keys` and a plain set before the index dropped expired
+/// members; a group whose index has the new name missing starts a new epoch, so old records are never served.)
+const INDEX_SUFFIX: &str = "#index";
+/// Between a group's tag and a member: where that member's version floor lives.
+const VERSION_SUFFIX: &str = "#version";
+/// After a fence tag: the key an invalidation writes before its `WAIT`.
+const FENCE_SUFFIX: &str = "#fence";
 /// After a group's tag: its set of members with a lease out.
 const LEASES_SUFFIX: &str = "#leases";
 /// After a group's tag: its epoch.
@@ -66,6 +73,39 @@ pub(super) fn value_key(key: &str) -> String {
 pub(super) fn lease_key(key: &str) -> String {
     let (group, member) = split(key);
     lease_prefix(group) + member
+}
+
+/// Where `key`'s version floor lives.
+pub(super) fn version_key(key: &str) -> String {
+    let (group, member) = split(key);
+    format!("{{{group}}}{VERSION_SUFFIX}{member}")
+}
+
+/// A key in hash slot `slot` for an invalidation's fence write: the write gives `WAIT` something to count on
+/// every Redis version (from 7.2 `WAIT` counts only commands that wrote), and puts the fence after every write
+/// the node made before it in the replication stream.
+pub(super) fn fence_key(slot: u16) -> String {
+    format!("{{{}}}{FENCE_SUFFIX}", fence_tags()[usize::from(slot)])
+}
+
+/// For each of the 16384 hash slots, a short hash tag landing in it: found once by trying `f0`, `f1`, ….
+fn fence_tags() -> &'static [String] {
+    static TAGS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        let mut tags = vec![String::new(); 16384];
+        let mut missing = tags.len();
+        let mut n = 0u64;
+        while missing > 0 {
+            let tag = format!("f{n}");
+            let slot = usize::from(fred::util::redis_keyslot(tag.as_bytes()));
+            if tags[slot].is_empty() {
+                tags[slot] = tag;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    &TAGS
 }
 
 /// The group's index of members.
@@ -138,6 +178,15 @@ mod tests {
         assert_eq!(value_key("user:123:posts"), "{user:123}:posts");
         assert_eq!(value_key("user:123"), "{user:123}");
         assert_eq!(lease_key("user:123:posts"), "{user:123}#lease:posts");
+        assert_eq!(version_key("user:123:posts"), "{user:123}#version:posts");
+    }
+
+    #[test]
+    fn every_slot_has_a_fence_key() {
+        for slot in [0, 1, 5461, 16383] {
+            let key = fence_key(slot);
+            assert_eq!(fred::util::redis_keyslot(key.as_bytes()), slot, "{key}");
+        }
     }
 
     #[test]
@@ -163,7 +212,9 @@ mod tests {
             Found::Lease("user:123".into())
         );
         for other in [
-            "{user:123}#keys",
+            "{user:123}#index",
+            "{user:123}#version:posts",
+            "{f1}#fence",
             "{user:123}#epoch",
             "{user:123}#leases",
             "plain",

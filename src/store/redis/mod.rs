@@ -10,8 +10,10 @@
 //! value is kept as the store's own record (`record`: group epoch, version, payload), so versioned writes compare
 //! versions without reading the caller's bytes.
 //!
-//! Invalidations (`invalidation`) are acknowledged only once a replica has them (`WAIT`), so a primary that dies
-//! right after an acknowledged invalidation cannot hand the old value to the replica promoted in its place.
+//! Invalidations (`invalidation`) are acknowledged only once a replica has them (a fence write and `WAIT`,
+//! `fence`), so a primary that dies right after an acknowledged invalidation cannot hand the old value to the
+//! replica promoted in its place. Versioned writes leave a version floor beside the value that deletes and
+//! expiry do not reset (kept for `store.version_retention_secs`), so a late writer's older version is refused.
 //!
 //! Eviction can drop bookkeeping; it may then invalidate more than asked, never less: every value carries its
 //! group's epoch and is served only while the epoch key still holds it; a write that finds the group's index
@@ -20,10 +22,11 @@
 //!
 //! Dependencies point one way: this file uses the others and none uses it. `read` uses `nodes`, `layout` and
 //! `record`; `invalidation` uses `nodes`, `layout` and `scripts` (which uses `layout` and `record`); `pubsub` uses
-//! `nodes`; `settings` fills the settings types of `nodes` and `invalidation`; `nodes` uses `slot_map`; `errors`,
+//! `nodes`; `settings` fills the settings types of `nodes` and `invalidation`; `nodes` uses `slot_map` and `fence`; `errors`,
 //! `layout` and `record` use nothing here.
 
 mod errors;
+mod fence;
 mod invalidation;
 mod layout;
 mod nodes;
@@ -54,6 +57,7 @@ pub struct RedisStore {
     nodes: Arc<Nodes>,
     invalidator: Invalidator,
     subscription: Subscription,
+    version_retention: Duration,
 }
 
 impl RedisStore {
@@ -68,6 +72,7 @@ impl RedisStore {
             fred,
             nodes,
             invalidation,
+            version_retention,
         } = RedisSettings::new(url, config)?;
         let (connect_timeout, command_timeout) = (nodes.connect_timeout, nodes.command_timeout);
         let nodes = Nodes::connect(fred.clone(), nodes).await?;
@@ -76,6 +81,7 @@ impl RedisStore {
             invalidator: Invalidator::new(nodes.clone(), invalidation),
             nodes,
             subscription,
+            version_retention,
         })
     }
 
@@ -97,7 +103,7 @@ impl Store for RedisStore {
     async fn set_many(&self, writes: &[StoreWrite]) -> Result<Vec<bool>> {
         all(writes
             .iter()
-            .map(|write| self.run_for(&write.key, scripts::set(write))))
+            .map(|write| self.run_for(&write.key, scripts::set(write, self.version_retention))))
         .await
     }
 
@@ -117,7 +123,10 @@ impl Store for RedisStore {
 
     async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<bool> {
         let filled = self
-            .run_for(&write.key, scripts::fill(token, write))
+            .run_for(
+                &write.key,
+                scripts::fill(token, write, self.version_retention),
+            )
             .await?;
         if filled {
             pubsub::announce_lease(&self.nodes, write.key.as_str()).await;

@@ -12,11 +12,11 @@
 //!
 //! A standalone server is the one-node case: one client owning every slot.
 //!
-//! Each node has a second client for invalidations. `WAIT` counts the replicas that acknowledged every earlier
-//! write made on its own connection, and blocks that connection meanwhile: on a connection of their own,
-//! invalidations and their WAITs count exactly the invalidation writes and hold up nothing else.
+//! Each node has a second client for invalidation fences (`fence`): `WAIT` blocks its connection until replicas
+//! acknowledge, so it must not hold up the node's reads and writes.
 
 use super::errors::{backend_error, unavailable};
+use super::fence::Fence;
 use super::slot_map::{self, View};
 use crate::breaker::Breaker;
 use crate::{Error, Result};
@@ -52,9 +52,10 @@ pub(super) struct Node {
     server: Server,
     /// The node's own client; reads, writes, leases and fills run on it.
     pub(super) client: Client,
-    /// A second connection for invalidations and their `WAIT`: WAIT blocks its connection until replicas
-    /// acknowledge, and must count exactly the invalidation's writes, so it must not hold up everything else.
+    /// A second connection for invalidation fences: `WAIT` blocks its connection until replicas acknowledge.
     pub(super) invalidator: Client,
+    /// Shares one fence among the invalidations running at once on this node.
+    pub(super) fence: Fence,
     breaker: Breaker,
 }
 
@@ -184,6 +185,7 @@ impl Nodes {
             server: server.clone(),
             client: connect()?,
             invalidator: connect()?,
+            fence: Fence::new(),
             breaker: Breaker::new(
                 format!("redis {}:{}", server.host, server.port),
                 settings.breaker_failures,
@@ -269,7 +271,8 @@ impl Nodes {
         primaries
     }
 
-    /// Replicas the slot map lists for `node` (0 for an unknown node).
+    /// Replicas the slot map lists for `node` (0 for an unknown node): for messages only, since a young or
+    /// degraded cluster lists fewer replicas than it has.
     pub(super) fn replicas_of(&self, node: &Node) -> usize {
         let topology = self
             .topology
@@ -281,6 +284,20 @@ impl Nodes {
             .iter()
             .find(|(_, _, primary, _)| primary.server == node.server)
             .map_or(0, |(_, _, _, replicas)| *replicas)
+    }
+
+    /// A slot `node` serves now, if any: where its fence key goes.
+    pub(super) fn a_slot_of(&self, node: &Node) -> Option<u16> {
+        let topology = self
+            .topology
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        topology
+            .ranges
+            .iter()
+            .find(|(_, _, primary, _)| primary.server == node.server)
+            .map(|(first, _, _, _)| if self.clustered { *first } else { 0 })
     }
 
     /// Any connected primary: for PUBLISH (which a cluster broadcasts from any node) and PING.

@@ -47,15 +47,17 @@ impl Call {
     }
 }
 
-/// A Set: refused (answers 0) when versioned and the stored record carries a higher version.
-pub(super) fn set(write: &StoreWrite) -> Call {
+/// A Set: refused (answers 0) when versioned and the key's version floor or stored record is higher. A
+/// versioned Set raises the floor and keeps it for `retention`.
+pub(super) fn set(write: &StoreWrite, retention: Duration) -> Call {
     let args = vec![
         write.value.clone().into(),
         ttl_ms(write.ttl).into(),
-        if write.version.is_some() { "1" } else { "0" }.into(),
+        versioned(write),
         record::header(write.version).into(),
         member(&write.key),
         record::fresh_epoch().into(),
+        ttl_ms(retention).into(),
     ];
     Call {
         script: &SET,
@@ -64,8 +66,9 @@ pub(super) fn set(write: &StoreWrite) -> Call {
     }
 }
 
-/// A fill: written (answers 1) only while `token` holds the key's lease, which it then releases.
-pub(super) fn fill(token: LeaseToken, write: &StoreWrite) -> Call {
+/// A fill: written (answers 1) only while `token` holds the key's lease, which it then releases. A versioned
+/// fill below the key's version floor is refused (and releases the lease); otherwise it raises the floor.
+pub(super) fn fill(token: LeaseToken, write: &StoreWrite, retention: Duration) -> Call {
     let args = vec![
         token.to_string().into(),
         write.value.clone().into(),
@@ -73,6 +76,8 @@ pub(super) fn fill(token: LeaseToken, write: &StoreWrite) -> Call {
         member(&write.key),
         record::fresh_epoch().into(),
         record::header(write.version).into(),
+        versioned(write),
+        ttl_ms(retention).into(),
     ];
     Call {
         script: &FILL,
@@ -139,7 +144,7 @@ pub(super) fn delete_in_group(group: &str, member_pattern: &str) -> Call {
     }
 }
 
-/// The five keys of a write (SET and FILL): value, lease, index, lease set, epoch.
+/// The six keys of a write (SET and FILL): value, lease, index, lease set, epoch, version floor.
 fn write_keys(key: &Key) -> Vec<String> {
     let key = key.as_str();
     let group = layout::group(key);
@@ -149,7 +154,13 @@ fn write_keys(key: &Key) -> Vec<String> {
         layout::index_key(group),
         layout::leases_key(group),
         layout::epoch_key(group),
+        layout::version_key(key),
     ]
+}
+
+/// "1" for a versioned write, "0" otherwise.
+fn versioned(write: &StoreWrite) -> Value {
+    if write.version.is_some() { "1" } else { "0" }.into()
 }
 
 /// The two keys of a lease script: the lease and its group's lease set.
@@ -183,20 +194,22 @@ mod tests {
             ttl: Duration::ZERO,
             version: Some(2),
         };
-        let set = set(&write);
+        let retention = Duration::from_secs(60);
+        let set = set(&write, retention);
         assert_eq!(
             set.keys,
             [
                 "{user:1}:posts",
                 "{user:1}#lease:posts",
-                "{user:1}#keys",
+                "{user:1}#index",
                 "{user:1}#leases",
-                "{user:1}#epoch"
+                "{user:1}#epoch",
+                "{user:1}#version:posts"
             ]
         );
-        assert_eq!(set.args.len(), 6);
+        assert_eq!(set.args.len(), 7);
         assert_eq!(set.args[1], Value::Integer(1), "a zero TTL becomes 1 ms");
-        assert_eq!(fill(1, &write).args.len(), 6);
+        assert_eq!(fill(1, &write, retention).args.len(), 8);
         let group = delete_in_group("user:1", ":*");
         assert_eq!(group.args[1], Value::from("{user:1}"));
         assert_eq!(group.args[2], Value::from("{user:1}#lease"));

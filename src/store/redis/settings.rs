@@ -14,6 +14,8 @@ pub(super) struct RedisSettings {
     pub(super) fred: FredConfig,
     pub(super) nodes: NodeSettings,
     pub(super) invalidation: InvalidationSettings,
+    /// How long a key's version floor outlives its last versioned write.
+    pub(super) version_retention: std::time::Duration,
 }
 
 impl RedisSettings {
@@ -35,7 +37,9 @@ impl RedisSettings {
                 page_timeout: store.redis_command_timeout,
                 replica_acks: store.invalidation_replica_acks,
                 replica_ack_timeout: store.replica_ack_timeout,
+                command_timeout: store.redis_command_timeout,
             },
+            version_retention: store.version_retention,
         })
     }
 }

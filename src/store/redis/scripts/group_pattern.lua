@@ -4,7 +4,8 @@
 --
 -- Voids matching leases first, then deletes matching values. If the index is gone (evicted, or every member
 -- expired) while the epoch lives, the whole group is dropped by a new epoch: more than asked, never less.
--- Cost: the size of the group, whatever the size of the keyspace.
+-- Version floors are kept (see helpers.lua). Cost: the group's live members (the index drops expired ones on
+-- every write), whatever the size of the keyspace.
 
 -- A linear-time port of `keys::glob_match`; never Lua's backtracking patterns.
 local function glob(p, s)
@@ -38,10 +39,10 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
 local n = 0
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if glob(pattern, member) then
     n = n + redis.call('UNLINK', value_prefix .. member)
-    redis.call('SREM', KEYS[1], member)
+    redis.call('ZREM', KEYS[1], member)
   end
 end
 return n
