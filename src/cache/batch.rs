@@ -121,7 +121,7 @@ async fn load_leased(
         let (write, lookup) = entry_for(&core, key, core.policies.for_key(key), loaded, elapsed);
         async move {
             let settled = match &write {
-                Some(write) => lease.fill(write).await != Fill::Voided,
+                Some(write) => matches!(lease.fill(write).await, Fill::Written | Fill::Failed),
                 // Not cacheable: give the lease back, and serve the value.
                 None => {
                     lease.release().await;
@@ -132,7 +132,8 @@ async fn load_leased(
         }
     });
     for (i, settled, lookup) in futures::future::join_all(fills).await {
-        // A voided fill is settled by the key's own flight (which serves a newer Set or loads again).
+        // A voided fill is settled by the key's own flight (which serves a newer Set or loads again), and so is a
+        // fill older than a written version (the flight answers the error).
         if settled {
             answers[i] = Some(lookup);
         }

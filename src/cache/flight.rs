@@ -171,6 +171,14 @@ impl KeyFlight {
             },
             // A failed fill is served, just not cached.
             Fill::Written | Fill::Failed => Ok(Held::Settled(answer)),
+            // The source answered an older row than a version already written (a lagging database replica, or
+            // a writer that Set a version it did not commit): serving it would go back in time, and loading
+            // again at once would only ask the same lagging source. The caller retries.
+            Fill::Older => Err(Arc::new(Error::LoaderFailed {
+                key: self.key.to_string(),
+                source: "the loader returned an older version than one already written to this key; retry"
+                    .into(),
+            })),
         }
     }
 

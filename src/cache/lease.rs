@@ -8,7 +8,7 @@
 
 use crate::Result;
 use crate::keys::Key;
-use crate::store::{LeaseToken, Store, StoreWrite};
+use crate::store::{Filled, LeaseToken, Store, StoreWrite};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,9 @@ pub(super) enum Fill {
     Written,
     /// A Set or an invalidation voided the lease (or it ran out): nothing was written.
     Voided,
+    /// The loader read an older row than a version already written to the key: nothing was written, and the
+    /// lease is released.
+    Older,
     /// The store could not take the fill: the value is served, just not cached.
     Failed,
 }
@@ -74,8 +77,9 @@ impl Lease {
     pub(super) async fn fill(self, write: &StoreWrite) -> Fill {
         debug_assert_eq!(write.key, self.key, "a lease fills its own key");
         match self.store.fill(self.token, write).await {
-            Ok(true) => Fill::Written,
-            Ok(false) => Fill::Voided,
+            Ok(Filled::Written) => Fill::Written,
+            Ok(Filled::Voided) => Fill::Voided,
+            Ok(Filled::Older) => Fill::Older,
             Err(error) => {
                 tracing::warn!(key = %self.key, %error, "loaded value not cached: the fill failed");
                 // The fill did not land, but the lease may still stand (a node refusing writes still deletes):

@@ -23,6 +23,18 @@ pub struct StoreWrite {
     pub version: Option<u64>,
 }
 
+/// How a fill ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filled {
+    /// Written; the lease is released.
+    Written,
+    /// The lease was voided (a Set or an invalidation came after the load started) or ran out: nothing written.
+    Voided,
+    /// A versioned fill below the key's version floor (the loader read an older row than one already written):
+    /// nothing written, and the lease is released.
+    Older,
+}
+
 /// A random token naming one holder of one lease.
 pub type LeaseToken = u64;
 
@@ -67,8 +79,9 @@ pub trait Store: Send + Sync {
     async fn try_lease(&self, key: &Key, token: LeaseToken, ttl: Duration) -> Result<bool>;
 
     /// Writes `write` only while `token` still holds its key's lease, releases the lease and announces the fill;
-    /// answers false (and writes nothing) when the lease was voided or expired.
-    async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<bool>;
+    /// writes nothing when the lease was voided or expired, or when a versioned `write` is below the key's
+    /// version floor (the lease is then released).
+    async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<Filled>;
 
     /// Gives up `key`'s lease if `token` still holds it (a failed load), and announces it so waiters retry.
     async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<()>;

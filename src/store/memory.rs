@@ -5,7 +5,7 @@
 //! key, outliving its value for the version retention window) live in a second cache of their own, bounded to
 //! `MAX_VERSION_FLOORS` keys: past that, the least recently used floors are forgotten.
 
-use super::contract::{Heard, LeaseToken, Notice, Store, StoreWrite};
+use super::contract::{Filled, Heard, LeaseToken, Notice, Store, StoreWrite};
 use crate::Result;
 use crate::keys::{Key, Pattern};
 use async_trait::async_trait;
@@ -87,7 +87,9 @@ impl MemoryStore {
         MemoryStore {
             cache,
             leases: Mutex::new(HashMap::new()),
+            // LRU, not moka's default admission policy, which may refuse a new floor once the cache is full.
             version_floors: Cache::builder()
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .max_capacity(MAX_VERSION_FLOORS)
                 .time_to_live(version_retention)
                 .build(),
@@ -200,24 +202,25 @@ impl Store for MemoryStore {
         }
     }
 
-    async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<bool> {
+    async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<Filled> {
         let filled = {
             let mut leases = self.leases();
             let held = leases
                 .get(write.key.as_str())
                 .is_some_and(|&(holder, expires)| holder == token && expires > Instant::now());
-            if held {
+            if !held {
+                Filled::Voided
+            } else {
                 leases.remove(write.key.as_str());
-                // A versioned fill older than what the key held read an older row: dropped, lease released.
                 if self.older_than_stored(write) {
-                    self.announce(&write.key);
-                    return Ok(false);
+                    Filled::Older
+                } else {
+                    self.insert(write);
+                    Filled::Written
                 }
-                self.insert(write);
             }
-            held
         };
-        if filled {
+        if filled != Filled::Voided {
             self.announce(&write.key);
         }
         Ok(filled)
@@ -336,7 +339,10 @@ mod tests {
             "one holder at a time"
         );
         store.delete_many(std::slice::from_ref(&k)).await.unwrap();
-        assert!(!store.fill(1, &write("user:1", b"old", HOUR)).await.unwrap());
+        assert_eq!(
+            store.fill(1, &write("user:1", b"old", HOUR)).await.unwrap(),
+            Filled::Voided
+        );
         assert_eq!(
             store.get_many(std::slice::from_ref(&k)).await.unwrap(),
             vec![None]
@@ -344,7 +350,10 @@ mod tests {
 
         assert!(store.try_lease(&k, 3, HOUR).await.unwrap());
         let mut events = store.lease_events();
-        assert!(store.fill(3, &write("user:1", b"new", HOUR)).await.unwrap());
+        assert_eq!(
+            store.fill(3, &write("user:1", b"new", HOUR)).await.unwrap(),
+            Filled::Written
+        );
         assert_eq!(&*events.recv().await.unwrap(), "user:1");
     }
 

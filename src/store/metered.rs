@@ -1,7 +1,7 @@
 //! A store decorator that times every call and counts failures, for the `cachecoord_store_*` metrics and the
 //! tracing spans of store calls. It wraps whichever backend is configured, so both are observed the same way.
 
-use super::contract::{Heard, LeaseToken, Notice, Store, StoreWrite};
+use super::contract::{Filled, Heard, LeaseToken, Notice, Store, StoreWrite};
 use crate::keys::{Key, Pattern};
 use crate::{Error, Result};
 use async_trait::async_trait;
@@ -70,7 +70,7 @@ impl Store for MeteredStore {
         observe("lease", self.inner.try_lease(key, token, ttl)).await
     }
 
-    async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<bool> {
+    async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<Filled> {
         observe("fill", self.inner.fill(token, write)).await
     }
 

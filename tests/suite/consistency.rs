@@ -7,7 +7,7 @@ use crate::support::loader::TestLoader;
 use crate::support::{
     Backend, Client, TestServer, assert_error, cached, config_on, get, set, unique,
 };
-use cachecoord::proto::{InvalidateRequest, SetRequest, Source};
+use cachecoord::proto::{GetRequest, InvalidateRequest, SetRequest, Source};
 use std::time::Duration;
 use tonic::Code;
 
@@ -102,7 +102,8 @@ async fn a_loader_version_versions_the_fill(backend: Backend) {
 }
 
 /// A load that read a row older than a version already written (a lagging read replica of the database, say)
-/// is answered to its caller but not cached.
+/// is neither cached nor served: the caller gets UNAVAILABLE / LOADER_FAILED and retries, and once the source
+/// has caught up the next Get loads and caches the newer row.
 async fn a_fill_older_than_a_written_version_is_not_cached(backend: Backend) {
     let loader = TestLoader::start().await;
     let mut config = backend.config();
@@ -117,14 +118,25 @@ async fn a_fill_older_than_a_written_version_is_not_cached(backend: Backend) {
     invalidate(&mut client, &key).await.unwrap();
     loader.source.put_versioned(&key, b"row 8", 8);
 
-    let loaded = get(&mut client, &key).await;
+    let behind = client.get(read_through(&key)).await;
 
-    assert_eq!(loaded.source(), Source::Loaded);
+    assert_error(&behind.unwrap_err(), Code::Unavailable, "LOADER_FAILED");
     assert_eq!(
         cached(&mut client, &key).await.source(),
         Source::Miss,
         "a fill older than version 9 was cached"
     );
+    assert_eq!(loader.source.loads_of(&key), 1, "loaded again in vain");
+    loader.source.put_versioned(&key, b"row 10", 10);
+    assert_eq!(&get(&mut client, &key).await.value[..], b"row 10");
+    assert_eq!(&cached(&mut client, &key).await.value[..], b"row 10");
+}
+
+fn read_through(key: &str) -> GetRequest {
+    GetRequest {
+        key: key.into(),
+        cache_only: false,
+    }
 }
 
 /// The members of the Redis index of group `group` (whatever its name and type), counted on `port`.
@@ -330,4 +342,71 @@ async fn invalidations_under_a_lagging_replica_all_apply_and_reads_go_on() {
         (Source::Hit, &b"still here"[..]),
         "reads of the healthy primary were cut off"
     );
+}
+
+/// A primary out of memory under `noeviction` refuses writes but still deletes: its invalidations are applied,
+/// and their fence (a script allowed to run when out of memory) still gets them acknowledged.
+#[tokio::test]
+async fn a_full_primary_still_acknowledges_invalidations() {
+    let cluster = RedisCluster::start_async(&[]).await;
+    let server = own_cluster_server(&cluster, 1).await;
+    let mut client = server.client().await;
+    let key = format!("user:{}", unique("full"));
+    set(&mut client, &key, b"old").await;
+    let primary = primary_of(&cluster, &format!("{{{key}}}"));
+    redis_cli(
+        primary,
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+    );
+    redis_cli(primary, &["CONFIG", "SET", "maxmemory", "1"]);
+
+    let answer = invalidate(&mut client, &key).await;
+    let after = cached(&mut client, &key).await;
+    redis_cli(primary, &["CONFIG", "SET", "maxmemory", "0"]);
+
+    answer.expect("an applied invalidation on a full primary was not acknowledged");
+    assert_eq!(after.source(), Source::Miss);
+}
+
+/// While old and new releases write the same groups during a rolling upgrade, a group pattern invalidation sees
+/// the members either release indexed: new writes also join the older index (a plain set) while it exists, and
+/// the pattern walks both. The older release's index is made here with redis-cli, as such a replica would.
+#[tokio::test]
+async fn a_fleet_mid_upgrade_misses_no_member() {
+    let server = TestServer::start(Backend::Cluster).await;
+    let mut client = server.client().await;
+    let group = format!("user:{}", unique("upgrade"));
+    let primary = primary_of(RedisCluster::shared(), &format!("{{{group}}}"));
+    let (index, legacy) = (format!("{{{group}}}#index"), format!("{{{group}}}#keys"));
+    set(&mut client, &format!("{group}:a"), b"a").await;
+    // An old replica writes `:b` into the group: its index is the plain set.
+    set(&mut client, &format!("{group}:b"), b"b").await;
+    redis_cli(primary, &["ZREM", &index, ":b"]);
+    redis_cli(primary, &["SADD", &legacy, ":b"]);
+    // A new replica writes `:c` while the old index exists: the old releases' patterns must see it too.
+    set(&mut client, &format!("{group}:c"), b"c").await;
+    let legacy_members = redis_cli(primary, &["SMEMBERS", &legacy]);
+
+    let deleted = client
+        .invalidate_pattern(cachecoord::proto::InvalidatePatternRequest {
+            pattern: format!("{group}:*"),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deleted;
+
+    assert!(
+        legacy_members.lines().any(|m| m.trim() == ":c"),
+        "{legacy_members}"
+    );
+    assert_eq!(deleted, 3);
+    for member in ["a", "b", "c"] {
+        let key = format!("{group}:{member}");
+        assert_eq!(
+            cached(&mut client, &key).await.source(),
+            Source::Miss,
+            "{key}"
+        );
+    }
 }

@@ -17,13 +17,12 @@ use super::scripts;
 use crate::keys::Pattern;
 use crate::{Error, Result};
 use fred::interfaces::SetsInterface;
-use fred::prelude::{ClientLike, Error as FredError, KeysInterface, ServerInterface};
-use fred::types::Expiration;
+use fred::prelude::{ClientLike, Error as FredError, KeysInterface, LuaInterface, ServerInterface};
 use fred::types::config::Options;
 use fred::types::scan::{ScanResult, Scanner};
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Pages of SCAN results, from one server or from every primary of a cluster.
@@ -44,6 +43,9 @@ pub(super) struct InvalidationSettings {
     pub(super) command_timeout: Duration,
 }
 
+/// Nodes that ran an invalidation's writes, each with a slot its writes used.
+type Touched = Vec<(Arc<Node>, u16)>;
+
 /// Fence keys outlive any wait for them; they only need to exist long enough to be replicated.
 const FENCE_TTL_MS: i64 = 60_000;
 
@@ -59,8 +61,18 @@ impl Invalidator {
     }
 
     /// Voids the leases of `keys` and deletes them: one script per hash slot, all slots concurrently. With
-    /// `replicate`, each slot's deletion is also acknowledged by its replicas before this answers.
+    /// `replicate`, the deletes are then fenced on every node that ran them before this answers.
     pub(super) async fn delete_keys(&self, keys: &[&str], replicate: bool) -> Result<u64> {
+        let (deleted, touched) = self.delete_by_slot(keys).await?;
+        if replicate {
+            self.replicate_all(touched).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes `keys`, one script per hash slot; answers how many existed and where the deletes ran: the
+    /// nodes to fence (whatever the slot map says by the time they are fenced).
+    async fn delete_by_slot(&self, keys: &[&str]) -> Result<(u64, Touched)> {
         let slots = self
             .nodes
             .by_slot(keys.iter().map(|key| layout::group(key)));
@@ -70,13 +82,22 @@ impl Invalidator {
                 let node = self.nodes.for_slot(slot)?;
                 let deleted = call.run::<u64>(&node.client).await;
                 let deleted = self.nodes.observe(&node, deleted)?;
-                if replicate {
-                    self.replicate(&node).await?;
-                }
-                Ok::<_, Error>(deleted)
+                Ok::<_, Error>((deleted, (node, slot)))
             }
         });
-        Ok(all(deletes).await?.into_iter().sum())
+        let (counts, touched): (Vec<u64>, Touched) = all(deletes).await?.into_iter().unzip();
+        Ok((counts.into_iter().sum(), touched))
+    }
+
+    /// Fences each node of `touched` once, concurrently, with its fence key in a slot its deletes used.
+    async fn replicate_all(&self, mut touched: Touched) -> Result<()> {
+        touched.sort_by_key(|(node, _)| Arc::as_ptr(node));
+        touched.dedup_by(|(a, _), (b, _)| Arc::ptr_eq(a, b));
+        all(touched
+            .iter()
+            .map(|(node, slot)| self.replicate(node, *slot)))
+        .await?;
+        Ok(())
     }
 
     /// Voids the leases of, then deletes, every key matching `pattern`.
@@ -88,39 +109,40 @@ impl Invalidator {
     }
 
     /// Waits until `replica_acks` replicas of `node` hold every write the node made before this call (the
-    /// caller's deletes among them). Fewer within the timeout is UNAVAILABLE: the invalidation reached the
-    /// primary but might not survive its failover, so the caller should retry (invalidations are idempotent).
-    /// The count wanted is the configured one, never lowered to the replicas the slot map lists: a young or
-    /// degraded cluster may list none while a lagging replica can still be promoted.
-    async fn replicate(&self, node: &Node) -> Result<()> {
+    /// caller's deletes among them, made in `slot`). Fewer within the timeout is UNAVAILABLE: the invalidation
+    /// reached the primary but might not survive its failover, so the caller should retry (invalidations are
+    /// idempotent). The count wanted is the configured one, never lowered to the replicas the slot map lists: a
+    /// young or degraded cluster may list none while a lagging replica can still be promoted.
+    async fn replicate(&self, node: &Node, slot: u16) -> Result<()> {
         if self.settings.replica_acks == 0 {
             return Ok(());
         }
         node.fence
-            .after_writes(|| self.fence(node))
+            .after_writes(|| self.fence(node, slot))
             .await
             .map_err(unavailable)
     }
 
-    /// One fence on `node`: a write, then `WAIT` for it, on the node's invalidation connection.
-    async fn fence(&self, node: &Node) -> Result<(), String> {
+    /// One fence on `node`: a write in `slot` (one the caller's deletes just used on this node, so it is served
+    /// here even while other slots migrate), then `WAIT` for it, on the node's invalidation connection.
+    async fn fence(&self, node: &Node, slot: u16) -> Result<(), String> {
         let InvalidationSettings {
             replica_acks: wanted,
             replica_ack_timeout,
             command_timeout,
             ..
         } = self.settings;
-        let Some(slot) = self.nodes.a_slot_of(node) else {
-            return Err(format!("{} serves no slot now; retry", node.name()));
-        };
         let client = node.invalidator.with_options(&Options {
             timeout: Some(replica_ack_timeout + command_timeout),
             ..Options::default()
         });
-        let failed = |error: FredError| format!("{}: {error}; retry", node.name());
-        let fence_ttl = Expiration::PX(FENCE_TTL_MS);
+        let failed = |error: FredError| {
+            // A redirection means the slot map moved under us: look again before the retry.
+            self.nodes.refresh_soon();
+            format!("{}: {error}; retry", node.name())
+        };
         client
-            .set::<(), _, _>(layout::fence_key(slot), 1, Some(fence_ttl), None, false)
+            .eval::<(), _, _, _>(scripts::FENCE, layout::fence_key(slot), FENCE_TTL_MS)
             .await
             .map_err(failed)?;
         let timeout_ms = i64::try_from(replica_ack_timeout.as_millis()).unwrap_or(i64::MAX);
@@ -145,7 +167,7 @@ impl Invalidator {
             .run(&node.client)
             .await;
         let deleted = self.nodes.observe(&node, deleted)?;
-        self.replicate(&node).await?;
+        self.replicate(&node, self.nodes.slot_of(group)).await?;
         Ok(deleted)
     }
 
@@ -153,12 +175,20 @@ impl Invalidator {
     /// refused or deleted) and delete what matches. Cost: the keyspace of the pattern's entity.
     async fn delete_by_scan(&self, pattern: &Pattern) -> Result<u64> {
         let redis_pattern = layout::scan_pattern(pattern);
+        // Where voids and deletes ran: those nodes are fenced, not whichever are primaries at the end.
+        let touched: Mutex<Touched> = Mutex::new(Vec::new());
+        let touch = |more: Touched| {
+            touched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(more)
+        };
         self.for_each_scan_page(redis_pattern.clone(), |page| async move {
             for key in matching(&page, pattern, |found| match found {
                 Found::Lease(key) => Some(key),
                 _ => None,
             }) {
-                self.void_lease(&key).await?;
+                touch(vec![self.void_lease(&key).await?]);
             }
             Ok(0)
         })
@@ -171,22 +201,24 @@ impl Invalidator {
                 });
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
                 if keys.is_empty() {
-                    Ok(0)
-                } else {
-                    self.delete_keys(&keys, false).await
+                    return Ok(0);
                 }
+                let (deleted, nodes) = self.delete_by_slot(&keys).await?;
+                touch(nodes);
+                Ok(deleted)
             })
             .await?;
-        // One acknowledgement per primary covers every page deleted on it.
-        let primaries = self.nodes.primaries();
-        all(primaries.iter().map(|node| self.replicate(node))).await?;
+        // One fence per node covers every page deleted on it.
+        self.replicate_all(touched.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .await?;
         Ok(deleted)
     }
 
-    /// Voids `key`'s lease: deletes it and takes it out of its group's lease set.
-    async fn void_lease(&self, key: &str) -> Result<()> {
+    /// Voids `key`'s lease: deletes it and takes it out of its group's lease set; answers where that ran.
+    async fn void_lease(&self, key: &str) -> Result<(Arc<Node>, u16)> {
         let (group, member) = layout::split(key);
-        let node = self.nodes.for_group(group)?;
+        let slot = self.nodes.slot_of(group);
+        let node = self.nodes.for_slot(slot)?;
         let voided: Result<(), FredError> = async {
             node.client.del::<(), _>(layout::lease_key(key)).await?;
             node.client
@@ -194,7 +226,8 @@ impl Invalidator {
                 .await
         }
         .await;
-        self.nodes.observe(&node, voided)
+        self.nodes.observe(&node, voided)?;
+        Ok((node, slot))
     }
 
     /// SCAN pages from every primary in turn. A primary that cannot be reached fails the scan.

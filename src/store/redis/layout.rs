@@ -25,6 +25,10 @@ const LEASE_SUFFIX: &str = "#lease";
 /// After a group's tag: its index of members. (Named `#keys` and a plain set before the index dropped expired
 /// members; a group whose index has the new name missing starts a new epoch, so old records are never served.)
 const INDEX_SUFFIX: &str = "#index";
+/// After a group's tag: the index as releases before the sorted-set index kept it (a plain set). Kept in step
+/// while it exists, and walked by pattern invalidations, so a fleet mid-upgrade (old and new replicas writing the
+/// same groups) never misses a member; drop once no older release can be running.
+const LEGACY_INDEX_SUFFIX: &str = "#keys";
 /// Between a group's tag and a member: where that member's version floor lives.
 const VERSION_SUFFIX: &str = "#version";
 /// After a fence tag: the key an invalidation writes before its `WAIT`.
@@ -113,6 +117,11 @@ pub(super) fn index_key(group: &str) -> String {
     format!("{{{group}}}{INDEX_SUFFIX}")
 }
 
+/// The group's index as older releases keep it (see `LEGACY_INDEX_SUFFIX`).
+pub(super) fn legacy_index_key(group: &str) -> String {
+    format!("{{{group}}}{LEGACY_INDEX_SUFFIX}")
+}
+
 /// The group's set of members with a lease out.
 pub(super) fn leases_key(group: &str) -> String {
     format!("{{{group}}}{LEASES_SUFFIX}")
@@ -142,7 +151,7 @@ pub(super) enum Found {
     Value(String),
     /// The lease of this key.
     Lease(String),
-    /// Bookkeeping (index, epoch, lease set) or something not ours.
+    /// Bookkeeping (index, epoch, lease set, version floor, fence) or something not ours.
     Other,
 }
 
@@ -213,6 +222,7 @@ mod tests {
         );
         for other in [
             "{user:123}#index",
+            "{user:123}#keys",
             "{user:123}#version:posts",
             "{f1}#fence",
             "{user:123}#epoch",

@@ -39,7 +39,7 @@ mod slot_map;
 
 use crate::config::StoreConfig;
 use crate::keys::{Key, Pattern};
-use crate::store::contract::{Heard, LeaseToken, Notice, Store, StoreWrite};
+use crate::store::contract::{Filled, Heard, LeaseToken, Notice, Store, StoreWrite};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -88,9 +88,14 @@ impl RedisStore {
     /// Runs a script on the client of the node owning `key`, feeding the outcome to the node's breaker; answers
     /// whether the script reported success (1).
     async fn run_for(&self, key: &Key, call: scripts::Call) -> Result<bool> {
+        Ok(self.run_coded(key, call).await? == 1)
+    }
+
+    /// Runs a script as [`RedisStore::run_for`] does; answers the number it returned.
+    async fn run_coded(&self, key: &Key, call: scripts::Call) -> Result<i64> {
         let node = self.nodes.for_group(layout::group(key.as_str()))?;
         let outcome = call.run::<i64>(&node.client).await;
-        Ok(self.nodes.observe(&node, outcome)? == 1)
+        self.nodes.observe(&node, outcome)
     }
 }
 
@@ -121,14 +126,14 @@ impl Store for RedisStore {
             .await
     }
 
-    async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<bool> {
-        let filled = self
-            .run_for(
-                &write.key,
-                scripts::fill(token, write, self.version_retention),
-            )
-            .await?;
-        if filled {
+    async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<Filled> {
+        let call = scripts::fill(token, write, self.version_retention);
+        let filled = match self.run_coded(&write.key, call).await? {
+            1 => Filled::Written,
+            2 => Filled::Older,
+            _ => Filled::Voided,
+        };
+        if filled != Filled::Voided {
             pubsub::announce_lease(&self.nodes, write.key.as_str()).await;
         }
         Ok(filled)

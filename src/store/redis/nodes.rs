@@ -286,18 +286,9 @@ impl Nodes {
             .map_or(0, |(_, _, _, replicas)| *replicas)
     }
 
-    /// A slot `node` serves now, if any: where its fence key goes.
-    pub(super) fn a_slot_of(&self, node: &Node) -> Option<u16> {
-        let topology = self
-            .topology
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        topology
-            .ranges
-            .iter()
-            .find(|(_, _, primary, _)| primary.server == node.server)
-            .map(|(first, _, _, _)| if self.clustered { *first } else { 0 })
+    /// Asks for a slot-map refresh soon (debounced): something answered as if the map had moved.
+    pub(super) fn refresh_soon(&self) {
+        self.refresh.notify_one();
     }
 
     /// Any connected primary: for PUBLISH (which a cluster broadcasts from any node) and PING.

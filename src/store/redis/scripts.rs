@@ -27,6 +27,9 @@ static DELETE: LazyLock<Script> =
 static GROUP_PATTERN: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("scripts/group_pattern.lua")));
 
+/// An invalidation's fence write; run with EVAL on the fence connection (see `invalidation`).
+pub(super) const FENCE: &str = include_str!("scripts/fence.lua");
+
 fn with_helpers(body: &str) -> Script {
     Script::from_lua([HELPERS, body].concat())
 }
@@ -106,7 +109,7 @@ pub(super) fn release_lease(key: &Key, token: LeaseToken) -> Call {
 
 /// Voids the leases of, and deletes, `keys` (all in one hash slot); answers how many values existed.
 pub(super) fn delete<'k>(keys: impl ExactSizeIterator<Item = &'k str>) -> Call {
-    let mut script_keys = Vec::with_capacity(keys.len() * 4);
+    let mut script_keys = Vec::with_capacity(keys.len() * 5);
     let mut members = Vec::with_capacity(keys.len());
     for key in keys {
         let (group, member) = layout::split(key);
@@ -115,6 +118,7 @@ pub(super) fn delete<'k>(keys: impl ExactSizeIterator<Item = &'k str>) -> Call {
             layout::lease_key(key),
             layout::index_key(group),
             layout::leases_key(group),
+            layout::legacy_index_key(group),
         ]);
         members.push(member.into());
     }
@@ -134,6 +138,7 @@ pub(super) fn delete_in_group(group: &str, member_pattern: &str) -> Call {
             layout::index_key(group),
             layout::leases_key(group),
             layout::epoch_key(group),
+            layout::legacy_index_key(group),
         ],
         args: vec![
             member_pattern.into(),
@@ -144,7 +149,7 @@ pub(super) fn delete_in_group(group: &str, member_pattern: &str) -> Call {
     }
 }
 
-/// The six keys of a write (SET and FILL): value, lease, index, lease set, epoch, version floor.
+/// The seven keys of a write (SET and FILL): value, lease, index, lease set, epoch, version floor, legacy index.
 fn write_keys(key: &Key) -> Vec<String> {
     let key = key.as_str();
     let group = layout::group(key);
@@ -155,6 +160,7 @@ fn write_keys(key: &Key) -> Vec<String> {
         layout::leases_key(group),
         layout::epoch_key(group),
         layout::version_key(key),
+        layout::legacy_index_key(group),
     ]
 }
 
@@ -204,7 +210,8 @@ mod tests {
                 "{user:1}#index",
                 "{user:1}#leases",
                 "{user:1}#epoch",
-                "{user:1}#version:posts"
+                "{user:1}#version:posts",
+                "{user:1}#keys"
             ]
         );
         assert_eq!(set.args.len(), 7);
@@ -214,6 +221,6 @@ mod tests {
         assert_eq!(group.args[1], Value::from("{user:1}"));
         assert_eq!(group.args[2], Value::from("{user:1}#lease"));
         let deleted = delete(["user:1", "user:1:posts"].into_iter());
-        assert_eq!((deleted.keys.len(), deleted.args.len()), (8, 2));
+        assert_eq!((deleted.keys.len(), deleted.args.len()), (10, 2));
     }
 }

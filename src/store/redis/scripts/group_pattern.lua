@@ -1,8 +1,9 @@
--- Invalidate the keys of one group matching a pattern. KEYS: index, lease set, epoch. ARGV: glob over members
+-- Invalidate the keys of one group matching a pattern. KEYS: index, lease set, epoch, legacy index. ARGV: glob over members
 -- (`*` and `?` only), prefix of the group's value keys, prefix of its lease keys, fresh epoch. A member's value
 -- and lease live at prefix .. member; the prefixes come from the key layout (layout.rs), never from here.
 --
--- Voids matching leases first, then deletes matching values. If the index is gone (evicted, or every member
+-- Voids matching leases first, then deletes matching values. Members come from the index and, while it exists,
+-- the legacy index older releases write (a fleet mid-upgrade). If both are gone (evicted, or every member
 -- expired) while the epoch lives, the whole group is dropped by a new epoch: more than asked, never less.
 -- Version floors are kept (see helpers.lua). Cost: the group's live members (the index drops expired ones on
 -- every write), whatever the size of the keyspace.
@@ -34,15 +35,21 @@ for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     redis.call('SREM', KEYS[2], member)
   end
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local has_index, has_legacy = redis.call('EXISTS', KEYS[1]) == 1, redis.call('EXISTS', KEYS[4]) == 1
+if not has_index and not has_legacy then
   if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('SET', KEYS[3], ARGV[4], 'KEEPTTL') end
   return 0
 end
 local n = 0
-for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if glob(pattern, member) then
-    n = n + redis.call('UNLINK', value_prefix .. member)
-    redis.call('ZREM', KEYS[1], member)
+local function delete_matching(members)
+  for _, member in ipairs(members) do
+    if glob(pattern, member) then
+      n = n + redis.call('UNLINK', value_prefix .. member)
+      redis.call('ZREM', KEYS[1], member)
+      redis.call('SREM', KEYS[4], member)
+    end
   end
 end
+if has_index then delete_matching(redis.call('ZRANGE', KEYS[1], 0, -1)) end
+if has_legacy then delete_matching(redis.call('SMEMBERS', KEYS[4])) end
 return n

@@ -49,8 +49,10 @@ local function version_floor_above(k, version)
 end
 
 -- `store` writes a record (epoch, then the store's header, then the payload), indexes its member, voids its
--- lease and, for a versioned write, raises the version floor. `k` holds the six keys of a write: value, lease,
--- index, lease set, epoch, version floor. `version` is the header's version bytes, or nil when unversioned.
+-- lease and, for a versioned write, raises the version floor. `k` holds the seven keys of a write: value, lease,
+-- index, lease set, epoch, version floor, legacy index (the plain set older releases index with: kept in step
+-- while it exists, so their pattern invalidations see this member too). `version` is the header's version
+-- bytes, or nil when unversioned.
 local function store(k, member, header, payload, ttl, fresh, version, retention)
   local epoch = epoch_for(k[5], k[3], fresh, ttl)
   redis.call('SET', k[1], epoch .. header .. payload, 'PX', ttl)
@@ -58,6 +60,10 @@ local function store(k, member, header, payload, ttl, fresh, version, retention)
   redis.call('ZADD', k[3], now + ttl, member)
   redis.call('ZREMRANGEBYSCORE', k[3], '-inf', '(' .. (now - INDEX_GRACE_MS))
   extend(k[3], ttl + INDEX_GRACE_MS)
+  if redis.call('EXISTS', k[7]) == 1 then
+    redis.call('SADD', k[7], member)
+    extend(k[7], ttl)
+  end
   redis.call('DEL', k[2])
   redis.call('SREM', k[4], member)
   if version then redis.call('SET', k[6], version, 'PX', retention) end
