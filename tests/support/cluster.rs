@@ -306,11 +306,16 @@ fn start_redis(dir: &Path, port: u16, extra: &[&str]) -> PathBuf {
     pidfile
 }
 
-fn redis_server() -> &'static str {
+/// The redis-server binary: `CC_TEST_REDIS_SERVER` when set (scripts/test points it at Redis 7.2), else the
+/// Debian package's.
+fn redis_server() -> String {
+    if let Ok(path) = std::env::var("CC_TEST_REDIS_SERVER") {
+        return path;
+    }
     if Path::new("/usr/bin/redis-server").exists() {
-        "/usr/bin/redis-server"
+        "/usr/bin/redis-server".into()
     } else {
-        "redis-server"
+        "redis-server".into()
     }
 }
 
