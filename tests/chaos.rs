@@ -501,11 +501,10 @@ fn replica_output_buffer(port: u16) -> i64 {
         .unwrap_or_else(|| panic!("no replica client on {port}"))
 }
 
-/// Writes `JUNK_MIB` MiB of 1 MiB values to the primary on `port`, under keys outside cachecoord's layout whose
-/// hash tag that primary owns.
-async fn write_junk(cluster: &RedisCluster, port: u16) {
+/// A hash tag for keys outside cachecoord's layout that the primary on `port` owns.
+fn junk_tag(cluster: &RedisCluster, port: u16) -> String {
     let owners = cluster.slot_owners();
-    let tag = (0..)
+    (0..)
         .map(|n| format!("chaos-junk-{n}"))
         .find(|tag| {
             let slot = fred::util::redis_keyslot(tag.as_bytes());
@@ -513,7 +512,11 @@ async fn write_junk(cluster: &RedisCluster, port: u16) {
                 .iter()
                 .any(|(first, last, owner)| *owner == port && (*first..=*last).contains(&slot))
         })
-        .unwrap();
+        .unwrap()
+}
+
+/// Writes `JUNK_MIB` MiB of 1 MiB values to the primary on `port`, under keys tagged `tag`.
+async fn write_junk(port: u16, tag: &str) {
     let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -608,12 +611,19 @@ async fn lagging_failover(
         world.set_floor[i].fetch_max(floor(v, replica), Ordering::AcqRel);
     }
     let written = info_field(victim, "replication", "master_repl_offset").unwrap();
+    let caught_up = Instant::now();
     while info_field(replica, "replication", "slave_repl_offset").unwrap_or(0) < written {
+        assert!(
+            caught_up.elapsed() < Duration::from_secs(30),
+            "{label}: replica {replica} never caught up with {victim}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Stop the replica, and back its replication stream up into the primary's output buffer.
+    // Stop the replica, and back its replication stream up into the primary's output buffer. (Nothing may ask
+    // the stopped replica anything from here until it is woken: redis-cli would wait for it forever.)
+    let tag = junk_tag(cluster, victim);
     cluster.pause(replica);
-    write_junk(cluster, victim).await;
+    write_junk(victim, &tag).await;
     let behind_from = info_field(victim, "replication", "master_repl_offset").unwrap();
     let buffered_after_junk = replica_output_buffer(victim);
     assert!(
@@ -623,7 +633,12 @@ async fn lagging_failover(
     );
     // The replica is flagged as failed before the invalidations, as a replica that lags for longer than
     // cluster-node-timeout is: still connected to its primary and promotable, but no longer listed as a replica.
+    let stopped = Instant::now();
     while !cluster.flagged_failed(replica) {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "{label}: the stopped replica {replica} was never flagged failed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
