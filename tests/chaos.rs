@@ -1,12 +1,26 @@
 //! The chaos test: a steady mixed load (Gets, versioned Sets, Invalidates over 2,000 loader-backed keys) against
-//! three cachecoord processes on a 3 + 3 Redis Cluster of its own, while it kills a primary (`kill -9`), kills a
-//! cachecoord replica, pauses a primary (SIGSTOP, then SIGCONT), and makes the loader slow, then failing, then
-//! healthy again. It prints a summary table per phase and asserts what docs/reliability.md promises:
+//! three cachecoord processes on a 3 + 3 Redis Cluster of its own, while it kills a primary whose replica lags
+//! (twice: a control with `invalidation_replica_acks = 0`, then the real configuration), kills a cachecoord
+//! replica, pauses a primary (SIGSTOP, then SIGCONT), and makes the loader slow, then failing, then healthy again.
+//! The entity's policy has the near-cache and both stale windows on (a 3 s TTL, so entries expire and are served
+//! STALE while they refresh, and STALE from `stale_if_error` while the loader fails) in every phase. It prints a
+//! summary table per phase and asserts what docs/reliability.md promises:
 //!
-//! - no stale read, ever: no Get returns a value older than an invalidation already acknowledged to the test;
-//! - during the primary kill, no error at all for keys owned by the healthy primaries;
+//! - no stale read: no Get answers a version older than an Invalidate or an accepted versioned Set already
+//!   acknowledged to the test. Two exceptions, both documented: a near-cache hit on a replica other than the one
+//!   that acknowledged the write may answer the old value until the notice arrives (counted as "near-cache window",
+//!   docs/invalidation.md#near-cache), and an acknowledged Set on the shard being failed over may be lost (Sets are
+//!   not waited for), so Sets on that shard do not raise the floor during its phase and are forgotten after it;
+//! - near-cache hits and STALE answers both happen (so the windows really are on);
+//! - during a primary kill, no error at all for keys owned by the healthy primaries;
 //! - errors only in the phases, and with the codes, the docs allow;
-//! - 150 invalidations acknowledged just before their primary is killed never come back after the failover.
+//! - the lagging-replica drill: its replica is stopped (SIGSTOP) and 32 MiB are written to its primary, so later
+//!   writes sit in the primary's replication output buffer; then 30 keys of that shard are invalidated through
+//!   cachecoord, the primary is `kill -9`ed and the stale replica is promoted. The drill fails loudly unless the
+//!   primary's output buffer to the replica held data and the replica's offset at promotion was below the
+//!   primary's before the invalidations (the lag was real). With `invalidation_replica_acks = 0` (control) it must
+//!   see acknowledged invalidations undone (so the check can fail); with the default (1) no acknowledged
+//!   invalidation may be undone.
 //!
 //! The load generator behaves as the README tells clients to: a deadline on every call, and one retry on another
 //! replica after UNAVAILABLE (or a broken connection) for the idempotent calls — Get, Invalidate, and Set with a
@@ -15,15 +29,16 @@
 mod support;
 
 use cachecoord::proto::cache_service_client::CacheServiceClient;
-use cachecoord::proto::{GetRequest, InvalidateRequest, SetRequest};
+use cachecoord::proto::{GetRequest, InvalidateRequest, SetRequest, Source};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::Client;
-use support::cluster::RedisCluster;
+use support::cluster::{RedisCluster, info_field, redis_cli};
 use support::loader::TestLoader;
 use support::process::ServerProcess;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -48,14 +63,32 @@ fn version_of(value: &[u8]) -> Option<u64> {
         .ok()
 }
 
-/// What every worker shares: per-key write locks and versions, the acknowledged-invalidation floor per key, and
-/// the phase being recorded.
+/// A floor: the version a Get must not answer below, and the replica (index in `World::replicas`) that
+/// acknowledged it, packed as `version << 8 | replica` so one `fetch_max` raises both.
+fn floor(version: u64, replica: usize) -> u64 {
+    version << 8 | (replica as u64 & 0xff)
+}
+
+fn floor_version(packed: u64) -> u64 {
+    packed >> 8
+}
+
+fn floor_replica(packed: u64) -> usize {
+    (packed & 0xff) as usize
+}
+
+/// What every worker shares: per-key write locks and versions, the acknowledged floors per key, and the phase
+/// being recorded.
 struct World {
     source: Arc<support::loader::SourceOfTruth>,
     /// Held while a writer bumps the source and tells the cache, so versions reach both in order.
     writers: Vec<tokio::sync::Mutex<u64>>,
-    /// The highest version whose Invalidate was acknowledged: a Get must never answer below it.
+    /// The highest version whose Invalidate was acknowledged (packed with [`floor`]): a Get must never answer below
+    /// it.
     floor: Vec<AtomicU64>,
+    /// The highest version of an accepted versioned Set acknowledged (packed with [`floor`]): a Get must not answer
+    /// below it either, except on a shard that is being failed over (an acknowledged Set is not waited for).
+    set_floor: Vec<AtomicU64>,
     /// Clients of every replica started, and whether it is still in service (a stopped one is skipped, as a
     /// Kubernetes Service drops an endpoint).
     replicas: Mutex<Vec<(Client, bool)>>,
@@ -74,6 +107,13 @@ struct Record {
     stale: u64,
     /// The first stale reads, described, for the failure message.
     stale_samples: Vec<String>,
+    /// Gets answered from the near-cache (SOURCE_NEAR_HIT).
+    near_hits: u64,
+    /// Gets answered past their TTL from a stale window (SOURCE_STALE).
+    stale_served: u64,
+    /// Near-cache hits below the floor on a replica other than the one that acknowledged the floor's write: the
+    /// documented window until its notice arrives.
+    near_window: u64,
     /// Keys owned by the primary being failed in this phase (empty otherwise).
     failing_shard: Option<Vec<bool>>,
 }
@@ -96,14 +136,38 @@ impl World {
         *version
     }
 
-    fn replica_for(&self, attempt: usize, worker: usize) -> Option<Client> {
+    /// A live replica's index and client, chosen by worker and attempt.
+    fn replica_for(&self, attempt: usize, worker: usize) -> Option<(usize, Client)> {
         let replicas = self.replicas.lock().unwrap();
-        let live: Vec<&Client> = replicas
+        let live: Vec<(usize, &Client)> = replicas
             .iter()
-            .filter(|(_, live)| *live)
-            .map(|(client, _)| client)
+            .enumerate()
+            .filter(|(_, (_, live))| *live)
+            .map(|(index, (client, _))| (index, client))
             .collect();
-        (!live.is_empty()).then(|| live[(worker + attempt) % live.len()].clone())
+        (!live.is_empty()).then(|| {
+            let (index, client) = live[(worker + attempt) % live.len()];
+            (index, client.clone())
+        })
+    }
+
+    /// Whether key `index` is owned by the primary being failed in the current phase.
+    fn on_failing_shard(&self, index: usize) -> bool {
+        self.record
+            .lock()
+            .unwrap()
+            .failing_shard
+            .as_ref()
+            .is_some_and(|shard| shard[index])
+    }
+
+    /// After a failover of the shard `shard`, acknowledged Sets on it may have been lost: forget their floors.
+    fn forget_set_floors(&self, shard: &[bool]) {
+        for (index, on_shard) in shard.iter().enumerate() {
+            if *on_shard {
+                self.set_floor[index].store(0, Ordering::Release);
+            }
+        }
     }
 
     fn note(&self, index: usize, started: Instant, outcome: Result<(), Code>, stale: bool) {
@@ -152,23 +216,24 @@ fn refused_by_goaway(status: &tonic::Status) -> bool {
     false
 }
 
-/// Runs `call` on a live replica, retrying once on another after a retryable failure.
+/// Runs `call` on a live replica, retrying once on another after a retryable failure; answers which replica
+/// (index in `World::replicas`) answered.
 async fn with_retry<T, F, Fut>(
     world: &World,
     worker: usize,
     mut call: F,
-) -> Result<T, tonic::Status>
+) -> Result<(T, usize), tonic::Status>
 where
     F: FnMut(Client) -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
     let mut last = tonic::Status::unavailable("no live replica");
     for attempt in 0..2 {
-        let Some(client) = world.replica_for(attempt, worker) else {
+        let Some((replica, client)) = world.replica_for(attempt, worker) else {
             break;
         };
         match call(client).await {
-            Ok(answer) => return Ok(answer),
+            Ok(answer) => return Ok((answer, replica)),
             Err(status) if retryable(&status) => last = status,
             Err(status) => {
                 if matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown) {
@@ -202,9 +267,19 @@ async fn worker(world: Arc<World>, id: usize) {
         let k = key(index);
         let started = Instant::now();
         match next() % 10 {
-            // 70 %: Get, checked against the acknowledged floor taken before it was sent.
+            // 70 %: Get, checked against the acknowledged floors taken before it was sent.
             0..=6 => {
-                let floor = world.floor[index].load(Ordering::Acquire);
+                let invalidated = world.floor[index].load(Ordering::Acquire);
+                let set = if world.on_failing_shard(index) {
+                    0
+                } else {
+                    world.set_floor[index].load(Ordering::Acquire)
+                };
+                let floor = if floor_version(set) > floor_version(invalidated) {
+                    set
+                } else {
+                    invalidated
+                };
                 let answer = with_retry(&world, id, |mut client| {
                     let k = k.clone();
                     async move {
@@ -216,18 +291,39 @@ async fn worker(world: Arc<World>, id: usize) {
                     }
                 })
                 .await;
-                let stale = match &answer {
-                    Ok(found) => version_of(&found.value).is_some_and(|v| v < floor),
+                let below = match &answer {
+                    Ok((found, _)) => {
+                        version_of(&found.value).is_some_and(|v| v < floor_version(floor))
+                    }
                     Err(_) => false,
                 };
-                if let (true, Ok(found)) = (stale, &answer) {
+                let mut stale = below;
+                if let Ok((found, replica)) = &answer {
                     let mut record = world.record.lock().unwrap();
-                    if record.stale_samples.len() < 5 {
+                    match found.source() {
+                        Source::NearHit => record.near_hits += 1,
+                        Source::Stale => record.stale_served += 1,
+                        _ => {}
+                    }
+                    // The near-cache's documented window: another replica's near-cache may answer the old value
+                    // until the acknowledging replica's notice arrives.
+                    if below
+                        && found.source() == Source::NearHit
+                        && *replica != floor_replica(floor)
+                    {
+                        record.near_window += 1;
+                        stale = false;
+                    }
+                    if stale && record.stale_samples.len() < 5 {
                         record.stale_samples.push(format!(
-                            "{k}: got {:?} from {:?}, floor v{floor} (now v{})",
+                            "{k}: got {:?} from {:?} on replica {replica}, floor v{} acknowledged by replica {} \
+                             (invalidation floor now v{}, Set floor v{})",
                             String::from_utf8_lossy(&found.value),
                             found.source(),
-                            world.floor[index].load(Ordering::Acquire)
+                            floor_version(floor),
+                            floor_replica(floor),
+                            floor_version(world.floor[index].load(Ordering::Acquire)),
+                            floor_version(world.set_floor[index].load(Ordering::Acquire)),
                         ));
                     }
                 }
@@ -255,9 +351,15 @@ async fn worker(world: Arc<World>, id: usize) {
                     }
                 })
                 .await;
-                // A refused older version is an answer, not an error.
+                // A refused older version is an answer, not an error. An accepted one raises the floor, unless
+                // its shard is being failed over (an acknowledged Set may be lost in a failover).
                 let outcome = match answer {
-                    Ok(_) => Ok(()),
+                    Ok((_, replica)) => {
+                        if !world.on_failing_shard(index) {
+                            world.set_floor[index].fetch_max(floor(v, replica), Ordering::AcqRel);
+                        }
+                        Ok(())
+                    }
                     Err(status) if status.code() == Code::FailedPrecondition => Ok(()),
                     Err(status) => Err(status.code()),
                 };
@@ -275,8 +377,8 @@ async fn worker(world: Arc<World>, id: usize) {
                     }
                 })
                 .await;
-                if answer.is_ok() {
-                    world.floor[index].fetch_max(v, Ordering::AcqRel);
+                if let Ok((_, replica)) = &answer {
+                    world.floor[index].fetch_max(floor(v, *replica), Ordering::AcqRel);
                 }
                 world.note(
                     index,
@@ -311,13 +413,19 @@ fn p99_ms(latencies: &mut [u64]) -> f64 {
     latencies[at] as f64 / 1000.0
 }
 
-fn server_config(cluster: &RedisCluster, loader: &TestLoader) -> String {
+/// The servers' configuration; `replica_acks` is `store.invalidation_replica_acks` (1, the default, except for
+/// the control). The entity's policy has a short TTL, both stale windows and the near-cache.
+fn server_config(cluster: &RedisCluster, loader: &TestLoader, replica_acks: u32) -> String {
     format!(
         r#"
 [store]
 redis_url = "{url}"
 redis_command_timeout_ms = 500
 replica_ack_timeout_ms = 500
+invalidation_replica_acks = {replica_acks}
+
+[near_cache]
+max_bytes = 16777216
 
 [shutdown]
 drain_delay_ms = 1000
@@ -341,73 +449,104 @@ breaker_cooldown_ms = 500
 [[policies]]
 name = "item"
 pattern = "item:*"
-ttl_secs = 300
+ttl_secs = 3
+stale_while_revalidate_secs = 2
+stale_if_error_secs = 30
+near_cache_ttl_secs = 2
 "#,
         url = cluster.url(),
         loader = loader.addr,
     )
 }
 
-/// The 150 keys test: invalidations acknowledged right before their primary dies stay invalidated.
-async fn invalidate_then_kill_primary(
-    world: &World,
-    cluster: &RedisCluster,
-    victim: u16,
-) -> (usize, usize, Duration, Duration) {
-    let shard = owned_by(cluster, victim);
-    let chosen: Vec<usize> = (0..KEYS).filter(|&i| shard[i]).take(150).collect();
-    assert_eq!(chosen.len(), 150, "enough keys on the victim's shard");
-    let mut client = world.replica_for(0, 0).expect("a live replica");
-    // Cache the old value of each, then change the source and invalidate; all acknowledged.
-    let mut guards = Vec::new();
-    for &i in &chosen {
-        let mut version = world.writers[i].lock().await;
-        let k = key(i);
-        let _ = client
-            .get(with_deadline(GetRequest {
-                key: k.clone(),
-                cache_only: false,
-            }))
-            .await
-            .unwrap();
-        world.next_version(i, &mut version);
-        client
-            .invalidate(with_deadline(InvalidateRequest { keys: vec![k] }))
-            .await
-            .expect("invalidation acknowledged before the kill");
-        world.floor[i].fetch_max(*version, Ordering::AcqRel);
-        guards.push(version);
-    }
-    // At once, before anything else can happen: kill the primary that acknowledged them.
-    let killed = Instant::now();
-    cluster.kill_node(victim);
-    drop(guards);
-    cluster.wait_for_failover(victim);
-    let promoted_after = killed.elapsed();
-    // How soon after the promotion is visible do writes to the shard succeed again?
-    let promoted = Instant::now();
-    let probe = chosen[0];
-    loop {
-        let mut version = world.writers[probe].lock().await;
-        let v = world.next_version(probe, &mut version);
-        let request = SetRequest {
-            key: key(probe),
-            value: value(v).into(),
-            ttl: None,
-            version: Some(v),
-        };
-        if client.set(with_deadline(request)).await.is_ok() {
-            break;
+/// Keys of the lagging-replica drill.
+const DRILL_KEYS: usize = 30;
+/// Bulk written to the drill's primary while its replica is stopped: more than the kernel's socket buffers between
+/// them hold (a few MiB on loopback), so what follows stays in the primary's replication output buffer.
+const JUNK_MIB: usize = 32;
+
+/// Who sends the drill's invalidations.
+enum Via<'a> {
+    /// The load's replicas (the default `invalidation_replica_acks = 1`), with the load's retry rule; an
+    /// acknowledged invalidation raises the load's floor.
+    Load,
+    /// The control replica (`invalidation_replica_acks = 0`): its acknowledgements are expected to be undone, so
+    /// they raise no floor of the load.
+    Control(&'a Client),
+}
+
+/// What the lagging-replica drill saw.
+struct Drill {
+    label: &'static str,
+    /// Invalidations answered OK.
+    acknowledged: usize,
+    /// Invalidations that failed (UNAVAILABLE, or out of deadline after the retry): not acknowledged.
+    refused: usize,
+    /// Acknowledged invalidations whose old value came back after the failover.
+    resurrected: usize,
+    /// Unacknowledged invalidations whose old value came back (allowed; shows the replica really missed them).
+    refused_came_back: usize,
+    /// Bytes of replication stream the primary had and the promoted replica never got.
+    lost_bytes: i64,
+    /// The primary's replication output buffer to the stopped replica, after the bulk write and at the kill.
+    buffered: (i64, i64),
+    promoted_after: Duration,
+}
+
+/// `CLIENT LIST TYPE replica` on `port`: the output buffer (omem) to its replica, in bytes.
+fn replica_output_buffer(port: u16) -> i64 {
+    redis_cli(port, &["client", "list", "type", "replica"])
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("omem=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no replica client on {port}"))
+}
+
+/// A hash tag for keys outside cachecoord's layout that the primary on `port` owns.
+fn junk_tag(cluster: &RedisCluster, port: u16) -> String {
+    let owners = cluster.slot_owners();
+    (0..)
+        .map(|n| format!("chaos-junk-{n}"))
+        .find(|tag| {
+            let slot = fred::util::redis_keyslot(tag.as_bytes());
+            owners
+                .iter()
+                .any(|(first, last, owner)| *owner == port && (*first..=*last).contains(&slot))
+        })
+        .unwrap()
+}
+
+/// Writes `JUNK_MIB` MiB of 1 MiB values to the primary on `port`, under keys tagged `tag`.
+async fn write_junk(port: u16, tag: &str) {
+    let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let junk = vec![b'x'; 1 << 20];
+    for i in 0..JUNK_MIB {
+        let key = format!("chaos-junk:{{{tag}}}:{i}");
+        let mut command = format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+            key.len(),
+            junk.len()
+        )
+        .into_bytes();
+        command.extend_from_slice(&junk);
+        command.extend_from_slice(b"\r\n");
+        connection.write_all(&command).await.unwrap();
+        let mut reply = Vec::new();
+        while !reply.ends_with(b"\r\n") {
+            let mut byte = [0u8; 64];
+            let n = connection.read(&mut byte).await.unwrap();
+            assert!(n > 0, "the primary on {port} closed the junk connection");
+            reply.extend_from_slice(&byte[..n]);
         }
-        drop(version);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(reply.starts_with(b"+OK"), "junk SET on {port}: {reply:?}");
     }
-    let writes_resumed_after = promoted.elapsed();
-    // Every one of them now reads the new value (loaded), never the old one from the promoted replica.
-    let mut resurrected = 0;
-    for &i in &chosen {
-        let floor = world.floor[i].load(Ordering::Acquire);
-        let answer = with_retry(world, 0, |mut client| {
+}
+
+/// A Get that is retried until the shard answers again (after a failover the slot map takes a moment).
+async fn get_after_failover(world: &World, i: usize) -> Option<u64> {
+    for _ in 0..100 {
+        let answer = with_retry(world, i, |mut client| {
             let k = key(i);
             async move {
                 client
@@ -418,34 +557,201 @@ async fn invalidate_then_kill_primary(
                     .await
             }
         })
+        .await;
+        if let Ok((answer, _)) = answer {
+            return version_of(&answer.into_inner().value);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("item:{i} unreadable long after the failover");
+}
+
+/// The lagging-replica drill: cache 30 keys of `victim`'s shard, stop its replica, write enough to `victim` that
+/// its replication stream backs up into its output buffer, invalidate the 30 keys (through `via`), `kill -9`
+/// `victim`, wake the replica and let it be promoted, then read the 30 keys. Panics if the setup did not create lag.
+async fn lagging_failover(
+    world: &World,
+    cluster: &RedisCluster,
+    victim: u16,
+    via: Via<'_>,
+    label: &'static str,
+) -> Drill {
+    let shard = owned_by(cluster, victim);
+    let chosen: Vec<usize> = (0..KEYS).filter(|&i| shard[i]).take(DRILL_KEYS).collect();
+    assert_eq!(
+        chosen.len(),
+        DRILL_KEYS,
+        "enough keys on the victim's shard"
+    );
+    let replica = cluster.replica_of(victim);
+    // Hold the chosen keys' writer locks throughout: the load changes none of them meanwhile.
+    let mut guards = Vec::new();
+    for &i in &chosen {
+        guards.push(world.writers[i].lock().await);
+    }
+    // Cache a new value of each, with a TTL that outlasts the drill (the policy's 3 s would let the old values
+    // expire before they could come back), and let the replica catch up with all of it.
+    for (&i, version) in chosen.iter().zip(guards.iter_mut()) {
+        let v = world.next_version(i, version);
+        let (_, replica) = with_retry(world, i, |mut client| async move {
+            client
+                .set(with_deadline(SetRequest {
+                    key: key(i),
+                    value: value(v).into(),
+                    ttl: Some(prost_types::Duration {
+                        seconds: 120,
+                        nanos: 0,
+                    }),
+                    version: Some(v),
+                }))
+                .await
+        })
         .await
-        .expect("readable after the failover")
-        .into_inner();
-        if version_of(&answer.value).is_none_or(|v| v < floor) {
-            resurrected += 1;
+        .expect("the drill's Set before the lag is acknowledged");
+        world.set_floor[i].fetch_max(floor(v, replica), Ordering::AcqRel);
+    }
+    let written = info_field(victim, "replication", "master_repl_offset").unwrap();
+    let caught_up = Instant::now();
+    while info_field(replica, "replication", "slave_repl_offset").unwrap_or(0) < written {
+        assert!(
+            caught_up.elapsed() < Duration::from_secs(30),
+            "{label}: replica {replica} never caught up with {victim}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Stop the replica, and back its replication stream up into the primary's output buffer. (Nothing may ask
+    // the stopped replica anything from here until it is woken: redis-cli would wait for it forever.)
+    let tag = junk_tag(cluster, victim);
+    cluster.pause(replica);
+    write_junk(victim, &tag).await;
+    let behind_from = info_field(victim, "replication", "master_repl_offset").unwrap();
+    let buffered_after_junk = replica_output_buffer(victim);
+    assert!(
+        buffered_after_junk > 0,
+        "{label}: setup failed to create lag: the output buffer of {victim} to its stopped replica {replica} is \
+         empty after {JUNK_MIB} MiB; this drill would prove nothing"
+    );
+    // The replica is flagged as failed before the invalidations, as a replica that lags for longer than
+    // cluster-node-timeout is: still connected to its primary and promotable, but no longer listed as a replica.
+    let stopped = Instant::now();
+    while !cluster.flagged_failed(replica) {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "{label}: the stopped replica {replica} was never flagged failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Change the source and invalidate the 30 keys, all at once.
+    let mut floors = Vec::new();
+    for (&i, version) in chosen.iter().zip(guards.iter_mut()) {
+        floors.push(world.next_version(i, version));
+    }
+    let answers = futures::future::join_all(chosen.iter().map(|&i| {
+        let via = &via;
+        async move {
+            let request = || with_deadline(InvalidateRequest { keys: vec![key(i)] });
+            match via {
+                Via::Load => with_retry(world, i, |mut client| async move {
+                    client.invalidate(request()).await
+                })
+                .await
+                .map(|(_, replica)| Some(replica)),
+                Via::Control(client) => {
+                    let mut client = (*client).clone();
+                    client.invalidate(request()).await.map(|_| None)
+                }
+            }
+        }
+    }))
+    .await;
+    let mut acknowledged = vec![false; chosen.len()];
+    for (n, answer) in answers.iter().enumerate() {
+        match answer {
+            Ok(acked_by) => {
+                acknowledged[n] = true;
+                if let Some(replica) = acked_by {
+                    let i = chosen[n];
+                    world.floor[i].fetch_max(floor(floors[n], *replica), Ordering::AcqRel);
+                }
+            }
+            Err(status) => assert!(
+                matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded),
+                "{label}: an invalidation failed with {status:?}"
+            ),
         }
     }
-    (
-        chosen.len(),
+    // At once: kill the primary, wake the replica, wait for its promotion.
+    let buffered_at_kill = replica_output_buffer(victim);
+    let primary_had = info_field(victim, "replication", "master_repl_offset").unwrap();
+    let killed = Instant::now();
+    cluster.kill_node(victim);
+    cluster.resume(replica);
+    cluster.wait_for_failover(victim);
+    let promoted_after = killed.elapsed();
+    // The replica's offset when it was promoted (it starts a new history one byte later).
+    let replica_had = info_field(replica, "replication", "second_repl_offset").unwrap() - 1;
+    assert!(
+        replica_had < behind_from,
+        "{label}: setup failed to create lag: the promoted replica had offset {replica_had}, not below \
+         {behind_from} (the primary's offset before the invalidations); this drill would prove nothing"
+    );
+    // Read them back.
+    let (mut resurrected, mut refused_came_back) = (0, 0);
+    for (n, &i) in chosen.iter().enumerate() {
+        let old = get_after_failover(world, i)
+            .await
+            .is_none_or(|v| v < floors[n]);
+        match (old, acknowledged[n]) {
+            (true, true) => resurrected += 1,
+            (true, false) => refused_came_back += 1,
+            _ => {}
+        }
+    }
+    drop(guards);
+    let acknowledged = acknowledged.iter().filter(|a| **a).count();
+    Drill {
+        label,
+        acknowledged,
+        refused: chosen.len() - acknowledged,
         resurrected,
+        refused_came_back,
+        lost_bytes: primary_had - replica_had,
+        buffered: (buffered_after_junk, buffered_at_kill),
         promoted_after,
-        writes_resumed_after,
-    )
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos() {
     // Healthy primaries must keep answering while a shard has no primary (Redis's default refuses every key then).
-    let cluster = RedisCluster::start_with(&["--cluster-require-full-coverage", "no"]);
+    // The lagging-replica drill stops a replica while its primary writes on: the primary must keep the stopped
+    // replica's output buffer however large it grows (instead of dropping the replica), and the replica, however
+    // far behind, must still be promoted.
+    let cluster = RedisCluster::start_with(&[
+        "--cluster-require-full-coverage",
+        "no",
+        "--client-output-buffer-limit",
+        "replica 0 0 0",
+        "--cluster-replica-validity-factor",
+        "0",
+    ]);
+    let redis_version = redis_cli(cluster.ports[0], &["info", "server"])
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:").map(str::to_owned))
+        .unwrap_or_default();
+    println!("chaos: Redis {redis_version}");
     let loader = TestLoader::start().await;
     for i in 0..KEYS {
         loader.source.put(&key(i), &value(0));
     }
-    let config = server_config(&cluster, &loader);
+    let config = server_config(&cluster, &loader, 1);
     let mut replicas = Vec::new();
     for _ in 0..3 {
         replicas.push(ServerProcess::start(&config).await);
     }
+    // The control: one more replica, outside the load's endpoint list, that acknowledges invalidations unfenced.
+    let control = ServerProcess::start(&server_config(&cluster, &loader, 0)).await;
     let connect = |replica: &ServerProcess| {
         let channel = Channel::from_shared(replica.uri())
             .unwrap()
@@ -454,10 +760,12 @@ async fn chaos() {
         CacheServiceClient::new(channel)
     };
     let clients: Vec<(Client, bool)> = replicas.iter().map(|r| (connect(r), true)).collect();
+    let control_client = connect(&control);
     let world = Arc::new(World {
         source: loader.source.clone(),
         writers: (0..KEYS).map(|_| tokio::sync::Mutex::new(0)).collect(),
         floor: (0..KEYS).map(|_| AtomicU64::new(0)).collect(),
+        set_floor: (0..KEYS).map(|_| AtomicU64::new(0)).collect(),
         replicas: Mutex::new(clients),
         record: Mutex::new(Record::default()),
         stop: AtomicBool::new(false),
@@ -490,16 +798,27 @@ async fn chaos() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     (started, before) = phase("steady", started, before);
 
-    // 2. kill -9 of a primary, right after 150 acknowledged invalidations on its shard; wait for the promotion,
-    //    then bring the old node back (it rejoins as a replica).
-    let victim = cluster.primaries()[0];
-    world.record.lock().unwrap().failing_shard = Some(owned_by(&cluster, victim));
-    let (checked, resurrected, promoted_after, writes_resumed_after) =
-        invalidate_then_kill_primary(&world, &cluster, victim).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster.restart_node(victim);
-    cluster.wait_until_whole();
-    (started, before) = phase("primary kill -9", started, before);
+    // 2. kill -9 of a primary whose replica lags, right after invalidations on its shard; wait for the promotion,
+    //    then bring the old node back (it rejoins as a replica). First the control (invalidations acknowledged
+    //    unfenced), then the real configuration.
+    let mut drills = Vec::new();
+    for (via, label) in [
+        (
+            Via::Control(&control_client),
+            "primary kill -9, lagging replica, control (acks 0)",
+        ),
+        (Via::Load, "primary kill -9, lagging replica"),
+    ] {
+        let victim = cluster.primaries()[0];
+        let shard = owned_by(&cluster, victim);
+        world.record.lock().unwrap().failing_shard = Some(shard.clone());
+        drills.push(lagging_failover(&world, &cluster, victim, via, label).await);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cluster.restart_node(victim);
+        cluster.wait_until_whole();
+        world.forget_set_floors(&shard);
+        (started, before) = phase(label, started, before);
+    }
 
     // 3. kill -9 of a cachecoord replica mid-load.
     replicas[2].child.start_kill().unwrap();
@@ -524,12 +843,14 @@ async fn chaos() {
 
     // 5. SIGSTOP a primary for 4 s (beyond cluster-node-timeout: it is failed over), then SIGCONT.
     let paused = cluster.primaries()[0];
-    world.record.lock().unwrap().failing_shard = Some(owned_by(&cluster, paused));
+    let shard = owned_by(&cluster, paused);
+    world.record.lock().unwrap().failing_shard = Some(shard.clone());
     cluster.pause(paused);
     tokio::time::sleep(Duration::from_secs(4)).await;
     cluster.resume(paused);
     cluster.wait_until_whole();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    world.forget_set_floors(&shard);
     (started, before) = phase("primary SIGSTOP 4 s", started, before);
 
     // 6–8. The loader slows past its timeout, then fails, then recovers.
@@ -556,9 +877,9 @@ async fn chaos() {
         "\nchaos summary (3 cachecoord replicas, 3+3 Redis Cluster, {KEYS} keys, {WORKERS} callers)\n"
     );
     println!(
-        "| phase | s | requests | errors by code | healthy-shard errors | p99 ms | loader calls | distinct keys loaded | stale reads |"
+        "| phase | s | requests | errors by code | healthy-shard errors | p99 ms | loader calls | distinct keys loaded | near hits | STALE served | near-cache window | stale reads |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for report in &mut reports {
         let errors = if report.record.errors.is_empty() {
             "0".to_owned()
@@ -577,7 +898,7 @@ async fn chaos() {
             "–".to_owned()
         };
         println!(
-            "| {} | {:.1} | {} | {} | {} | {:.1} | {} | {} | {} |",
+            "| {} | {:.1} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} |",
             report.name,
             report.seconds,
             report.record.requests,
@@ -586,26 +907,58 @@ async fn chaos() {
             p99_ms(&mut report.record.latencies_us),
             report.loads,
             report.distinct_loaded,
+            report.record.near_hits,
+            report.record.stale_served,
+            report.record.near_window,
             report.record.stale
         );
     }
     println!(
-        "\nacknowledged invalidations followed by kill -9 of their primary: {checked} keys, {resurrected} old values back; \
-         replica promoted {:.1} s after the kill; writes to its shard succeeded again {} ms after the \
-         promotion was visible",
-        promoted_after.as_secs_f64(),
-        writes_resumed_after.as_millis()
+        "\nkill -9 of a primary whose replica lags ({DRILL_KEYS} keys invalidated after {JUNK_MIB} MiB written past the \
+         stopped replica):\n"
     );
+    println!(
+        "| run | acknowledged | not acknowledged | acknowledged, old value back | not acknowledged, old value back | output buffer after bulk / at kill | stream lost | promoted after |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for drill in &drills {
+        println!(
+            "| {} | {} | {} | {} | {} | {:.1} / {:.1} MiB | {:.1} MiB | {:.1} s |",
+            drill.label,
+            drill.acknowledged,
+            drill.refused,
+            drill.resurrected,
+            drill.refused_came_back,
+            drill.buffered.0 as f64 / 1048576.0,
+            drill.buffered.1 as f64 / 1048576.0,
+            drill.lost_bytes as f64 / 1048576.0,
+            drill.promoted_after.as_secs_f64()
+        );
+    }
 
-    for replica in &replicas {
+    for replica in replicas.iter().chain([&control]) {
         for line in replica.log_lines("ERROR").iter().take(5) {
             println!("server error log: {line}");
         }
     }
-    assert_eq!(
-        resurrected, 0,
-        "an acknowledged invalidation came undone by the failover"
+    for report in &reports {
+        for sample in &report.record.stale_samples {
+            println!("stale read in {}: {sample}", report.name);
+        }
+    }
+    let (control_drill, real_drill) = (&drills[0], &drills[1]);
+    assert!(
+        control_drill.resurrected > 0,
+        "the control (invalidation_replica_acks = 0) undid no acknowledged invalidation: the drill has no teeth"
     );
+    assert_eq!(
+        real_drill.resurrected, 0,
+        "acknowledged invalidations came undone by the failover of their lagging replica"
+    );
+    let near_hits: u64 = reports.iter().map(|r| r.record.near_hits).sum();
+    let stale_served: u64 = reports.iter().map(|r| r.record.stale_served).sum();
+    assert!(near_hits > 0, "no Get was answered from the near-cache");
+    assert!(stale_served > 0, "no Get was answered from a stale window");
     for report in &reports {
         assert_eq!(
             report.record.stale, 0,
@@ -630,12 +983,14 @@ async fn chaos() {
             );
         }
     }
-    let primary_kill = reports
+    for primary_kill in reports
         .iter()
-        .find(|r| r.name == "primary kill -9")
-        .unwrap();
-    assert_eq!(
-        primary_kill.record.healthy_shard_errors, 0,
-        "keys on healthy primaries must not fail while another primary is killed"
-    );
+        .filter(|r| r.name.starts_with("primary kill -9"))
+    {
+        assert_eq!(
+            primary_kill.record.healthy_shard_errors, 0,
+            "{}: keys on healthy primaries must not fail while another primary is killed",
+            primary_kill.name
+        );
+    }
 }

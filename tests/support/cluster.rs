@@ -472,3 +472,54 @@ impl RedisCluster {
         self.wait_until_healthy();
     }
 }
+
+impl RedisCluster {
+    /// Client port of the replica of the primary on `primary` (its first, if it has several).
+    pub fn replica_of(&self, primary: u16) -> u16 {
+        let nodes = redis_cli(primary, &["cluster", "nodes"]);
+        let port_of =
+            |fields: &[&str]| -> Option<u16> { fields[1].split(['@', ':']).nth(1)?.parse().ok() };
+        let lines: Vec<Vec<&str>> = nodes
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|fields| fields.len() >= 4)
+            .collect();
+        let id = lines
+            .iter()
+            .find(|fields| port_of(fields) == Some(primary))
+            .map(|fields| fields[0])
+            .unwrap_or_else(|| panic!("{primary} is not in CLUSTER NODES"));
+        lines
+            .iter()
+            .find(|fields| fields[2].contains("slave") && fields[3] == id)
+            .and_then(|fields| port_of(fields))
+            .unwrap_or_else(|| panic!("the primary on {primary} has no replica"))
+    }
+
+    /// Whether some other node flags the node on `port` as failed (`fail`, not just `fail?`).
+    pub fn flagged_failed(&self, port: u16) -> bool {
+        self.ports.iter().filter(|p| **p != port).any(|other| {
+            redis_cli(*other, &["cluster", "nodes"])
+                .lines()
+                .any(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.len() > 2
+                        && fields[1].split(['@', ':']).nth(1) == Some(port.to_string().as_str())
+                        && fields[2].split(',').any(|flag| flag == "fail")
+                })
+        })
+    }
+}
+
+/// A numeric field of `INFO <section>` on the node on `port` (e.g. `master_repl_offset`).
+pub fn info_field(port: u16, section: &str, field: &str) -> Option<i64> {
+    redis_cli(port, &["info", section])
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(field)?
+                .strip_prefix(':')?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
