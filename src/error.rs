@@ -149,6 +149,17 @@ pub enum Error {
         target: String,
     },
 
+    /// A call's answer would exceed the configured response size.
+    #[error(
+        "the answer would be {size} bytes; the limit is {max} bytes: ask for fewer keys per call"
+    )]
+    ResponseTooLarge {
+        /// The answer's value bytes.
+        size: usize,
+        /// The configured limit in bytes.
+        max: usize,
+    },
+
     /// The server is at its limit of calls in flight; the caller should back off and retry.
     #[error("the server has {max} calls in flight, its limit; retry with backoff")]
     Overloaded {

@@ -1,7 +1,7 @@
 //! Wires the pieces into a running gRPC server: store → coordinator → CacheService, plus grpc.health.v1 and
 //! server reflection (v1) so grpcurl-style tools and any language can discover the API.
 
-use crate::api::CacheApi;
+use crate::api::{CacheApi, InFlightLayer, to_status};
 use crate::auth::Authenticator;
 use crate::cache::Coordinator;
 use crate::config::Config;
@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
+use tonic::Request;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
@@ -54,14 +56,18 @@ pub async fn serve(
             .map_err(|e| StartupError::unusable("the tokens file", e))?,
         _ => Authenticator::disabled(),
     });
-    let api = CacheApi::new(
-        coordinator.clone(),
-        auth.clone(),
-        config.limits.max_in_flight,
-    );
+    let api = CacheApi::new(coordinator.clone(), auth.clone());
     let cache_service = CacheServiceServer::new(api)
         // tonic refuses larger requests before buffering them.
         .max_decoding_message_size(config.limits.max_request_bytes);
+    // The token is checked from the headers, before tonic reads the body: a caller without one cannot make the
+    // server buffer a request. (Scopes are checked in the handler, which sees the keys.)
+    let gate = auth.clone();
+    let cache_service = InterceptedService::new(cache_service, move |request: Request<()>| {
+        gate.authenticate(request.metadata())
+            .map(|_| request)
+            .map_err(|error| to_status(&error))
+    });
 
     let addr = listener
         .local_addr()
@@ -134,6 +140,11 @@ pub async fn serve(
             .map_err(|e| StartupError::unusable("the TLS files", e))?;
     }
     let serving = builder
+        .max_concurrent_streams(config.limits.max_concurrent_streams)
+        // Finds peers that stopped answering (a half-dead connection holding streams) within ~40 s.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(InFlightLayer::new(config.limits.max_in_flight))
         .layer(tower::util::MapResponseLayer::new(
             crate::api::explain_transport_refusal::<tonic::body::Body>,
         ))

@@ -36,7 +36,7 @@ fn api() -> &'static CacheApi {
         runtime().block_on(async {
             let store = cachecoord::store::open(&config.store).await.unwrap();
             let coordinator = Coordinator::new(store, Loaders::default(), &config).unwrap();
-            CacheApi::new(Arc::new(coordinator), Arc::new(Authenticator::disabled()), 64)
+            CacheApi::new(Arc::new(coordinator), Arc::new(Authenticator::disabled()))
         })
     })
 }

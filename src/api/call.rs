@@ -1,13 +1,13 @@
-//! What every RPC goes through, whatever it does: its span, admission (the caller's token and a slot among the
-//! calls in flight), the caller's deadline, and its metrics. [`CacheApi::handle`] owns all four, so a handler
-//! only converts its request and calls the coordinator.
+//! What every RPC goes through, whatever it does: its span, admission (the caller's token), the caller's
+//! deadline, and its metrics. [`CacheApi::handle`] owns all four, so a handler only converts its request and
+//! calls the coordinator. (The call's slot among the calls in flight is taken before the request is read and held
+//! until its response is sent: `admission`.)
 
 use super::{CacheApi, deadline, to_status};
 use crate::Result;
 use crate::auth::Caller;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::OwnedSemaphorePermit;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, field::Empty};
@@ -35,12 +35,6 @@ pub(super) enum Deadline {
     LeftToTonic,
 }
 
-/// An admitted call: its caller, and its slot among the calls in flight. The slot is freed when this is dropped.
-struct Admitted {
-    caller: Arc<Caller>,
-    permit: OwnedSemaphorePermit,
-}
-
 impl CacheApi {
     /// Runs one RPC: `body` gets the admitted caller and the request message, and returns the response message.
     /// The call runs in an `rpc` span; a rejected caller never reaches `body`.
@@ -60,38 +54,20 @@ impl CacheApi {
                 Deadline::Answered => deadline::budget(request.metadata()),
                 Deadline::LeftToTonic => None,
             };
-            let admitted = self.admit(request.metadata());
+            let admitted = self.auth.authenticate(request.metadata());
             let request = request.into_inner();
             // Recorded even when admission fails, so a refused call still shows what it was for.
             if let Some(key) = request.key() {
                 self.describe_key(key);
             }
             let result = match admitted {
-                Ok(Admitted { caller, permit }) => {
-                    let result = deadline::within(budget, body(caller, request)).await;
-                    drop(permit);
-                    result
-                }
+                Ok(caller) => deadline::within(budget, body(caller, request)).await,
                 Err(error) => Err(error),
             };
             finish(Req::NAME, started, result)
         }
         .instrument(span)
         .await
-    }
-
-    /// Who is calling, and a slot among the calls in flight: UNAUTHENTICATED without a valid token, and
-    /// RESOURCE_EXHAUSTED at once (never a queue) when every slot is taken.
-    fn admit(&self, metadata: &MetadataMap) -> Result<Admitted> {
-        let caller = self.auth.authenticate(metadata)?;
-        let permit =
-            self.in_flight
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| crate::Error::Overloaded {
-                    max: self.max_in_flight,
-                })?;
-        Ok(Admitted { caller, permit })
     }
 
     /// Records the key and entity on the current span; keys of sensitive entities are redacted.

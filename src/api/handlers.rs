@@ -43,6 +43,11 @@ impl CacheService for CacheApi {
                 let qualified = caller.keys(Action::Read, &keys)?;
                 let options = ReadOptions { cache_only };
                 let lookups = self.coordinator.batch_get(&qualified, options).await?;
+                self.coordinator.check_response_size(
+                    lookups
+                        .iter()
+                        .map(|lookup| lookup.value.as_ref().map_or(0, |v| v.len())),
+                )?;
                 let results = keys.into_iter().zip(lookups).map(Into::into).collect();
                 Ok(BatchGetResponse { results })
             },

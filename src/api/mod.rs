@@ -5,40 +5,30 @@
 //! sensitive entities), entity, source and status code, and is counted in `cachecoord_requests_total{rpc, code}`
 //! and timed in `cachecoord_request_duration_seconds{rpc}`. Values are never logged.
 
+mod admission;
 mod call;
 mod convert;
 mod deadline;
 mod handlers;
 mod status;
 
+pub use admission::InFlightLayer;
 pub use status::{ERROR_DOMAIN, explain_transport_refusal, to_status};
 
 use crate::auth::Authenticator;
 use crate::cache::Coordinator;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
 /// The CacheService implementation handed to tonic.
 #[derive(Clone)]
 pub struct CacheApi {
     coordinator: Arc<Coordinator>,
     auth: Arc<Authenticator>,
-    in_flight: Arc<Semaphore>,
-    max_in_flight: usize,
 }
 
 impl CacheApi {
-    /// Serves `coordinator` over gRPC to the callers `auth` admits, at most `max_in_flight` calls at once.
-    pub fn new(
-        coordinator: Arc<Coordinator>,
-        auth: Arc<Authenticator>,
-        max_in_flight: usize,
-    ) -> CacheApi {
-        CacheApi {
-            coordinator,
-            auth,
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
-        }
+    /// Serves `coordinator` over gRPC to the callers `auth` admits.
+    pub fn new(coordinator: Arc<Coordinator>, auth: Arc<Authenticator>) -> CacheApi {
+        CacheApi { coordinator, auth }
     }
 }

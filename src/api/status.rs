@@ -32,6 +32,7 @@ pub fn to_status(error: &Error) -> Status {
         Error::Unauthenticated { .. } => (Code::Unauthenticated, "UNAUTHENTICATED"),
         Error::PermissionDenied { .. } => (Code::PermissionDenied, "OUT_OF_SCOPE"),
         Error::Overloaded { .. } => (Code::ResourceExhausted, "TOO_MANY_IN_FLIGHT"),
+        Error::ResponseTooLarge { .. } => (Code::ResourceExhausted, "RESPONSE_TOO_LARGE"),
         // Redis down, timing out or resharding: the client may retry, so never INTERNAL or INVALID_ARGUMENT.
         Error::BackendUnavailable { .. } => (Code::Unavailable, "BACKEND_UNAVAILABLE"),
         Error::Backend { .. } => (Code::Internal, "BACKEND_ERROR"),

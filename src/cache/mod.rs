@@ -96,6 +96,17 @@ impl Coordinator {
         self.core.parse_key(raw).map(drop)
     }
 
+    /// Refuses an answer whose values (`sizes`, duplicates counted) exceed `limits.max_response_bytes`, before it
+    /// is encoded: one call must not make the replica build an unbounded response.
+    pub fn check_response_size(&self, sizes: impl Iterator<Item = usize>) -> Result<()> {
+        let max = self.core.limits.max_response_bytes;
+        let size = sizes.fold(0usize, usize::saturating_add);
+        if size > max {
+            return Err(crate::Error::ResponseTooLarge { size, max });
+        }
+        Ok(())
+    }
+
     /// The policy table, for callers that report per-entity figures.
     pub fn policies(&self) -> &Policies {
         &self.core.policies

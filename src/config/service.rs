@@ -28,9 +28,16 @@ pub struct LimitsConfig {
     pub max_ttl: Duration,
     /// Most wildcards (`*`, `?`) in one pattern. Default 8.
     pub max_pattern_wildcards: usize,
-    /// Most CacheService calls in flight on this replica; the next is refused at once with RESOURCE_EXHAUSTED
-    /// (reason TOO_MANY_IN_FLIGHT) rather than queued. Default 4096.
+    /// Most CacheService calls in flight on this replica, each counted from its request's headers until its
+    /// response has been sent; the next is refused at once with RESOURCE_EXHAUSTED (reason TOO_MANY_IN_FLIGHT)
+    /// rather than queued. Default 4096.
     pub max_in_flight: usize,
+    /// Largest response one call may build, in bytes (a BatchGet's values, duplicates counted). Default
+    /// 16777216 (16 MiB); larger answers RESOURCE_EXHAUSTED (reason RESPONSE_TOO_LARGE). With `max_in_flight`,
+    /// it bounds the response bytes a replica holds for callers slow to read them.
+    pub max_response_bytes: usize,
+    /// Most concurrent HTTP/2 streams one connection may open (advertised in SETTINGS). Default 256.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for LimitsConfig {
@@ -44,6 +51,8 @@ impl Default for LimitsConfig {
             max_ttl: Duration::from_secs(7 * 24 * 3600),
             max_pattern_wildcards: 8,
             max_in_flight: 4096,
+            max_response_bytes: 16 * 1024 * 1024,
+            max_concurrent_streams: 256,
         }
     }
 }
@@ -56,6 +65,12 @@ impl LimitsConfig {
         if self.max_batch_keys == 0 || self.max_key_bytes == 0 {
             return ConfigError::fail(
                 "limits.max_batch_keys and limits.max_key_bytes must be positive",
+            );
+        }
+        if self.max_response_bytes < self.max_value_bytes || self.max_concurrent_streams == 0 {
+            return ConfigError::fail(
+                "limits.max_response_bytes must be at least limits.max_value_bytes, and \
+                 limits.max_concurrent_streams positive",
             );
         }
         if self.max_request_bytes <= self.max_value_bytes {

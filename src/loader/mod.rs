@@ -96,6 +96,7 @@ impl Loaders {
                     route.breaker_failures,
                     route.breaker_cooldown,
                 ),
+                max_value_bytes: config.limits.max_value_bytes,
             };
             routes.push((pattern, Arc::new(metered) as Arc<dyn Loader>));
         }
@@ -123,9 +124,30 @@ struct Metered {
     route: String,
     inner: Arc<dyn Loader>,
     breaker: Breaker,
+    /// `limits.max_value_bytes`: a loader's value is held to the limit a Set's is.
+    max_value_bytes: usize,
 }
 
 impl Metered {
+    /// Refuses a loaded value over `limits.max_value_bytes`: it would be cached and served past the limit every
+    /// Set is held to.
+    fn within_limit(&self, key: &Key, loaded: &Loaded) -> Result<()> {
+        let size = loaded.value.as_ref().map_or(0, Bytes::len);
+        if size > self.max_value_bytes {
+            metrics::counter!("cachecoord_loader_errors_total", "route" => self.route.clone())
+                .increment(1);
+            return Err(Error::LoaderFailed {
+                key: key.to_string(),
+                source: format!(
+                    "the loader returned a {size}-byte value; limits.max_value_bytes is {}",
+                    self.max_value_bytes
+                )
+                .into(),
+            });
+        }
+        Ok(())
+    }
+
     async fn observe<T>(&self, call: impl Future<Output = Result<T>>, keys: usize) -> Result<T> {
         use tracing::Instrument;
         if !self.breaker.allow() {
@@ -159,11 +181,17 @@ impl Metered {
 #[async_trait]
 impl Loader for Metered {
     async fn load(&self, key: &Key) -> Result<Loaded> {
-        self.observe(self.inner.load(key), 1).await
+        let loaded = self.observe(self.inner.load(key), 1).await?;
+        self.within_limit(key, &loaded)?;
+        Ok(loaded)
     }
 
     async fn load_many(&self, keys: &[Key]) -> Result<Vec<Loaded>> {
-        self.observe(self.inner.load_many(keys), keys.len()).await
+        let loaded = self.observe(self.inner.load_many(keys), keys.len()).await?;
+        for (key, one) in keys.iter().zip(&loaded) {
+            self.within_limit(key, one)?;
+        }
+        Ok(loaded)
     }
 }
 

@@ -14,6 +14,7 @@ mod support;
 
 mod auth;
 mod bad_input;
+mod budgets;
 mod cache_rpcs;
 mod cluster_spread;
 mod consistency;

@@ -1,0 +1,116 @@
+//! A slot among the calls in flight, held for the whole life of a CacheService call: from the request's headers
+//! until its response body has been sent (or the stream is reset). A slot released when the handler returns
+//! would let a caller that never reads its responses hold any number of them in memory.
+//!
+//! Excess calls are refused at once with RESOURCE_EXHAUSTED (reason TOO_MANY_IN_FLIGHT), never queued. Only
+//! CacheService calls count: health probes and reflection must still answer when the cache is saturated.
+
+use super::to_status;
+use crate::Error;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::body::Body as GrpcBody;
+use tower::{Layer, Service};
+
+/// Paths of the calls that take a slot.
+const COUNTED_PREFIX: &str = "/cachecoord.v1.CacheService/";
+
+/// Admits at most `max` CacheService calls at once, each until its response body is done.
+#[derive(Clone)]
+pub struct InFlightLayer {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl InFlightLayer {
+    /// A layer admitting at most `max` calls at once.
+    pub fn new(max: usize) -> InFlightLayer {
+        InFlightLayer {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+}
+
+impl<S> Layer<S> for InFlightLayer {
+    type Service = InFlight<S>;
+
+    fn layer(&self, inner: S) -> InFlight<S> {
+        InFlight {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`InFlightLayer`] wraps.
+#[derive(Clone)]
+pub struct InFlight<S> {
+    inner: S,
+    layer: InFlightLayer,
+}
+
+impl<S, ReqBody> Service<http::Request<ReqBody>> for InFlight<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<GrpcBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<GrpcBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<GrpcBody>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        if !request.uri().path().starts_with(COUNTED_PREFIX) {
+            return Box::pin(self.inner.call(request));
+        }
+        let Ok(slot) = self.layer.slots.clone().try_acquire_owned() else {
+            let refused = to_status(&Error::Overloaded {
+                max: self.layer.max,
+            });
+            let mut response = refused.into_http::<GrpcBody>();
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            return Box::pin(async move { Ok(response) });
+        };
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(response.map(|body| GrpcBody::new(HoldingBody { body, _slot: slot })))
+        })
+    }
+}
+
+/// A response body that keeps its call's slot until it is dropped: sent in full, or abandoned.
+struct HoldingBody {
+    body: GrpcBody,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Body for HoldingBody {
+    type Data = <GrpcBody as Body>::Data;
+    type Error = <GrpcBody as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
