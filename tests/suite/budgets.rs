@@ -65,3 +65,77 @@ async fn a_loader_value_over_the_limit_is_neither_cached_nor_served() {
     assert_error(&answer.unwrap_err(), Code::Unavailable, "LOADER_FAILED");
     assert_eq!(cached(&mut client, &key).await.source(), Source::Miss);
 }
+
+/// A pattern built to be slow to match (`user:1:` + 250 × `a` + `b` against 2,000 keys of 511 bytes in one group)
+/// does not hold a Redis primary: matching runs in cachecoord, and another tenant's Gets on the same primary keep
+/// answering throughout. (Before, one group script ran ~10 s and Redis answered BUSY meanwhile.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_group_pattern_does_not_block_the_primary() {
+    use crate::support::cluster::{RedisCluster, redis_cli};
+    use cachecoord::proto::{BatchSetRequest, InvalidatePatternRequest};
+    let cluster = RedisCluster::start_async(&[]).await;
+    let server = TestServer::start_with(crate::support::config_on(&cluster)).await;
+    let mut client = server.client().await;
+    let slot_owner = |redis_key: &str| {
+        let slot: u16 = redis_cli(cluster.ports[0], &["CLUSTER", "KEYSLOT", redis_key])
+            .trim()
+            .parse()
+            .unwrap();
+        cluster
+            .slot_owners()
+            .into_iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, port)| port)
+            .unwrap()
+    };
+    let primary = slot_owner("{user:1}");
+    let bystander = (0..)
+        .map(|n| format!("invoice:{n}"))
+        .find(|key| slot_owner(&format!("{{{key}}}")) == primary)
+        .unwrap();
+    client.set(set_request(&bystander, b"paid")).await.unwrap();
+    let padding = "a".repeat(499);
+    for half in 0..2 {
+        let entries = (half * 1000..(half + 1) * 1000)
+            .map(|i| set_request(&format!("user:1:{i:05}{padding}"), b"v"))
+            .collect();
+        client.batch_set(BatchSetRequest { entries }).await.unwrap();
+    }
+    redis_cli(primary, &["SLOWLOG", "RESET"]);
+
+    let mut attacker = client.clone();
+    let attack = tokio::spawn(async move {
+        let pattern = format!("user:1:{}b", "a".repeat(250));
+        attacker
+            .invalidate_pattern(InvalidatePatternRequest { pattern })
+            .await
+    });
+    let (mut answered, mut failed) = (0, Vec::new());
+    while !attack.is_finished() {
+        match client
+            .get(GetRequest {
+                key: bystander.clone(),
+                cache_only: true,
+            })
+            .await
+        {
+            Ok(_) => answered += 1,
+            Err(status) => failed.push(status.code()),
+        }
+    }
+    let attack = attack.await.unwrap();
+    let slowest_us = redis_cli(primary, &["SLOWLOG", "GET", "128"])
+        .lines()
+        .filter_map(|line| line.trim().parse::<u64>().ok())
+        .filter(|n| *n < 1_000_000_000)
+        .max();
+    // SLOWLOG keeps commands over slowlog-log-slower-than (10 ms by default): None means none was slower.
+    println!(
+        "hostile pattern: {answered} bystander Gets answered, {} failed; slowest command over 10 ms: {slowest_us:?} µs",
+        failed.len()
+    );
+
+    assert_eq!(attack.unwrap().into_inner().deleted, 0);
+    assert!(failed.is_empty(), "bystander Gets failed: {failed:?}");
+    assert!(answered > 0);
+}

@@ -6,9 +6,10 @@
 //! connection, shared by the invalidations running at once. A fence that times out answers UNAVAILABLE but does
 //! not count against the node's breaker: a lagging replica is not a failing primary.
 //!
-//! A pattern inside one group (`user:123:*`) is one script on one primary, costing the group's size. Patterns that
-//! span groups (`user:*:posts`) SCAN every primary instead, a page at a time, so Redis stays responsive while a
-//! large pattern is deleted; KEYS is never used.
+//! A pattern inside one group (`user:123:*`) reads the group's members from its primary, matches them here and
+//! deletes the matching keys exactly, in short scripts. Patterns that span groups (`user:*:posts`) SCAN every
+//! primary instead, a page at a time. Either way Redis stays responsive while a large or hostile pattern is
+//! deleted; KEYS is never used.
 
 use super::errors::{backend_error, unavailable};
 use super::layout::{self, Found};
@@ -16,7 +17,7 @@ use super::nodes::{Node, Nodes, all};
 use super::scripts;
 use crate::keys::Pattern;
 use crate::{Error, Result};
-use fred::interfaces::SetsInterface;
+use fred::interfaces::{SetsInterface, SortedSetsInterface};
 use fred::prelude::{ClientLike, Error as FredError, KeysInterface, LuaInterface, ServerInterface};
 use fred::types::config::Options;
 use fred::types::scan::{ScanResult, Scanner};
@@ -41,6 +42,29 @@ pub(super) struct InvalidationSettings {
     pub(super) replica_ack_timeout: Duration,
     /// How long any other command may take (the fence write; added to the wait's own timeout).
     pub(super) command_timeout: Duration,
+}
+
+/// Keys per delete script of a group pattern: bounds how long one script holds the primary.
+const DELETE_CHUNK: usize = 256;
+
+/// The members of `group` a pattern must consider: its index, the legacy index of older releases, and its keys
+/// with a lease out (a load in flight for a key not stored yet).
+async fn members_of(node: &Node, group: &str) -> Result<Vec<String>, FredError> {
+    let mut members: Vec<String> = node
+        .client
+        .zrange(layout::index_key(group), 0, -1, None, false, None, false)
+        .await?;
+    members.extend(
+        node.client
+            .smembers::<Vec<String>, _>(layout::legacy_index_key(group))
+            .await?,
+    );
+    members.extend(
+        node.client
+            .smembers::<Vec<String>, _>(layout::leases_key(group))
+            .await?,
+    );
+    Ok(members)
 }
 
 /// Nodes that ran an invalidation's writes, each with a slot its writes used.
@@ -103,7 +127,7 @@ impl Invalidator {
     /// Voids the leases of, then deletes, every key matching `pattern`.
     pub(super) async fn delete_matching(&self, pattern: &Pattern) -> Result<u64> {
         match pattern.group_scope() {
-            Some((group, member_pattern)) => self.delete_in_group(group, member_pattern).await,
+            Some((group, _)) => self.delete_in_group(pattern, group).await,
             None => self.delete_by_scan(pattern).await,
         }
     }
@@ -160,14 +184,42 @@ impl Invalidator {
         ))
     }
 
-    /// Pattern invalidation within one group: one script on the group's slot.
-    async fn delete_in_group(&self, group: &str, member_pattern: &str) -> Result<u64> {
-        let node = self.nodes.for_group(group)?;
-        let deleted = scripts::delete_in_group(group, member_pattern)
-            .run(&node.client)
+    /// Pattern invalidation within one group. Its members (index, legacy index, lease set) are read, matched
+    /// here rather than in a script — a hostile pattern against long keys costs this replica's CPU, not seconds
+    /// of a Redis primary's single thread — and deleted exactly, `DELETE_CHUNK` keys per script (each voiding a
+    /// key's lease and deleting its value in one step). Cost on Redis: reading the group's members, then short
+    /// scripts; no step holds the primary longer than one chunk.
+    async fn delete_in_group(&self, pattern: &Pattern, group: &str) -> Result<u64> {
+        let slot = self.nodes.slot_of(group);
+        let node = self.nodes.for_slot(slot)?;
+        let members = self.nodes.observe(&node, members_of(&node, group).await)?;
+        let (pattern, prefix) = (pattern.clone(), group.to_owned());
+        let matching = tokio::task::spawn_blocking(move || {
+            let mut keys: Vec<String> = members
+                .into_iter()
+                .map(|member| format!("{prefix}{member}"))
+                .filter(|key| pattern.matches(key))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        })
+        .await
+        .map_err(|e| Error::Backend {
+            source: format!("matching a pattern failed: {e}").into(),
+        })?;
+        let mut deleted = 0;
+        for chunk in matching.chunks(DELETE_CHUNK) {
+            let call = scripts::delete(chunk.iter().map(String::as_str));
+            deleted += self
+                .nodes
+                .observe(&node, call.run::<u64>(&node.client).await)?;
+        }
+        let renewed = scripts::renew_unindexed_epoch(group)
+            .run::<i64>(&node.client)
             .await;
-        let deleted = self.nodes.observe(&node, deleted)?;
-        self.replicate(&node, self.nodes.slot_of(group)).await?;
+        self.nodes.observe(&node, renewed)?;
+        self.replicate(&node, slot).await?;
         Ok(deleted)
     }
 

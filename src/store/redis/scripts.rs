@@ -24,8 +24,8 @@ static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("scripts/release.lua")));
 static DELETE: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("scripts/delete.lua")));
-static GROUP_PATTERN: LazyLock<Script> =
-    LazyLock::new(|| Script::from_lua(include_str!("scripts/group_pattern.lua")));
+static UNINDEXED_GROUP: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("scripts/unindexed_group.lua")));
 
 /// An invalidation's fence write; run with EVAL on the fence connection (see `invalidation`).
 pub(super) const FENCE: &str = include_str!("scripts/fence.lua");
@@ -129,23 +129,17 @@ pub(super) fn delete<'k>(keys: impl ExactSizeIterator<Item = &'k str>) -> Call {
     }
 }
 
-/// Voids the leases of, and deletes, the members of `group` matching `member_pattern`; answers how many values
-/// were deleted.
-pub(super) fn delete_in_group(group: &str, member_pattern: &str) -> Call {
+/// After a group pattern's deletes: starts a new epoch for `group` if its index is gone while its epoch lives
+/// (values no index names are then dropped); answers 1 when it did.
+pub(super) fn renew_unindexed_epoch(group: &str) -> Call {
     Call {
-        script: &GROUP_PATTERN,
+        script: &UNINDEXED_GROUP,
         keys: vec![
             layout::index_key(group),
-            layout::leases_key(group),
-            layout::epoch_key(group),
             layout::legacy_index_key(group),
+            layout::epoch_key(group),
         ],
-        args: vec![
-            member_pattern.into(),
-            layout::value_prefix(group).into(),
-            layout::lease_prefix(group).into(),
-            record::fresh_epoch().into(),
-        ],
+        args: vec![record::fresh_epoch().into()],
     }
 }
 
@@ -217,9 +211,7 @@ mod tests {
         assert_eq!(set.args.len(), 7);
         assert_eq!(set.args[1], Value::Integer(1), "a zero TTL becomes 1 ms");
         assert_eq!(fill(1, &write, retention).args.len(), 8);
-        let group = delete_in_group("user:1", ":*");
-        assert_eq!(group.args[1], Value::from("{user:1}"));
-        assert_eq!(group.args[2], Value::from("{user:1}#lease"));
+        assert_eq!(renew_unindexed_epoch("user:1").keys.len(), 3);
         let deleted = delete(["user:1", "user:1:posts"].into_iter());
         assert_eq!((deleted.keys.len(), deleted.args.len()), (10, 2));
     }
