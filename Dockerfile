@@ -6,6 +6,8 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src
 COPY migrations migrations
+# Cargo.toml declares the benchmark target: the manifest does not load without its source.
+COPY benches benches
 RUN cargo build --release --locked --bin cachecoord
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -112,7 +112,9 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("CACHECOORD_").ignore(&["config"]).split("__"));
+        for (key, text) in environment()? {
+            figment = figment.merge(Serialized::default(&key, text));
+        }
         if let Some(addr) = cli.listen_addr {
             figment = figment.merge(Serialized::default("listen_addr", addr));
         }
@@ -131,7 +133,10 @@ impl Config {
         if let Some(addr) = cli.metrics_addr {
             figment = figment.merge(Serialized::default("telemetry.metrics_addr", addr));
         }
-        let mut config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
+        // Lossy: environment values arrive as text, and "5" must still fill a number (see `environment`).
+        let mut config: Config = figment
+            .extract_lossy()
+            .map_err(|e| ConfigError(e.to_string()))?;
         config.apply_renamed_knobs();
         config.validate()?;
         Ok(config)
@@ -197,6 +202,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The `CACHECOORD_*` variables that name a setting, as text. Only variables whose first segment is a section or
+/// key of the configuration are read: Kubernetes injects `CACHECOORD_SERVICE_HOST`, `CACHECOORD_PORT`, … for a
+/// Service named `cachecoord` (or `cachecoord-*`), and those must not stop start-up. Within a known section an
+/// unknown key is still refused. Values stay text exactly as given (a password `123456`, `true` or with leading
+/// spaces stays that string); numbers and booleans are read from text by the lossy extraction.
+fn environment() -> Result<Vec<(String, String)>, ConfigError> {
+    let known = match figment::value::Value::serialize(Config::default()) {
+        Ok(figment::value::Value::Dict(_, dict)) => dict.into_keys().collect::<Vec<String>>(),
+        _ => return ConfigError::fail("the configuration's own defaults do not serialize"),
+    };
+    let variables = Env::prefixed("CACHECOORD_")
+        .ignore(&["config"])
+        .split("__")
+        .filter(move |key| {
+            let section = key.as_str().split('.').next().unwrap_or_default();
+            known.iter().any(|k| k.eq_ignore_ascii_case(section))
+        });
+    Ok(variables
+        .iter()
+        .map(|(key, text)| (key.as_str().to_owned(), text))
+        .collect())
 }
 
 impl Config {

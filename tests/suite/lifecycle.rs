@@ -71,3 +71,27 @@ grace_period_ms = 10000
         .unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+/// Kubernetes injects `CACHECOORD_SERVICE_HOST`, `CACHECOORD_PORT`, … into every pod of a namespace with a
+/// Service named `cachecoord`: the server starts anyway, reading only the variables that name a setting. A
+/// secret that looks like a number stays text, and a number given as text still fills a numeric setting.
+#[tokio::test]
+async fn service_link_variables_do_not_stop_start_up() {
+    let server = crate::support::process::ServerProcess::start_with_env(
+        "",
+        &[
+            ("CACHECOORD_SERVICE_HOST", "10.0.0.1"),
+            ("CACHECOORD_SERVICE_PORT", "50051"),
+            ("CACHECOORD_PORT", "tcp://10.0.0.1:50051"),
+            ("CACHECOORD_PORT_50051_TCP_PROTO", "tcp"),
+            ("CACHECOORD_STORE__REDIS_PASSWORD", "123456"),
+            ("CACHECOORD_STORE__REDIS_USERNAME", "true"),
+            ("CACHECOORD_LIMITS__MAX_IN_FLIGHT", "7"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        server.health().await,
+        Some(tonic_health::pb::health_check_response::ServingStatus::Serving)
+    );
+}

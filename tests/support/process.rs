@@ -22,6 +22,11 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `cachecoord` with `config_toml` as its configuration file, and waits until health says SERVING.
     pub async fn start(config_toml: &str) -> ServerProcess {
+        ServerProcess::start_with_env(config_toml, &[]).await
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables.
+    pub async fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> ServerProcess {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cachecoord.toml");
         std::fs::write(&file, config_toml).unwrap();
@@ -32,6 +37,7 @@ impl ServerProcess {
             .arg(&file)
             .args(["--listen-addr", &format!("127.0.0.1:{port}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()
