@@ -68,3 +68,46 @@ async fn reflection_lists_the_services() {
     };
     assert!(!files.file_descriptor_proto.is_empty());
 }
+
+/// A one-node Redis Cluster without `cluster-announce-ip` (common in development) reports an empty host in
+/// `CLUSTER SLOTS`, meaning "the address you asked": cachecoord starts on it and serves.
+#[tokio::test]
+async fn a_one_node_cluster_without_announced_address_serves() {
+    use crate::support::cluster::{redis_cli, redis_server};
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::support::ports::free_port_with_offset(10_000);
+    let mut redis = tokio::process::Command::new(redis_server())
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--cluster-enabled",
+            "yes",
+            "--appendonly",
+            "no",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    while redis_cli(port, &["PING"]).trim() != "PONG" {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    redis_cli(port, &["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+    while !redis_cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut config = Backend::Embedded.config();
+    config.store.redis_url = Some(format!("redis-cluster://127.0.0.1:{port}"));
+    config.store.invalidation_replica_acks = 0;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+
+    crate::support::set(&mut client, "user:one-node", b"served").await;
+
+    let answer = crate::support::cached(&mut client, "user:one-node").await;
+    assert_eq!(&answer.value[..], b"served");
+    redis.kill().await.unwrap();
+}

@@ -316,7 +316,7 @@ fn start_redis(dir: &Path, port: u16, extra: &[&str]) -> PathBuf {
 
 /// The redis-server binary: `CC_TEST_REDIS_SERVER` when set (scripts/test points it at Redis 7.2), else the
 /// Debian package's.
-fn redis_server() -> String {
+pub fn redis_server() -> String {
     if let Ok(path) = std::env::var("CC_TEST_REDIS_SERVER") {
         return path;
     }

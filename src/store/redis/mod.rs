@@ -76,7 +76,14 @@ impl RedisStore {
         } = RedisSettings::new(url, config)?;
         let (connect_timeout, command_timeout) = (nodes.connect_timeout, nodes.command_timeout);
         let nodes = Nodes::connect(fred.clone(), nodes).await?;
-        let subscription = Subscription::connect(fred, connect_timeout, command_timeout).await?;
+        let mut subscriber = fred;
+        if let Some(only) = nodes.sole_cluster_primary() {
+            // fred's cluster client cannot follow a one-node cluster that reports its own address as empty (no
+            // cluster-announce-ip); classic pub/sub works from any node, and here there is one.
+            subscriber.server = fred::prelude::ServerConfig::Centralized { server: only };
+        }
+        let subscription =
+            Subscription::connect(subscriber, connect_timeout, command_timeout).await?;
         Ok(RedisStore {
             invalidator: Invalidator::new(nodes.clone(), invalidation),
             nodes,

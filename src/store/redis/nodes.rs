@@ -286,6 +286,15 @@ impl Nodes {
             .map_or(0, |(_, _, _, replicas)| *replicas)
     }
 
+    /// The address of the only primary of a one-node cluster (None for a standalone server or a larger cluster).
+    pub(super) fn sole_cluster_primary(&self) -> Option<Server> {
+        let primaries = self.primaries();
+        match primaries.as_slice() {
+            [only] if self.clustered => Some(only.server.clone()),
+            _ => None,
+        }
+    }
+
     /// Asks for a slot-map refresh soon (debounced): something answered as if the map had moved.
     pub(super) fn refresh_soon(&self) {
         self.refresh.notify_one();

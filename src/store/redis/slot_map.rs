@@ -23,6 +23,18 @@ pub(super) fn standalone(server: Server, role: &Value) -> View {
 pub(super) fn from_cluster_slots(slots: Value, node: &Server) -> Result<(View, Vec<Server>)> {
     let routing =
         ClusterRouting::from_cluster_slots(slots, node.host.clone()).map_err(backend_error)?;
+    // An empty host means "the address you sent this to": a node without `cluster-announce-ip` (a one-node
+    // development cluster) reports itself so.
+    let reached = |server: &Server| {
+        if server.host.is_empty() {
+            Server {
+                host: node.host.clone(),
+                ..server.clone()
+            }
+        } else {
+            server.clone()
+        }
+    };
     let view: View = routing
         .slots()
         .iter()
@@ -30,7 +42,7 @@ pub(super) fn from_cluster_slots(slots: Value, node: &Server) -> Result<(View, V
             (
                 range.start,
                 range.end,
-                range.primary.clone(),
+                reached(&range.primary),
                 range.replicas.len(),
             )
         })
@@ -44,7 +56,7 @@ pub(super) fn from_cluster_slots(slots: Value, node: &Server) -> Result<(View, V
     let replicas = routing
         .slots()
         .iter()
-        .flat_map(|range| range.replicas.iter().cloned())
+        .flat_map(|range| range.replicas.iter().map(reached))
         .collect();
     Ok((view, replicas))
 }
