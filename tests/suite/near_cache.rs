@@ -133,3 +133,170 @@ async fn a_deaf_replica_serves_nothing_from_its_near_cache() {
         sources.len() - 1
     );
 }
+
+/// A replica that cannot hear (its Redis user loses every pub/sub channel: its subscription is dropped and cannot
+/// be made again, while its reads and writes go on) stops serving its near-cache within `deaf_after_ms`, by
+/// noticing that its own heartbeat no longer comes back, not because a reconnect told it: a value written and
+/// acknowledged elsewhere meanwhile is never answered old. Once it hears again it flushes, and near hits resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_cannot_resubscribe_stops_serving_its_near_cache() {
+    let cluster = RedisCluster::start_async(&[]).await;
+    for port in &cluster.ports {
+        redis_cli(
+            *port,
+            &[
+                "ACL", "SETUSER", "deaf", "on", ">secret", "~*", "&*", "+@all",
+            ],
+        );
+    }
+    let a = TestServer::start_with(near_cached_config(&cluster)).await;
+    let mut deaf_config = near_cached_config(&cluster);
+    deaf_config.store.redis_username = Some("deaf".into());
+    deaf_config.store.redis_password = Some("secret".into());
+    let b = TestServer::start_with(deaf_config).await;
+    let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+    let key = format!("user:{}", unique("no-channels"));
+    set(&mut on_a, &key, b"old").await;
+    until_near_hit(&mut on_b, &key).await;
+    eprintln!("B near-hits before the revocation");
+
+    for port in &cluster.ports {
+        redis_cli(*port, &["ACL", "SETUSER", "deaf", "resetchannels"]);
+        redis_cli(*port, &["CLIENT", "KILL", "USER", "deaf", "TYPE", "pubsub"]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&mut on_b, &key).await.source() == Source::NearHit {
+        assert!(
+            Instant::now() < deadline,
+            "B kept serving its near-cache while it could not hear"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    set(&mut on_a, &key, b"new").await;
+    let mut sources = Vec::new();
+    for _ in 0..20 {
+        let answer = get(&mut on_b, &key).await;
+        assert_eq!(
+            &answer.value[..],
+            b"new",
+            "B answered a value overwritten while it was deaf"
+        );
+        sources.push(answer.source());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        sources.iter().all(|s| *s != Source::NearHit),
+        "B served near hits while it could not hear: {sources:?}"
+    );
+    eprintln!("B was deaf and answered the new value from Redis");
+
+    for port in &cluster.ports {
+        redis_cli(*port, &["ACL", "SETUSER", "deaf", "allchannels"]);
+        redis_cli(*port, &["CLIENT", "KILL", "USER", "deaf", "TYPE", "pubsub"]);
+    }
+    let heard = until_near_hit(&mut on_b, &key).await;
+    assert_eq!(&heard.value[..], b"new");
+}
+
+/// Sets `key` through A and waits until B answers it from its near-cache.
+async fn until_near_hit_after_set(on_a: &mut Client, on_b: &mut Client, key: &str) {
+    set(on_a, key, b"warm").await;
+    until_near_hit(on_b, key).await;
+}
+
+/// Deafness noticed from silence alone: the node B's subscriber is connected to is frozen (SIGSTOP), so B's
+/// subscription neither errs nor reconnects; it just hears nothing. B must stop serving its near-cache once its
+/// own heartbeat has not come back for `deaf_after_ms`, so a value written and acknowledged through A meanwhile is
+/// never answered old. (With `deaf_after_ms` set to an hour, this test fails: B keeps its near hits.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_subscription_turns_the_near_cache_off() {
+    let cluster = RedisCluster::start_async(&[]).await;
+    for port in &cluster.ports {
+        redis_cli(
+            *port,
+            &[
+                "ACL", "SETUSER", "listener", "on", ">secret", "~*", "&*", "+@all",
+            ],
+        );
+    }
+    let a = TestServer::start_with(near_cached_config(&cluster)).await;
+    let mut b_config = near_cached_config(&cluster);
+    b_config.store.redis_username = Some("listener".into());
+    b_config.store.redis_password = Some("secret".into());
+    let b = TestServer::start_with(b_config).await;
+    let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+    // Once B serves, its subscription is up.
+    until_near_hit_after_set(&mut on_a, &mut on_b, &format!("user:{}", unique("warm-up"))).await;
+    // The node holding B's subscription: the one listing a pub/sub client of user `listener`.
+    let subscribed_on = *cluster
+        .ports
+        .iter()
+        .find(|port| {
+            redis_cli(**port, &["CLIENT", "LIST", "TYPE", "pubsub"])
+                .lines()
+                .any(|line| line.contains("user=listener"))
+        })
+        .unwrap_or_else(|| {
+            let lists: Vec<String> = cluster
+                .ports
+                .iter()
+                .map(|port| redis_cli(*port, &["CLIENT", "LIST"]))
+                .collect();
+            panic!("no pub/sub client of user listener: {lists:#?}")
+        });
+    // A key whose primary is another node, so it stays writable while that node is frozen.
+    let key = (0..)
+        .map(|n| format!("user:{}", unique(&format!("silent{n}"))))
+        .find(|key| {
+            let slot: u16 = redis_cli(
+                subscribed_on,
+                &["CLUSTER", "KEYSLOT", &format!("{{{key}}}")],
+            )
+            .trim()
+            .parse()
+            .unwrap();
+            cluster.slot_owners().iter().any(|(first, last, port)| {
+                (*first..=*last).contains(&slot) && *port != subscribed_on
+            })
+        })
+        .unwrap();
+    set(&mut on_a, &key, b"old").await;
+    until_near_hit(&mut on_b, &key).await;
+
+    cluster.pause(subscribed_on);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut still_near = true;
+    while Instant::now() < deadline {
+        if get(&mut on_b, &key).await.source() != Source::NearHit {
+            still_near = false;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let written = if still_near {
+        None
+    } else {
+        // As clients are told to: retry on UNAVAILABLE (A's notice may first go to the frozen node).
+        let mut attempts = 0;
+        while let Err(status) = on_a.set(crate::support::set_request(&key, b"new")).await {
+            attempts += 1;
+            assert!(attempts < 50, "A could not write: {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(get(&mut on_b, &key).await)
+    };
+    cluster.resume(subscribed_on);
+
+    assert!(
+        !still_near,
+        "B kept serving its near-cache while it heard nothing"
+    );
+    let answer = written.unwrap();
+    assert_eq!(
+        &answer.value[..],
+        b"new",
+        "B answered a value overwritten while it was deaf"
+    );
+    let heard = until_near_hit(&mut on_b, &key).await;
+    assert_eq!(&heard.value[..], b"new");
+}

@@ -14,6 +14,7 @@ use fred::prelude::{
     Builder, ClientLike, Config as FredConfig, EventInterface, PubsubInterface, ReconnectPolicy,
 };
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -31,6 +32,8 @@ pub(super) struct Subscription {
     _subscriber: SubscriberClient,
     events: broadcast::Sender<Arc<str>>,
     notices: broadcast::Sender<Heard>,
+    /// Stops the resubscribing watchdog when the store is dropped.
+    _watchdog: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Subscription {
@@ -66,10 +69,13 @@ impl Subscription {
         let (notices, _) = broadcast::channel(EVENT_BUFFER);
         let (forward_events, forward_notices) = (events.clone(), notices.clone());
         let mut messages = subscriber.message_rx();
+        let heard = Arc::new(AtomicBool::new(true));
+        let heard_now = heard.clone();
         tokio::spawn(async move {
             loop {
                 match messages.recv().await {
                     Ok(message) => {
+                        heard_now.store(true, Ordering::Relaxed);
                         let Some(text) = message.value.as_str() else {
                             continue;
                         };
@@ -95,10 +101,13 @@ impl Subscription {
                 let _ = lost.send(Heard::Lost);
             }
         });
+        let (watchdog, stopped) = tokio::sync::oneshot::channel();
+        tokio::spawn(resubscribe_when_silent(subscriber.clone(), heard, stopped));
         Ok(Subscription {
             _subscriber: subscriber,
             events,
             notices,
+            _watchdog: watchdog,
         })
     }
 
@@ -110,6 +119,34 @@ impl Subscription {
     /// Notices from every replica, and word when the subscription is lost.
     pub(super) fn notices(&self) -> broadcast::Receiver<Heard> {
         self.notices.subscribe()
+    }
+}
+
+/// Subscribes again whenever nothing was heard for `SILENCE`. fred re-subscribes after a reconnect, but a
+/// SUBSCRIBE that failed (the server refused it: an ACL without the channels, a node loading) is not retried, and
+/// the replica would stay deaf for good: its near-cache serving nothing, its lease waiters only polling. With the
+/// near-cache on, heartbeats arrive every `heartbeat_ms`, so silence means trouble; without it, a spare SUBSCRIBE
+/// of channels already subscribed costs one round trip.
+async fn resubscribe_when_silent(
+    subscriber: SubscriberClient,
+    heard: Arc<AtomicBool>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    const SILENCE: Duration = Duration::from_secs(2);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            () = tokio::time::sleep(SILENCE) => {}
+        }
+        if heard.swap(false, Ordering::Relaxed) || !subscriber.is_connected() {
+            continue;
+        }
+        if let Err(error) = subscriber
+            .subscribe(vec![LEASE_CHANNEL, NOTICE_CHANNEL])
+            .await
+        {
+            tracing::debug!(%error, "re-subscribing to the notice channels failed; trying again");
+        }
     }
 }
 
