@@ -70,16 +70,12 @@ impl CacheApi {
         .await
     }
 
-    /// Records the key and entity on the current span; keys of sensitive entities are redacted.
+    /// Records the key and entity on the current span; keys of sensitive entities as a keyed hash.
     fn describe_key(&self, raw: &str) {
         let policy = self.coordinator.policies().for_raw(raw);
         let span = Span::current();
         span.record("entity", policy.name.as_str());
-        if policy.sensitive {
-            span.record("key", "<redacted>");
-        } else {
-            span.record("key", raw);
-        }
+        span.record("key", self.coordinator.shown_key(raw).as_str());
     }
 }
 

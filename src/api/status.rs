@@ -13,6 +13,12 @@ pub const ERROR_DOMAIN: &str = "cachecoord.v1";
 /// and a header past the client's limit turns the answer into RESOURCE_EXHAUSTED with the reason lost.
 const MAX_MESSAGE_BYTES: usize = 1024;
 
+/// What a caller is told when a load fails. A loader's own error speaks of the caller's backend (hosts, users,
+/// queries, sometimes the key): it goes to cachecoord's log, redacted, and never to a caller, who may be another
+/// team. The reason LOADER_FAILED says what happened; this says what to do.
+const LOADER_FAILED_MESSAGE: &str = "the loader failed or did not answer in time, and no stale value could stand \
+     in; retry with backoff (the cause is in cachecoord's log)";
+
 /// Converts a domain error into the status sent to the caller.
 pub fn to_status(error: &Error) -> Status {
     let (code, reason) = match error {
@@ -40,9 +46,13 @@ pub fn to_status(error: &Error) -> Status {
     if code == Code::Internal {
         tracing::error!(error = %error, "backend failure");
     }
+    let message = match error {
+        Error::LoaderFailed { .. } => LOADER_FAILED_MESSAGE.to_owned(),
+        _ => bounded(error.to_string()),
+    };
     Status::with_error_details(
         code,
-        bounded(error.to_string()),
+        message,
         ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new()),
     )
 }

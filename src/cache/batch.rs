@@ -52,12 +52,7 @@ async fn load_leased(
     let Some((_, loader)) = keys.first().and_then(|(key, _)| core.loaders.for_key(key)) else {
         return Ok(answers);
     };
-    let leases = Lease::try_take_each(
-        &core.store,
-        keys.iter().map(|(key, _)| key),
-        core.lease_ttl(),
-    )
-    .await;
+    let leases = Lease::try_take_each(&core, keys.iter().map(|(key, _)| key)).await;
     let mut leased: Vec<(usize, Lease)> = leases
         .into_iter()
         .enumerate()
@@ -94,7 +89,11 @@ async fn load_leased(
                     source: format!("{} answers for {} keys", loaded.len(), batch.len()).into(),
                 },
             };
-            tracing::warn!(%error, keys = batch.len(), "batch loader failed");
+            tracing::warn!(
+                error = %core.shown_error(&error, &batch),
+                keys = batch.len(),
+                "batch loader failed"
+            );
             let failed: Vec<usize> = leased.iter().map(|(i, _)| *i).collect();
             for (_, lease) in leased {
                 lease.release().await;

@@ -95,13 +95,12 @@ impl KeyFlight {
     /// Takes the lease and loads, or waits for whoever holds it; loads again when a fill is voided.
     async fn leased(&self, stale: Option<Entry>) -> SharedResult {
         let core = &self.core;
-        let lease_ttl = core.lease_ttl();
         let deadline = Instant::now() + core.read_through.lease_wait;
         // Subscribe before the first look at the lease, so a fill between the two cannot be missed.
         let mut events = core.store.lease_events();
         let mut voided = 0;
         loop {
-            match Lease::try_take(&core.store, &self.key, lease_ttl).await {
+            match Lease::try_take(core, &self.key).await {
                 Err(Error::BackendUnavailable { .. }) => {
                     return load_fallback(core, &self.key, &self.policy, self.loader.as_ref())
                         .await;
@@ -114,7 +113,7 @@ impl KeyFlight {
                             return Ok(flown);
                         }
                         voided += 1;
-                        tracing::debug!(key = %self.key, voided, "load voided by an invalidation; loading again");
+                        tracing::debug!(key = %core.shown(&self.key), voided, "load voided by an invalidation; loading again");
                     }
                 },
                 Ok(None) => match self
@@ -126,7 +125,7 @@ impl KeyFlight {
                     Waited::Retry => {}
                     Waited::TimedOut => {
                         metrics::counter!("cachecoord_lease_wait_timeouts_total").increment(1);
-                        tracing::warn!(key = %self.key, "lease wait timed out; loading without caching");
+                        tracing::warn!(key = %core.shown(&self.key), "lease wait timed out; loading without caching");
                         let loaded = self.load(stale).await?;
                         return Ok(Flown::new(loaded.lookup, loaded.as_of));
                     }
@@ -174,11 +173,17 @@ impl KeyFlight {
             // The source answered an older row than a version already written (a lagging database replica, or
             // a writer that Set a version it did not commit): serving it would go back in time, and loading
             // again at once would only ask the same lagging source. The caller retries.
-            Fill::Older => Err(Arc::new(Error::LoaderFailed {
-                key: self.key.to_string(),
-                source: "the loader returned an older version than one already written to this key; retry"
-                    .into(),
-            })),
+            Fill::Older => {
+                tracing::warn!(
+                    key = %self.core.shown(&self.key),
+                    "loaded value refused: older than a version already written to the key"
+                );
+                Err(Arc::new(Error::LoaderFailed {
+                    key: self.key.to_string(),
+                    source: "the loader returned an older version than one already written to this key; retry"
+                        .into(),
+                }))
+            }
         }
     }
 

@@ -6,16 +6,16 @@
 //! update loses its right to write and can never put the old value back. A holder that dies leaves a lease that
 //! expires after `lease_ttl`; a waiter then takes it.
 
+use super::shared::Core;
 use crate::Result;
 use crate::keys::Key;
-use crate::store::{Filled, LeaseToken, Store, StoreWrite};
+use crate::store::{Filled, LeaseToken, StoreWrite};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// This replica's hold on one key's lease, until it fills or releases it.
 #[must_use = "a lease is held until it is filled or released"]
 pub(super) struct Lease {
-    store: Arc<dyn Store>,
+    core: Arc<Core>,
     key: Key,
     token: LeaseToken,
 }
@@ -35,25 +35,21 @@ pub(super) enum Fill {
 }
 
 impl Lease {
-    /// Takes `key`'s lease for `ttl`; `None` when someone else holds it.
-    pub(super) async fn try_take(
-        store: &Arc<dyn Store>,
-        key: &Key,
-        ttl: Duration,
-    ) -> Result<Option<Lease>> {
+    /// Takes `key`'s lease for the configured lease TTL; `None` when someone else holds it.
+    pub(super) async fn try_take(core: &Arc<Core>, key: &Key) -> Result<Option<Lease>> {
         let token: LeaseToken = rand::random();
-        let taken = match store.try_lease(key, token, ttl).await {
+        let taken = match core.store.try_lease(key, token, core.lease_ttl()).await {
             Ok(taken) => taken,
             Err(error) => {
                 // The answer was lost, not necessarily the lease: the script may have run. Give back whatever
                 // this token may hold, in the background (the store is failing: the caller must not wait on it).
-                let (store, key) = (store.clone(), key.clone());
-                tokio::spawn(async move { give_back(store.as_ref(), &key, token).await });
+                let (core, key) = (core.clone(), key.clone());
+                tokio::spawn(async move { give_back(&core, &key, token).await });
                 return Err(error);
             }
         };
         Ok(taken.then(|| Lease {
-            store: store.clone(),
+            core: core.clone(),
             key: key.clone(),
             token,
         }))
@@ -61,11 +57,10 @@ impl Lease {
 
     /// Takes the lease of every key it can, all at once; `None` where someone else holds it or the store failed.
     pub(super) async fn try_take_each(
-        store: &Arc<dyn Store>,
+        core: &Arc<Core>,
         keys: impl Iterator<Item = &Key>,
-        ttl: Duration,
     ) -> Vec<Option<Lease>> {
-        let takes = keys.map(|key| Lease::try_take(store, key, ttl));
+        let takes = keys.map(|key| Lease::try_take(core, key));
         futures::future::join_all(takes)
             .await
             .into_iter()
@@ -76,12 +71,17 @@ impl Lease {
     /// Writes `write` (for this lease's key) if the lease still holds, which releases it and wakes the waiters.
     pub(super) async fn fill(self, write: &StoreWrite) -> Fill {
         debug_assert_eq!(write.key, self.key, "a lease fills its own key");
-        match self.store.fill(self.token, write).await {
+        match self.core.store.fill(self.token, write).await {
             Ok(Filled::Written) => Fill::Written,
             Ok(Filled::Voided) => Fill::Voided,
             Ok(Filled::Older) => Fill::Older,
             Err(error) => {
-                tracing::warn!(key = %self.key, %error, "loaded value not cached: the fill failed");
+                let core = &self.core;
+                tracing::warn!(
+                    key = %core.shown(&self.key),
+                    error = %core.shown_error(&error, std::slice::from_ref(&self.key)),
+                    "loaded value not cached: the fill failed"
+                );
                 // The fill did not land, but the lease may still stand (a node refusing writes still deletes):
                 // give it back, or every other replica waits out its TTL on each miss of this key.
                 self.release().await;
@@ -93,13 +93,17 @@ impl Lease {
     /// Gives the lease back without writing (the load failed, was not cacheable, or was not needed), so waiters
     /// retry at once. If the store cannot take it, the lease runs out after its TTL instead.
     pub(super) async fn release(self) {
-        give_back(self.store.as_ref(), &self.key, self.token).await;
+        give_back(&self.core, &self.key, self.token).await;
     }
 }
 
 /// Releases `key`'s lease if `token` holds it; a failure only means the lease runs out after its TTL.
-async fn give_back(store: &dyn Store, key: &Key, token: LeaseToken) {
-    if let Err(error) = store.release_lease(key, token).await {
-        tracing::debug!(%key, %error, "lease not released; it runs out after its TTL");
+async fn give_back(core: &Core, key: &Key, token: LeaseToken) {
+    if let Err(error) = core.store.release_lease(key, token).await {
+        tracing::debug!(
+            key = %core.shown(key),
+            error = %core.shown_error(&error, std::slice::from_ref(key)),
+            "lease not released; it runs out after its TTL"
+        );
     }
 }

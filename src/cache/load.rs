@@ -43,7 +43,11 @@ pub(super) async fn load_entry(
             })
         }
         Err(error) => {
-            tracing::warn!(key = %key, %error, "loader failed");
+            tracing::warn!(
+                key = %core.shown(key),
+                error = %core.shown_error(&error, std::slice::from_ref(key)),
+                "loader failed"
+            );
             let as_of = Instant::now();
             let stored = match stale {
                 Some(_) => core.stored_entry(key).await,
@@ -73,7 +77,15 @@ pub(super) async fn load_fallback(
     loader: &dyn Loader,
 ) -> SharedResult {
     let started = Instant::now();
-    let loaded = loader.load(key).await.map_err(Arc::new)?;
+    let loaded = loader.load(key).await.map_err(|error| {
+        // The caller is told only LOADER_FAILED: the cause is for the operator.
+        tracing::warn!(
+            key = %core.shown(key),
+            error = %core.shown_error(&error, std::slice::from_ref(key)),
+            "loader failed (store unavailable: loading directly)"
+        );
+        Arc::new(error)
+    })?;
     let (_, mut lookup) = entry_for(core, key, policy, loaded, Duration::ZERO);
     lookup.source = Source::Fallback;
     Ok(Flown::new(lookup, started))

@@ -19,6 +19,7 @@
 //! - `lease`: the store lease as a type (`Lease`: take, fill, release).
 //! - `shared`: `Core`, what every operation shares, with the envelope's encode and decode.
 //! - `singleflight`: the per-replica registry of loads and refreshes in flight.
+//! - `redact`: how keys of sensitive policies appear in logs and spans.
 //! - `types`: the domain types (`Source`, `Lookup`, `ReadOptions`, `SetCommand`, `BatchSetOutcome`).
 //! - `entry`, `policy`, `encryption`, `sensitive`, `near`, `stats`: the envelope, the policy table, sealing, the
 //!   never-cache rule, the near-cache and the per-entity counters.
@@ -36,6 +37,7 @@ mod load;
 mod near;
 mod policy;
 mod read;
+mod redact;
 mod refresh;
 mod sensitive;
 mod shared;
@@ -110,6 +112,13 @@ impl Coordinator {
     /// The policy table, for callers that report per-entity figures.
     pub fn policies(&self) -> &Policies {
         &self.core.policies
+    }
+
+    /// `raw` (a key as the caller named it, checked or not) as spans and logs may show it: a sensitive policy's
+    /// key as its entity and a keyed hash, the same one the coordinator's own log lines use.
+    pub fn shown_key(&self, raw: &str) -> String {
+        let policy = self.core.policies.for_raw(raw);
+        self.core.redaction.key(policy, raw, raw)
     }
 
     /// Checks that the store answers.

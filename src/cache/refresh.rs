@@ -16,14 +16,14 @@ pub(super) fn refresh_in_background(core: Arc<Core>, key: Key) {
     let Some(refreshing) = core.flights.begin_refresh(&key) else {
         return;
     };
-    let span = tracing::info_span!("refresh", key = %key);
+    let span = tracing::info_span!("refresh", key = %core.shown(&key));
     let refresh = async move {
         let _refreshing = refreshing;
         let Some((_, loader)) = core.loaders.for_key(&key) else {
             return;
         };
         // Someone else holds the lease: they are loading it already.
-        let Ok(Some(lease)) = Lease::try_take(&core.store, &key, core.lease_ttl()).await else {
+        let Ok(Some(lease)) = Lease::try_take(&core, &key).await else {
             return;
         };
         let policy = core.policies.for_key(&key);
@@ -37,7 +37,11 @@ pub(super) fn refresh_in_background(core: Arc<Core>, key: Key) {
                 None => lease.release().await,
             },
             Err(error) => {
-                tracing::warn!(key = %key, %error, "background refresh failed");
+                tracing::warn!(
+                    key = %core.shown(&key),
+                    error = %core.shown_error(&error, std::slice::from_ref(&key)),
+                    "background refresh failed"
+                );
                 lease.release().await;
             }
         }

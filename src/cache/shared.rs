@@ -7,6 +7,7 @@ use super::encryption::Keyring;
 use super::entry::Entry;
 use super::near::NearCache;
 use super::policy::Policies;
+use super::redact::Redaction;
 use super::sensitive::SensitiveData;
 use super::singleflight::Flights;
 use super::stats::Stats;
@@ -33,6 +34,8 @@ pub(super) struct Core {
     pub(super) near: Option<Arc<NearCache>>,
     pub(super) stats: Stats,
     pub(super) sensitive: SensitiveData,
+    /// How keys of sensitive policies appear in logs and spans.
+    pub(super) redaction: Redaction,
     /// Keys for `encrypt = true` entities, when configured.
     keyring: Option<Keyring>,
 }
@@ -64,6 +67,7 @@ impl Core {
                 .then(|| Arc::new(NearCache::new(&config.near_cache))),
             stats: Stats::default(),
             sensitive: SensitiveData::new(&config.sensitive_data.deny),
+            redaction: Redaction::new(),
             keyring,
         })
     }
@@ -124,6 +128,20 @@ impl Core {
     pub(super) async fn stored_entry(&self, key: &Key) -> Option<Entry> {
         let mut stored = self.store.get_many(std::slice::from_ref(key)).await.ok()?;
         stored.pop().flatten().and_then(|b| self.decode(key, b))
+    }
+
+    /// `key` as logs and spans may show it (see `redact`).
+    pub(super) fn shown(&self, key: &Key) -> String {
+        self.redaction
+            .key(self.policies.for_key(key), key.local(), key.as_str())
+    }
+
+    /// `error`'s text for logs, with every one of `keys` it may quote shown as [`Core::shown`] shows it. The
+    /// operator keeps the upstream detail; a sensitive key does not reach the log through it.
+    pub(super) fn shown_error(&self, error: &Error, keys: &[Key]) -> String {
+        keys.iter().fold(error.to_string(), |text, key| {
+            self.redaction.scrub(self.policies.for_key(key), key, text)
+        })
     }
 
     /// How long a lease holds before a waiter may take it over.

@@ -68,10 +68,17 @@ fn loaded(
     }
 }
 
+/// A LoaderService's refusal, as code and message: a status' Display also dumps its metadata and details, which
+/// are the loader's business and only lengthen the log line.
 fn failed(key: &Key, status: tonic::Status) -> Error {
     Error::LoaderFailed {
         key: key.to_string(),
-        source: Box::new(status),
+        source: format!(
+            "LoaderService answered {:?}: {}",
+            status.code(),
+            status.message()
+        )
+        .into(),
     }
 }
 

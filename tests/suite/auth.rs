@@ -3,6 +3,7 @@
 //! names without seeing or invalidating each other's entries, through every RPC.
 
 use crate::support::loader::TestLoader;
+use crate::support::process::{ServerProcess, metric};
 use crate::support::{Backend, Client, TestServer, assert_error, found_value, set_request, unique};
 use cachecoord::auth::hash_token;
 use cachecoord::proto::{
@@ -427,3 +428,201 @@ async fn revoked_tokens_stop_working_without_a_restart() {
 }
 
 on_both_stores!(matrix);
+
+/// A cachecoord process with auth on, re-reading its tokens file every 50 ms: the reload metrics are on its
+/// /metrics, so what a refused reload signals can be checked from outside.
+struct Reloading {
+    server: ServerProcess,
+    client: Client,
+    file: std::path::PathBuf,
+    /// The file as written at start-up.
+    good: String,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Reloading {
+    async fn start() -> Reloading {
+        let dir = tempfile::tempdir().unwrap();
+        let file = tokens_file(dir.path());
+        let config = format!(
+            "[auth]\nenabled = true\ntokens_file = {:?}\nreload_interval_ms = 50\n",
+            file.display().to_string()
+        );
+        let server = ServerProcess::start(&config).await;
+        let client =
+            cachecoord::proto::cache_service_client::CacheServiceClient::connect(server.uri())
+                .await
+                .unwrap();
+        Reloading {
+            good: std::fs::read_to_string(&file).unwrap(),
+            server,
+            client,
+            file,
+            key: format!("user:{}", unique("")),
+            _dir: dir,
+        }
+    }
+
+    /// Replaces the tokens file the way docs/security.md asks: a temporary file renamed over it, so the server
+    /// never reads a half-written file (and each change here is exactly one change there).
+    fn replace(&self, text: &str) {
+        let temporary = self.file.with_extension("tmp");
+        std::fs::write(&temporary, text).unwrap();
+        std::fs::rename(&temporary, &self.file).unwrap();
+    }
+
+    /// The tokens file as written at start-up, without the table of token `name`.
+    fn without(&self, name: &str) -> String {
+        self.good
+            .split("\n\n")
+            .filter(|table| !table.contains(&format!("name = {name:?}")))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+
+    /// Whether `token` is accepted now (a cache-only Get of a key every token may read).
+    async fn accepts(&mut self, token: &str) -> bool {
+        let request = GetRequest {
+            key: self.key.clone(),
+            cache_only: true,
+        };
+        match self.client.get(as_caller(Some(token), request)).await {
+            Ok(_) => true,
+            Err(status) => {
+                assert_error(&status, Code::Unauthenticated, "UNAUTHENTICATED");
+                false
+            }
+        }
+    }
+
+    /// Asserts that every token of the matrix is still accepted.
+    async fn all_accepted(&mut self) {
+        for (secret, ..) in TOKENS {
+            assert!(self.accepts(secret).await, "{secret} no longer accepted");
+        }
+    }
+
+    /// `cachecoord_auth_reload_failures_total{reason}` (0 before the first).
+    async fn failures(&self, reason: &str) -> f64 {
+        let text = self.server.scrape().await;
+        metric(
+            &text,
+            "cachecoord_auth_reload_failures_total",
+            &[("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    }
+
+    /// `cachecoord_auth_last_reload_success`: 1 when the file on disk is the set in force.
+    async fn last_reload_success(&self) -> Option<f64> {
+        metric(
+            &self.server.scrape().await,
+            "cachecoord_auth_last_reload_success",
+            &[],
+        )
+    }
+
+    /// Waits (bounded) until `count` reloads were refused for `reason`.
+    async fn refused(&self, reason: &str, count: f64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.failures(reason).await < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no refused reload ({reason}) signalled on /metrics"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(self.last_reload_success().await, Some(0.0));
+    }
+
+    /// Waits (bounded) until `token` stops being accepted.
+    async fn revoked(&mut self, token: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.accepts(token).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{token} still accepted"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A file that does not parse (here: a revocation with a syntax error) is refused: the revoked token keeps
+/// working until the file is fixed, the refusal is counted and logged; the fixed file then takes effect.
+#[tokio::test]
+async fn a_tokens_file_that_does_not_parse_keeps_the_last_good_set() {
+    let mut reloading = Reloading::start().await;
+    let revoked = reloading.without("a-rw");
+    reloading.replace(&format!("{revoked}\n[[tokens]\nname = "));
+    reloading.refused("invalid", 1.0).await;
+    reloading.all_accepted().await;
+    assert!(
+        !reloading.server.log_lines("tokens file refused").is_empty(),
+        "no log line says so"
+    );
+
+    reloading.replace(&revoked);
+    reloading.revoked("secret-a-rw").await;
+    assert!(reloading.accepts("secret-a-ro").await);
+    assert_eq!(reloading.last_reload_success().await, Some(1.0));
+}
+
+/// An empty file, and one with no tokens (only comments), lock nobody out: both are refused and counted.
+#[tokio::test]
+async fn an_empty_tokens_file_keeps_the_last_good_set() {
+    let mut reloading = Reloading::start().await;
+    reloading.replace("");
+    reloading.refused("empty", 1.0).await;
+    reloading.all_accepted().await;
+    reloading.replace("# every token moved to the other cluster\n");
+    reloading.refused("empty", 2.0).await;
+    reloading.all_accepted().await;
+}
+
+/// A file cut short in the middle of a token's table is refused, not read as fewer (or narrower) tokens.
+#[tokio::test]
+async fn a_truncated_tokens_file_keeps_the_last_good_set() {
+    let mut reloading = Reloading::start().await;
+    let good = reloading.good.clone();
+    // Inside the third token's sha256: the first two tables are complete, the rest is lost.
+    let third = good.match_indices("sha256").nth(2).unwrap().0;
+    reloading.replace(&good[..third + 20]);
+    reloading.refused("invalid", 1.0).await;
+    reloading.all_accepted().await;
+}
+
+/// A deleted file keeps the last good set (signalled as unreadable); a new file then takes effect.
+#[tokio::test]
+async fn a_deleted_tokens_file_keeps_the_last_good_set() {
+    let mut reloading = Reloading::start().await;
+    let revoked = reloading.without("b-rw");
+    std::fs::remove_file(&reloading.file).unwrap();
+    reloading.refused("unreadable", 1.0).await;
+    reloading.all_accepted().await;
+
+    reloading.replace(&revoked);
+    reloading.revoked("secret-b-rw").await;
+    assert!(reloading.accepts("secret-b-users").await);
+}
+
+/// Changes are found by content, not by modification time: a file replaced with the same mtime is reloaded.
+#[tokio::test]
+async fn a_replaced_tokens_file_with_the_same_mtime_is_reloaded() {
+    let mut reloading = Reloading::start().await;
+    let revoked = reloading.without("a-ro");
+    let mtime = std::fs::metadata(&reloading.file)
+        .unwrap()
+        .modified()
+        .unwrap();
+    reloading.replace(&revoked);
+    std::fs::File::options()
+        .write(true)
+        .open(&reloading.file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    reloading.revoked("secret-a-ro").await;
+    assert!(reloading.accepts("secret-a-rw").await);
+}

@@ -28,6 +28,7 @@ mod properties;
 mod python_client;
 mod python_loader;
 mod read_through;
+mod redaction;
 mod redis_outage;
 mod sensitive_data;
 mod telemetry;
