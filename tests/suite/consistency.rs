@@ -313,6 +313,7 @@ async fn invalidations_under_a_lagging_replica_all_apply_and_reads_go_on() {
     let primary = primary_of(&cluster, &format!("{{{group}}}"));
     let replica = replica_of(primary);
 
+    let waits_before = wait_calls(primary);
     cluster.pause(replica);
     let invalidations = tokio::spawn(futures::future::join_all(keys.iter().cloned().map(|key| {
         let mut client = client.clone();
@@ -331,6 +332,7 @@ async fn invalidations_under_a_lagging_replica_all_apply_and_reads_go_on() {
     }
     let answers = invalidations.await.unwrap();
     cluster.resume(replica);
+    let waits = wait_calls(primary) - waits_before;
 
     let unavailable = answers
         .iter()
@@ -339,9 +341,11 @@ async fn invalidations_under_a_lagging_replica_all_apply_and_reads_go_on() {
     let unapplied = answers.iter().filter(|(_, still)| *still).count();
     println!(
         "50 invalidations under a stopped replica: {unavailable} UNAVAILABLE, {unapplied} not applied when \
-         answered; {} bystander reads",
+         answered, {waits} WAITs on the primary; {} bystander reads",
         bystander_reads.len()
     );
+    // Concurrent invalidations share fences: a handful of waits, not one (queued) per invalidation.
+    assert!(waits <= 5, "{waits} WAITs for 50 concurrent invalidations");
     assert_eq!(unavailable, 50);
     assert_eq!(
         unapplied, 0,
@@ -351,6 +355,16 @@ async fn invalidations_under_a_lagging_replica_all_apply_and_reads_go_on() {
         bystander_reads.iter().all(|source| *source == Source::Hit),
         "reads of the healthy primary were cut off: {bystander_reads:?}"
     );
+}
+
+/// How many WAIT commands the Redis node on `port` has run (`INFO commandstats`).
+fn wait_calls(port: u16) -> u64 {
+    redis_cli(port, &["INFO", "commandstats"])
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A primary out of memory under `noeviction` refuses writes but still deletes: its invalidations are applied,

@@ -17,7 +17,7 @@ use super::nodes::{Node, Nodes, all};
 use super::scripts;
 use crate::keys::Pattern;
 use crate::{Error, Result};
-use fred::interfaces::{SetsInterface, SortedSetsInterface};
+use fred::interfaces::SetsInterface;
 use fred::prelude::{ClientLike, Error as FredError, KeysInterface, LuaInterface, ServerInterface};
 use fred::types::config::Options;
 use fred::types::scan::{ScanResult, Scanner};
@@ -46,26 +46,6 @@ pub(super) struct InvalidationSettings {
 
 /// Keys per delete script of a group pattern: bounds how long one script holds the primary.
 const DELETE_CHUNK: usize = 256;
-
-/// The members of `group` a pattern must consider: its index, the legacy index of older releases, and its keys
-/// with a lease out (a load in flight for a key not stored yet).
-async fn members_of(node: &Node, group: &str) -> Result<Vec<String>, FredError> {
-    let mut members: Vec<String> = node
-        .client
-        .zrange(layout::index_key(group), 0, -1, None, false, None, false)
-        .await?;
-    members.extend(
-        node.client
-            .smembers::<Vec<String>, _>(layout::legacy_index_key(group))
-            .await?,
-    );
-    members.extend(
-        node.client
-            .smembers::<Vec<String>, _>(layout::leases_key(group))
-            .await?,
-    );
-    Ok(members)
-}
 
 /// Nodes that ran an invalidation's writes, each with a slot its writes used.
 type Touched = Vec<(Arc<Node>, u16)>;
@@ -192,7 +172,10 @@ impl Invalidator {
     async fn delete_in_group(&self, pattern: &Pattern, group: &str) -> Result<u64> {
         let slot = self.nodes.slot_of(group);
         let node = self.nodes.for_slot(slot)?;
-        let members = self.nodes.observe(&node, members_of(&node, group).await)?;
+        let members = scripts::group_members(group)
+            .run::<Vec<String>>(&node.client)
+            .await;
+        let members = self.nodes.observe(&node, members)?;
         let (pattern, prefix) = (pattern.clone(), group.to_owned());
         let matching = tokio::task::spawn_blocking(move || {
             let mut keys: Vec<String> = members

@@ -24,6 +24,8 @@ static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("scripts/release.lua")));
 static DELETE: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("scripts/delete.lua")));
+static GROUP_MEMBERS: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("scripts/group_members.lua")));
 static UNINDEXED_GROUP: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("scripts/unindexed_group.lua")));
 
@@ -126,6 +128,20 @@ pub(super) fn delete<'k>(keys: impl ExactSizeIterator<Item = &'k str>) -> Call {
         script: &DELETE,
         keys: script_keys,
         args: members,
+    }
+}
+
+/// The members of `group` a pattern must consider, in one atomic read: its index, the legacy index of older
+/// releases, and its keys with a lease out (a load in flight for a key not stored yet).
+pub(super) fn group_members(group: &str) -> Call {
+    Call {
+        script: &GROUP_MEMBERS,
+        keys: vec![
+            layout::index_key(group),
+            layout::legacy_index_key(group),
+            layout::leases_key(group),
+        ],
+        args: Vec::new(),
     }
 }
 
