@@ -4,7 +4,7 @@
 //! own files and take it as an argument.
 
 use super::encryption::Keyring;
-use super::entry::Entry;
+use super::entry::{Entry, Envelope};
 use super::near::NearCache;
 use super::policy::Policies;
 use super::redact::Redaction;
@@ -72,42 +72,38 @@ impl Core {
         })
     }
 
-    /// The bytes to store for `entry` under `key`: sealed when the key's policy says `encrypt`.
-    pub(super) fn encode(&self, key: &Key, mut entry: Entry) -> Bytes {
-        if let (true, Some(keyring), Some(value)) = (
-            self.policies.for_key(key).encrypt,
-            &self.keyring,
-            &entry.value,
-        ) {
-            entry.value = Some(keyring.seal(key.as_str(), value));
-            entry.sealed = true;
+    /// The bytes to store for `entry` under `key`: sealed when the key's policy says `encrypt` (negative entries
+    /// too), binding the envelope header and the key.
+    pub(super) fn encode(&self, key: &Key, entry: Entry) -> Bytes {
+        match &self.keyring {
+            Some(keyring) if self.policies.for_key(key).encrypt => {
+                entry.seal(|header, plaintext| keyring.seal(key.as_str(), header, plaintext))
+            }
+            _ => entry.encode(),
         }
-        entry.encode()
     }
 
     /// The entry stored under `key`, opened if sealed; `None` for bytes that are not an entry or do not open
-    /// (a retired key, tampering), which then read as a miss.
+    /// (a retired key, tampering with the value or the header), which then read as a miss.
     pub(super) fn decode(&self, key: &Key, stored: Bytes) -> Option<Entry> {
-        let mut entry = Entry::decode(stored)?;
-        if !entry.sealed && entry.value.is_some() && self.policies.for_key(key).encrypt {
-            // Plaintext where only ciphertext is written: planted, or from before `encrypt` was turned on.
-            metrics::counter!("cachecoord_undecryptable_entries_total").increment(1);
-            return None;
-        }
-        if entry.sealed {
-            let opened = self
-                .keyring
-                .as_ref()
-                .and_then(|keyring| keyring.open(key.as_str(), entry.value.as_deref()?));
-            if opened.is_none() {
-                tracing::warn!(entity = %self.policies.for_key(key).name, "entry does not decrypt; read as a miss");
+        match Envelope::parse(stored)? {
+            Envelope::Plain(entry) if !self.policies.for_key(key).encrypt => Some(entry),
+            Envelope::Plain(_) => {
+                // Plaintext where only sealed envelopes are written: planted, or from before `encrypt` was on.
                 metrics::counter!("cachecoord_undecryptable_entries_total").increment(1);
-                return None;
+                None
             }
-            entry.value = opened;
-            entry.sealed = false;
+            Envelope::Sealed(sealed) => {
+                let opened = self.keyring.as_ref().and_then(|keyring| {
+                    sealed.open(|header, value| keyring.open(key.as_str(), header, value))
+                });
+                if opened.is_none() {
+                    tracing::warn!(entity = %self.policies.for_key(key).name, "entry does not decrypt; read as a miss");
+                    metrics::counter!("cachecoord_undecryptable_entries_total").increment(1);
+                }
+                opened
+            }
         }
-        Some(entry)
     }
 
     /// The decoded entry in `stored` if it is still fresh.
