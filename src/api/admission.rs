@@ -4,6 +4,10 @@
 //!
 //! Excess calls are refused at once with RESOURCE_EXHAUSTED (reason TOO_MANY_IN_FLIGHT), never queued. Only
 //! CacheService calls count: health probes and reflection must still answer when the cache is saturated.
+//!
+//! Limit: the slot is taken from the headers, before authentication, and nothing bounds how long a caller may
+//! take to send its body or read its answer; a caller opening `max_in_flight` streams that never finish holds
+//! every slot (docs/security.md).
 
 use super::to_status;
 use crate::Error;
@@ -71,14 +75,20 @@ where
             return Box::pin(self.inner.call(request));
         }
         let Ok(slot) = self.layer.slots.clone().try_acquire_owned() else {
+            // Counted like every answered call, so an overload shows in cachecoord_requests_total.
+            let rpc = request
+                .uri()
+                .path()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            metrics::counter!("cachecoord_requests_total", "rpc" => rpc, "code" => "ResourceExhausted")
+                .increment(1);
             let refused = to_status(&Error::Overloaded {
                 max: self.layer.max,
             });
-            let mut response = refused.into_http::<GrpcBody>();
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/grpc"),
-            );
+            let response = refused.into_http::<GrpcBody>();
             return Box::pin(async move { Ok(response) });
         };
         let answer = self.inner.call(request);

@@ -204,10 +204,11 @@ impl Config {
     }
 }
 
-/// The `CACHECOORD_*` variables that name a setting, as text. Only variables whose first segment is a section or
-/// key of the configuration are read: Kubernetes injects `CACHECOORD_SERVICE_HOST`, `CACHECOORD_PORT`, … for a
-/// Service named `cachecoord` (or `cachecoord-*`), and those must not stop start-up. Within a known section an
-/// unknown key is still refused. Values stay text exactly as given (a password `123456`, `true` or with leading
+/// The `CACHECOORD_*` variables, as text, without Kubernetes' service links: for a Service named `cachecoord`
+/// (or `cachecoord-*`) Kubernetes injects `CACHECOORD_SERVICE_HOST`, `CACHECOORD_PORT`, … and those must not stop
+/// start-up. Only a name that matches no setting *and* has a service link's shape is skipped; every other unknown
+/// name is still refused at start-up, so a misspelt setting (`CACHECOORD_STORE_REDIS_URL` with one underscore)
+/// can never be silently ignored. Values stay text exactly as given (a password `123456`, `true` or with leading
 /// spaces stays that string); numbers and booleans are read from text by the lossy extraction.
 fn environment() -> Result<Vec<(String, String)>, ConfigError> {
     let known = match figment::value::Value::serialize(Config::default()) {
@@ -220,11 +221,37 @@ fn environment() -> Result<Vec<(String, String)>, ConfigError> {
         .filter(move |key| {
             let section = key.as_str().split('.').next().unwrap_or_default();
             known.iter().any(|k| k.eq_ignore_ascii_case(section))
+                || !is_service_link(&section.to_ascii_lowercase())
         });
     Ok(variables
         .iter()
         .map(|(key, text)| (key.as_str().to_owned(), text))
         .collect())
+}
+
+/// Whether `name` (after the `CACHECOORD_` prefix, lower case) has the shape of a variable Kubernetes injects for
+/// a Service: `[NAME_]SERVICE_HOST`, `[NAME_]SERVICE_PORT[_PORTNAME]`, `[NAME_]PORT`, or
+/// `[NAME_]PORT_<number>_<TCP|UDP|SCTP>[_PROTO|_PORT|_ADDR]`.
+fn is_service_link(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('_').collect();
+    if parts
+        .windows(2)
+        .any(|pair| pair[0] == "service" && matches!(pair[1], "host" | "port"))
+    {
+        return true;
+    }
+    let Some(at) = parts.iter().rposition(|part| *part == "port") else {
+        return false;
+    };
+    match &parts[at + 1..] {
+        [] => true,
+        [number, protocol, rest @ ..] => {
+            number.chars().all(|c| c.is_ascii_digit())
+                && matches!(*protocol, "tcp" | "udp" | "sctp")
+                && matches!(rest, [] | ["proto" | "port" | "addr"])
+        }
+        _ => false,
+    }
 }
 
 impl Config {
@@ -262,6 +289,32 @@ mod tests {
             config: Some(path.into()),
             ..Cli::default()
         })
+    }
+
+    #[test]
+    fn service_links_are_recognised_and_settings_are_not() {
+        for link in [
+            "service_host",
+            "service_port",
+            "service_port_grpc",
+            "port",
+            "port_50051_tcp",
+            "port_50051_tcp_proto",
+            "port_50051_tcp_addr",
+            "redis_service_host",
+            "redis_port_6379_tcp_port",
+        ] {
+            assert!(is_service_link(link), "{link}");
+        }
+        for setting in [
+            "store_redis_url",
+            "stor",
+            "listen_addr",
+            "port_x",
+            "auth_enabled",
+        ] {
+            assert!(!is_service_link(setting), "{setting}");
+        }
     }
 
     #[test]

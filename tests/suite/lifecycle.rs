@@ -95,3 +95,17 @@ async fn service_link_variables_do_not_stop_start_up() {
         Some(tonic_health::pb::health_check_response::ServingStatus::Serving)
     );
 }
+
+/// Only names shaped like Kubernetes service links are skipped: a misspelt setting (one underscore where two
+/// belong) still stops start-up, instead of being silently ignored (a replica quietly on its embedded store).
+#[test]
+fn a_misspelt_setting_in_the_environment_is_refused() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cachecoord"))
+        .arg("check-config")
+        .env("CACHECOORD_STORE_REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "accepted: {stderr}");
+    assert!(stderr.contains("store_redis_url"), "{stderr}");
+}

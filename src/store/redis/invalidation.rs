@@ -167,8 +167,8 @@ impl Invalidator {
     /// Pattern invalidation within one group. Its members (index, legacy index, lease set) are read, matched
     /// here rather than in a script — a hostile pattern against long keys costs this replica's CPU, not seconds
     /// of a Redis primary's single thread — and deleted exactly, `DELETE_CHUNK` keys per script (each voiding a
-    /// key's lease and deleting its value in one step). Cost on Redis: reading the group's members, then short
-    /// scripts; no step holds the primary longer than one chunk.
+    /// key's lease and deleting its value in one step). Cost on Redis: one script reading the group's members
+    /// (linear in the group's size, no matching), then short scripts of at most one chunk each.
     async fn delete_in_group(&self, pattern: &Pattern, group: &str) -> Result<u64> {
         let slot = self.nodes.slot_of(group);
         let node = self.nodes.for_slot(slot)?;
