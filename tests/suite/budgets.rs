@@ -76,22 +76,10 @@ async fn a_hostile_group_pattern_does_not_block_the_primary() {
     let cluster = RedisCluster::start_async(&[]).await;
     let server = TestServer::start_with(crate::support::config_on(&cluster)).await;
     let mut client = server.client().await;
-    let slot_owner = |redis_key: &str| {
-        let slot: u16 = redis_cli(cluster.ports[0], &["CLUSTER", "KEYSLOT", redis_key])
-            .trim()
-            .parse()
-            .unwrap();
-        cluster
-            .slot_owners()
-            .into_iter()
-            .find(|(first, last, _)| (*first..=*last).contains(&slot))
-            .map(|(_, _, port)| port)
-            .unwrap()
-    };
-    let primary = slot_owner("{user:1}");
+    let primary = cluster.primary_of("{user:1}");
     let bystander = (0..)
         .map(|n| format!("invoice:{n}"))
-        .find(|key| slot_owner(&format!("{{{key}}}")) == primary)
+        .find(|key| cluster.primary_of(&format!("{{{key}}}")) == primary)
         .unwrap();
     client.set(set_request(&bystander, b"paid")).await.unwrap();
     let padding = "a".repeat(499);

@@ -154,30 +154,6 @@ fn index_members(port: u16, group: &str) -> usize {
     members
 }
 
-/// The primary serving `redis_key`'s slot.
-fn primary_of(cluster: &RedisCluster, redis_key: &str) -> u16 {
-    let slot: u16 = redis_cli(cluster.ports[0], &["CLUSTER", "KEYSLOT", redis_key])
-        .trim()
-        .parse()
-        .unwrap();
-    cluster
-        .slot_owners()
-        .into_iter()
-        .find(|(first, last, _)| (*first..=*last).contains(&slot))
-        .map(|(_, _, port)| port)
-        .unwrap()
-}
-
-/// The replica of `primary`, from its `INFO replication`.
-fn replica_of(primary: u16) -> u16 {
-    let info = redis_cli(primary, &["INFO", "replication"]);
-    info.lines()
-        .find_map(|line| line.strip_prefix("slave0:"))
-        .and_then(|fields| fields.split(',').find_map(|f| f.strip_prefix("port=")))
-        .and_then(|port| port.parse().ok())
-        .expect("the primary has a replica")
-}
-
 /// 2,000 short-lived keys beside one long-lived key of the same group: once they expired, the group's index
 /// holds the live key, not 2,001 members that every pattern invalidation of the group would walk.
 #[tokio::test]
@@ -201,7 +177,7 @@ async fn expired_keys_leave_the_group_index() {
         });
         futures::future::join_all(writes).await;
     }
-    let primary = primary_of(RedisCluster::shared(), &format!("{{{group}}}"));
+    let primary = RedisCluster::shared().primary_of(&format!("{{{group}}}"));
     let before = index_members(primary, &group);
     // Past the short TTL and the index's grace period (2 s, src/store/redis/scripts/helpers.lua), then one more
     // write to the group.
@@ -240,8 +216,8 @@ async fn a_retried_invalidation_is_fenced_while_the_replica_lags() {
     invalidate(&mut client_b, &format!("user:{}", unique("warm-b")))
         .await
         .unwrap();
-    let primary = primary_of(&cluster, &format!("{{{key}}}"));
-    let replica = replica_of(primary);
+    let primary = cluster.primary_of(&format!("{{{key}}}"));
+    let replica = cluster.replica_of(primary);
 
     cluster.pause(replica);
     let first = invalidate(&mut client_a, &key).await;
@@ -268,8 +244,8 @@ async fn a_primary_whose_replica_is_down_answers_unavailable() {
     let mut client = server.client().await;
     let key = format!("user:{}", unique("no-replica"));
     set(&mut client, &key, b"old").await;
-    let primary = primary_of(&cluster, &format!("{{{key}}}"));
-    let replica = replica_of(primary);
+    let primary = cluster.primary_of(&format!("{{{key}}}"));
+    let replica = cluster.replica_of(primary);
     cluster.kill_node(replica);
     // Until the cluster flags the replica failed (and Redis 7.0's CLUSTER SLOTS stops listing it), and the
     // server's slot map refresh has seen that.
@@ -310,8 +286,8 @@ async fn invalidations_under_a_lagging_replica_all_apply_and_reads_go_on() {
     }
     let bystander = format!("{group}:bystander");
     set(&mut client, &bystander, b"still here").await;
-    let primary = primary_of(&cluster, &format!("{{{group}}}"));
-    let replica = replica_of(primary);
+    let primary = cluster.primary_of(&format!("{{{group}}}"));
+    let replica = cluster.replica_of(primary);
 
     let waits_before = wait_calls(primary);
     cluster.pause(replica);
@@ -376,7 +352,7 @@ async fn a_full_primary_still_acknowledges_invalidations() {
     let mut client = server.client().await;
     let key = format!("user:{}", unique("full"));
     set(&mut client, &key, b"old").await;
-    let primary = primary_of(&cluster, &format!("{{{key}}}"));
+    let primary = cluster.primary_of(&format!("{{{key}}}"));
     redis_cli(
         primary,
         &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
@@ -399,7 +375,7 @@ async fn a_fleet_mid_upgrade_misses_no_member() {
     let server = TestServer::start(Backend::Cluster).await;
     let mut client = server.client().await;
     let group = format!("user:{}", unique("upgrade"));
-    let primary = primary_of(RedisCluster::shared(), &format!("{{{group}}}"));
+    let primary = RedisCluster::shared().primary_of(&format!("{{{group}}}"));
     let (index, legacy) = (format!("{{{group}}}#index"), format!("{{{group}}}#keys"));
     set(&mut client, &format!("{group}:a"), b"a").await;
     // An old replica writes `:b` into the group: its index is the plain set.

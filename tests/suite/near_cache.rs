@@ -134,6 +134,22 @@ async fn a_deaf_replica_serves_nothing_from_its_near_cache() {
     );
 }
 
+/// Two near-caching replicas on `cluster`: A as the default Redis user, B as `user` (created on every node with
+/// every permission), so a test can take pub/sub channels from B alone or find B's connections.
+async fn replicas_with_b_as(cluster: &RedisCluster, user: &str) -> (TestServer, TestServer) {
+    for port in &cluster.ports {
+        redis_cli(
+            *port,
+            &["ACL", "SETUSER", user, "on", ">secret", "~*", "&*", "+@all"],
+        );
+    }
+    let a = TestServer::start_with(near_cached_config(cluster)).await;
+    let mut b_config = near_cached_config(cluster);
+    b_config.store.redis_username = Some(user.into());
+    b_config.store.redis_password = Some("secret".into());
+    (a, TestServer::start_with(b_config).await)
+}
+
 /// A replica that cannot hear (its Redis user loses every pub/sub channel: its subscription is dropped and cannot
 /// be made again, while its reads and writes go on) stops serving its near-cache within `deaf_after_ms`, by
 /// noticing that its own heartbeat no longer comes back, not because a reconnect told it: a value written and
@@ -141,19 +157,7 @@ async fn a_deaf_replica_serves_nothing_from_its_near_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_that_cannot_resubscribe_stops_serving_its_near_cache() {
     let cluster = RedisCluster::start_async(&[]).await;
-    for port in &cluster.ports {
-        redis_cli(
-            *port,
-            &[
-                "ACL", "SETUSER", "deaf", "on", ">secret", "~*", "&*", "+@all",
-            ],
-        );
-    }
-    let a = TestServer::start_with(near_cached_config(&cluster)).await;
-    let mut deaf_config = near_cached_config(&cluster);
-    deaf_config.store.redis_username = Some("deaf".into());
-    deaf_config.store.redis_password = Some("secret".into());
-    let b = TestServer::start_with(deaf_config).await;
+    let (a, b) = replicas_with_b_as(&cluster, "deaf").await;
     let (mut on_a, mut on_b) = (a.client().await, b.client().await);
     let key = format!("user:{}", unique("no-channels"));
     set(&mut on_a, &key, b"old").await;
@@ -211,19 +215,7 @@ async fn until_near_hit_after_set(on_a: &mut Client, on_b: &mut Client, key: &st
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_subscription_turns_the_near_cache_off() {
     let cluster = RedisCluster::start_async(&[]).await;
-    for port in &cluster.ports {
-        redis_cli(
-            *port,
-            &[
-                "ACL", "SETUSER", "listener", "on", ">secret", "~*", "&*", "+@all",
-            ],
-        );
-    }
-    let a = TestServer::start_with(near_cached_config(&cluster)).await;
-    let mut b_config = near_cached_config(&cluster);
-    b_config.store.redis_username = Some("listener".into());
-    b_config.store.redis_password = Some("secret".into());
-    let b = TestServer::start_with(b_config).await;
+    let (a, b) = replicas_with_b_as(&cluster, "listener").await;
     let (mut on_a, mut on_b) = (a.client().await, b.client().await);
     // Once B serves, its subscription is up.
     until_near_hit_after_set(&mut on_a, &mut on_b, &format!("user:{}", unique("warm-up"))).await;
@@ -247,18 +239,7 @@ async fn a_silent_subscription_turns_the_near_cache_off() {
     // A key whose primary is another node, so it stays writable while that node is frozen.
     let key = (0..)
         .map(|n| format!("user:{}", unique(&format!("silent{n}"))))
-        .find(|key| {
-            let slot: u16 = redis_cli(
-                subscribed_on,
-                &["CLUSTER", "KEYSLOT", &format!("{{{key}}}")],
-            )
-            .trim()
-            .parse()
-            .unwrap();
-            cluster.slot_owners().iter().any(|(first, last, port)| {
-                (*first..=*last).contains(&slot) && *port != subscribed_on
-            })
-        })
+        .find(|key| cluster.primary_of(&format!("{{{key}}}")) != subscribed_on)
         .unwrap();
     set(&mut on_a, &key, b"old").await;
     until_near_hit(&mut on_b, &key).await;

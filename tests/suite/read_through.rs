@@ -456,16 +456,7 @@ async fn a_failed_fill_gives_its_lease_back() {
     // Where cachecoord keeps the lease of user:<id> (see src/store/redis/layout.rs), and the primary owning it.
     let lease = format!("{{{key}}}#lease");
     let cli = crate::support::cluster::redis_cli;
-    let slot: u16 = cli(cluster.ports[0], &["CLUSTER", "KEYSLOT", &lease])
-        .trim()
-        .parse()
-        .unwrap();
-    let owner = cluster
-        .slot_owners()
-        .into_iter()
-        .find(|(first, last, _)| (*first..=*last).contains(&slot))
-        .map(|(_, _, port)| port)
-        .unwrap();
+    let owner = cluster.primary_of(&lease);
 
     let mut reads = loader.source.subscribe_reads();
     let mut reader = client.clone();

@@ -475,6 +475,19 @@ impl RedisCluster {
 
 impl RedisCluster {
     /// Client port of the replica of the primary on `primary` (its first, if it has several).
+    /// The primary serving `redis_key`'s hash slot now (the key as Redis names it, e.g. `{user:1}`).
+    pub fn primary_of(&self, redis_key: &str) -> u16 {
+        let slot: u16 = redis_cli(self.ports[0], &["CLUSTER", "KEYSLOT", redis_key])
+            .trim()
+            .parse()
+            .unwrap();
+        self.slot_owners()
+            .into_iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, port)| port)
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}"))
+    }
+
     pub fn replica_of(&self, primary: u16) -> u16 {
         let nodes = redis_cli(primary, &["cluster", "nodes"]);
         let port_of =
