@@ -160,11 +160,33 @@ pub enum Error {
         max: usize,
     },
 
-    /// The server is at its limit of calls in flight; the caller should back off and retry.
-    #[error("the server has {max} calls in flight, its limit; retry with backoff")]
+    /// The replica, or the caller's share of it, is at its limit of calls in flight; the caller should back
+    /// off and retry.
+    #[error("the {whose} has {max} calls in flight, its limit; retry with backoff")]
     Overloaded {
         /// The configured limit.
         max: usize,
+        /// `replica` or `caller`.
+        whose: &'static str,
+    },
+
+    /// The replica, or the caller's share of it, holds as many request and response bytes as it may.
+    #[error(
+        "the {whose} holds its limit of {max} bytes of requests and responses; retry with backoff, \
+         and read answers promptly"
+    )]
+    MemoryBudget {
+        /// The configured limit in bytes.
+        max: usize,
+        /// `replica` or `caller`.
+        whose: &'static str,
+    },
+
+    /// The request's body did not arrive in full within the limit.
+    #[error("the request body did not arrive in full within {timeout:?}")]
+    RequestBodyTimeout {
+        /// The configured limit.
+        timeout: std::time::Duration,
     },
 
     /// The cache backend (Redis) could not be reached or did not answer in time.

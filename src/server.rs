@@ -1,7 +1,7 @@
 //! Wires the pieces into a running gRPC server: store → coordinator → CacheService, plus grpc.health.v1 and
 //! server reflection (v1) so grpcurl-style tools and any language can discover the API.
 
-use crate::api::{CacheApi, InFlightLayer, to_status};
+use crate::api::{AdmissionLayer, CacheApi};
 use crate::auth::Authenticator;
 use crate::cache::Coordinator;
 use crate::config::Config;
@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tonic::Request;
-use tonic::service::interceptor::InterceptedService;
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
@@ -56,18 +55,12 @@ pub async fn serve(
             .map_err(|e| StartupError::unusable("the tokens file", e))?,
         _ => Authenticator::disabled(),
     });
-    let api = CacheApi::new(coordinator.clone(), auth.clone());
-    let cache_service = CacheServiceServer::new(api)
+    let cache_service = CacheServiceServer::new(CacheApi::new(coordinator.clone()))
         // tonic refuses larger requests before buffering them.
         .max_decoding_message_size(config.limits.max_request_bytes);
-    // The token is checked from the headers, before tonic reads the body: a caller without one cannot make the
-    // server buffer a request. (Scopes are checked in the handler, which sees the keys.)
-    let gate = auth.clone();
-    let cache_service = InterceptedService::new(cache_service, move |request: Request<()>| {
-        gate.authenticate(request.metadata())
-            .map(|_| request)
-            .map_err(|error| to_status(&error))
-    });
+    // The token, the call's slot and its bytes are settled from the headers, before tonic reads the body (scopes
+    // are checked in the handler, which sees the keys).
+    let admission = AdmissionLayer::new(auth.clone(), &config.limits);
 
     let addr = listener
         .local_addr()
@@ -90,7 +83,13 @@ pub async fn serve(
         background.push(tokio::spawn(near_cache));
     }
     let reload_every = config.auth.reload_interval;
-    background.push(tokio::spawn(auth.watch(reload_every, stopped)));
+    background.push(tokio::spawn(auth.watch(reload_every, stopped.clone())));
+    background.push(tokio::spawn(
+        admission
+            .connections()
+            .sweep(config.limits.response_send_timeout, stopped.clone()),
+    ));
+    background.push(tokio::spawn(report_admission(admission.clone(), stopped)));
     // Drain: on the signal, report NOT_SERVING while still accepting calls for drain_delay_ms (load balancers
     // move away), then stop accepting and let in-flight calls finish, for at most grace_period_ms.
     let drained = Arc::new(Notify::new());
@@ -113,9 +112,11 @@ pub async fn serve(
     let grace = config.shutdown.grace_period;
     // TCP_NODELAY: a response's header and body frames go out at once instead of waiting out the peer's
     // delayed ACK (measured: 44 ms per small Get without it). Keepalive finds dead peers.
+    let accepting = admission.clone();
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
+        .with_keepalive(Some(Duration::from_secs(60)))
+        .map(move |accepted| accepted.map(|stream| accepting.accept(stream)));
     // grpc.health.v1 alone, in plaintext, for probes that cannot speak TLS (Kubernetes' gRPC probes). It reports
     // exactly what the main port reports, NOT_SERVING while draining included, and stops with the server.
     if let Some(addr) = config.tls.health_listen_addr {
@@ -144,7 +145,7 @@ pub async fn serve(
         // Finds peers that stopped answering (a half-dead connection holding streams) within ~40 s.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(InFlightLayer::new(config.limits.max_in_flight))
+        .layer(admission)
         .layer(tower::util::MapResponseLayer::new(
             crate::api::explain_transport_refusal::<tonic::body::Body>,
         ))
@@ -164,4 +165,18 @@ pub async fn serve(
         let _ = task.await;
     }
     served
+}
+
+/// Publishes what admission holds (`cachecoord_calls_in_flight`, `cachecoord_held_bytes`) every second until
+/// `stop`: the load signal an autoscaler can follow, and how close the replica is to its memory budget.
+async fn report_admission(admission: AdmissionLayer, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (calls, bytes) = admission.in_use();
+        metrics::gauge!("cachecoord_calls_in_flight").set(calls as f64);
+        metrics::gauge!("cachecoord_held_bytes").set(bytes as f64);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+    }
 }

@@ -1,11 +1,12 @@
-//! What every RPC goes through, whatever it does: its span, admission (the caller's token), the caller's
-//! deadline, and its metrics. [`CacheApi::handle`] owns all four, so a handler only converts its request and
-//! calls the coordinator. (The call's slot among the calls in flight is taken before the request is read and held
-//! until its response is sent: `admission`.)
+//! What every RPC goes through, whatever it does: its span, the caller admission found, the caller's deadline,
+//! its response's bytes charged to its budget, and its metrics. [`CacheApi::handle`] owns all of them, so a
+//! handler only converts its request and calls the coordinator. (Admission itself — the token, the call's slot,
+//! its request bytes — happens from the headers, before tonic reads the body: `admission`.)
 
+use super::admission::CallBudget;
 use super::{CacheApi, deadline, to_status};
-use crate::Result;
 use crate::auth::Caller;
+use crate::{Error, Result};
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::metadata::MetadataMap;
@@ -45,6 +46,7 @@ impl CacheApi {
     ) -> Result<Response<Resp>, Status>
     where
         Req: Rpc,
+        Resp: prost::Message,
         Body: Future<Output = Result<Resp>>,
     {
         let span = rpc_span(Req::NAME, request.metadata());
@@ -54,14 +56,27 @@ impl CacheApi {
                 Deadline::Answered => deadline::budget(request.metadata()),
                 Deadline::LeftToTonic => None,
             };
-            let admitted = self.auth.authenticate(request.metadata());
+            // Admission put both there before the body was read; a call cannot arrive here without them.
+            let admitted = request
+                .extensions()
+                .get::<Arc<Caller>>()
+                .cloned()
+                .zip(request.extensions().get::<Arc<CallBudget>>().cloned())
+                .ok_or(Error::Unauthenticated {
+                    reason: "the call was not admitted",
+                });
             let request = request.into_inner();
-            // Recorded even when admission fails, so a refused call still shows what it was for.
             if let Some(key) = request.key() {
                 self.describe_key(key);
             }
             let result = match admitted {
-                Ok(caller) => deadline::within(budget, body(caller, request)).await,
+                Ok((caller, call_budget)) => deadline::within(budget, body(caller, request))
+                    .await
+                    // The encoded answer is held until sent: it counts against the call's budget.
+                    .and_then(|response| {
+                        call_budget.hold(response.encoded_len())?;
+                        Ok(response)
+                    }),
                 Err(error) => Err(error),
             };
             finish(Req::NAME, started, result)

@@ -12,23 +12,21 @@ mod deadline;
 mod handlers;
 mod status;
 
-pub use admission::InFlightLayer;
+pub use admission::AdmissionLayer;
 pub use status::{ERROR_DOMAIN, explain_transport_refusal, to_status};
 
-use crate::auth::Authenticator;
 use crate::cache::Coordinator;
 use std::sync::Arc;
 
-/// The CacheService implementation handed to tonic.
+/// The CacheService implementation handed to tonic, behind an [`AdmissionLayer`].
 #[derive(Clone)]
 pub struct CacheApi {
     coordinator: Arc<Coordinator>,
-    auth: Arc<Authenticator>,
 }
 
 impl CacheApi {
-    /// Serves `coordinator` over gRPC to the callers `auth` admits.
-    pub fn new(coordinator: Arc<Coordinator>, auth: Arc<Authenticator>) -> CacheApi {
-        CacheApi { coordinator, auth }
+    /// Serves `coordinator` over gRPC to the callers the [`AdmissionLayer`] admits.
+    pub fn new(coordinator: Arc<Coordinator>) -> CacheApi {
+        CacheApi { coordinator }
     }
 }

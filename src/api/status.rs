@@ -19,6 +19,13 @@ const MAX_MESSAGE_BYTES: usize = 1024;
 const LOADER_FAILED_MESSAGE: &str = "the loader failed or did not answer in time, and no stale value could stand \
      in; retry with backoff (the cause is in cachecoord's log)";
 
+/// What a caller is told when Redis is down, slow or moving slots.
+const BACKEND_UNAVAILABLE_MESSAGE: &str = "the cache backend is unavailable or did not answer in time; retry with backoff (the cause is in \
+     cachecoord's log)";
+
+/// What a caller is told when Redis answered with something cachecoord cannot use.
+const BACKEND_FAILED_MESSAGE: &str = "the cache backend failed; the cause is in cachecoord's log";
+
 /// Converts a domain error into the status sent to the caller.
 pub fn to_status(error: &Error) -> Status {
     let (code, reason) = match error {
@@ -39,15 +46,24 @@ pub fn to_status(error: &Error) -> Status {
         Error::PermissionDenied { .. } => (Code::PermissionDenied, "OUT_OF_SCOPE"),
         Error::Overloaded { .. } => (Code::ResourceExhausted, "TOO_MANY_IN_FLIGHT"),
         Error::ResponseTooLarge { .. } => (Code::ResourceExhausted, "RESPONSE_TOO_LARGE"),
+        Error::MemoryBudget { .. } => (Code::ResourceExhausted, "MEMORY_BUDGET"),
+        Error::RequestBodyTimeout { .. } => (Code::ResourceExhausted, "REQUEST_BODY_TIMEOUT"),
         // Redis down, timing out or resharding: the client may retry, so never INTERNAL or INVALID_ARGUMENT.
         Error::BackendUnavailable { .. } => (Code::Unavailable, "BACKEND_UNAVAILABLE"),
         Error::Backend { .. } => (Code::Internal, "BACKEND_ERROR"),
     };
-    if code == Code::Internal {
-        tracing::error!(error = %error, "backend failure");
-    }
     let message = match error {
         Error::LoaderFailed { .. } => LOADER_FAILED_MESSAGE.to_owned(),
+        // The Redis client's own words name nodes, addresses and sometimes keys: the operator's log gets them,
+        // the caller (maybe another team) the reason and what to do.
+        Error::BackendUnavailable { .. } => {
+            tracing::warn!(error = %error, "cache backend unavailable");
+            BACKEND_UNAVAILABLE_MESSAGE.to_owned()
+        }
+        Error::Backend { .. } => {
+            tracing::error!(error = %error, "backend failure");
+            BACKEND_FAILED_MESSAGE.to_owned()
+        }
         _ => bounded(error.to_string()),
     };
     Status::with_error_details(

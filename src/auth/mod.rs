@@ -55,16 +55,19 @@ impl Authenticator {
         })
     }
 
-    /// The caller behind `metadata`: UNAUTHENTICATED without a known bearer token when auth is on.
-    pub fn authenticate(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Arc<Caller>> {
+    /// Whether calls need a token.
+    pub fn is_enabled(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// The caller behind a call's `headers`: UNAUTHENTICATED without a known bearer token when auth is on.
+    pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Arc<Caller>> {
         let Some(tokens) = &self.tokens else {
             return Ok(self.anonymous.clone());
         };
-        let header = metadata
-            .get("authorization")
-            .ok_or(Error::Unauthenticated {
-                reason: "no bearer token",
-            })?;
+        let header = headers.get("authorization").ok_or(Error::Unauthenticated {
+            reason: "no bearer token",
+        })?;
         let token = header
             .to_str()
             .ok()

@@ -38,6 +38,23 @@ pub struct LimitsConfig {
     pub max_response_bytes: usize,
     /// Most concurrent HTTP/2 streams one connection may open (advertised in SETTINGS). Default 256.
     pub max_concurrent_streams: u32,
+    /// Bytes of requests and responses this replica holds for calls in flight, all callers together: request
+    /// bodies as they arrive, responses from when they are built until they are sent. Default 536870912
+    /// (512 MiB); past it, calls answer RESOURCE_EXHAUSTED (reason MEMORY_BUDGET).
+    pub memory_budget_bytes: usize,
+    /// One caller's share of `memory_budget_bytes` (a caller is a token, or a connection when auth is off).
+    /// Default 134217728 (128 MiB); at least `max_request_bytes` + `max_response_bytes`.
+    pub caller_memory_bytes: usize,
+    /// One caller's share of `max_in_flight`. Default 1024.
+    pub caller_max_in_flight: usize,
+    /// `request_body_timeout_ms`: how long a call's request body may take to arrive in full, from its headers.
+    /// Default 10000 ms; past it, RESOURCE_EXHAUSTED (reason REQUEST_BODY_TIMEOUT).
+    #[serde(rename = "request_body_timeout_ms", with = "millis")]
+    pub request_body_timeout: Duration,
+    /// `response_send_timeout_ms`: how long a response may stay unsent because its peer does not read it; then
+    /// the connection is closed. Default 30000 ms.
+    #[serde(rename = "response_send_timeout_ms", with = "millis")]
+    pub response_send_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -53,6 +70,11 @@ impl Default for LimitsConfig {
             max_in_flight: 4096,
             max_response_bytes: 16 * 1024 * 1024,
             max_concurrent_streams: 256,
+            memory_budget_bytes: 512 * 1024 * 1024,
+            caller_memory_bytes: 128 * 1024 * 1024,
+            caller_max_in_flight: 1024,
+            request_body_timeout: Duration::from_secs(10),
+            response_send_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -78,8 +100,28 @@ impl LimitsConfig {
                 "limits.max_request_bytes must exceed limits.max_value_bytes",
             );
         }
-        if self.max_in_flight == 0 {
-            return ConfigError::fail("limits.max_in_flight must be positive");
+        if self.max_in_flight == 0 || self.caller_max_in_flight == 0 {
+            return ConfigError::fail(
+                "limits.max_in_flight and limits.caller_max_in_flight must be positive",
+            );
+        }
+        // One call of the largest size must fit in a caller's share, and a share in the replica's budget.
+        let largest_call = self
+            .max_request_bytes
+            .saturating_add(self.max_response_bytes);
+        if self.caller_memory_bytes < largest_call
+            || self.memory_budget_bytes < self.caller_memory_bytes
+        {
+            return ConfigError::fail(
+                "limits.caller_memory_bytes must be at least limits.max_request_bytes + \
+                 limits.max_response_bytes, and limits.memory_budget_bytes at least \
+                 limits.caller_memory_bytes",
+            );
+        }
+        if self.request_body_timeout.is_zero() || self.response_send_timeout.is_zero() {
+            return ConfigError::fail(
+                "limits.request_body_timeout_ms and limits.response_send_timeout_ms must be positive",
+            );
         }
         Ok(())
     }

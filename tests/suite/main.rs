@@ -21,6 +21,7 @@ mod consistency;
 mod discovery;
 mod encryption;
 mod lifecycle;
+mod memory_budget;
 mod near_cache;
 mod outbox;
 mod postgres_loader;

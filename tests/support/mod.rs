@@ -27,6 +27,7 @@ pub mod pki;
 pub mod ports;
 pub mod postgres;
 pub mod process;
+pub mod raw_http2;
 pub mod server;
 
 #[allow(unused_imports)]
