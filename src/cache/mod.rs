@@ -35,6 +35,7 @@ mod flight;
 mod lease;
 mod load;
 mod near;
+mod pattern_runs;
 mod policy;
 mod read;
 mod redact;

@@ -6,6 +6,7 @@
 use super::encryption::Keyring;
 use super::entry::{Entry, Envelope};
 use super::near::NearCache;
+use super::pattern_runs::PatternRuns;
 use super::policy::Policies;
 use super::redact::Redaction;
 use super::sensitive::SensitiveData;
@@ -30,6 +31,8 @@ pub(super) struct Core {
     pub(super) invalidation: InvalidationConfig,
     pub(super) read_through: ReadThroughConfig,
     pub(super) flights: Flights,
+    /// Pattern invalidations running here, one per pattern.
+    pub(super) pattern_runs: PatternRuns,
     /// The near-cache, when `near_cache.max_bytes` is set.
     pub(super) near: Option<Arc<NearCache>>,
     pub(super) stats: Stats,
@@ -63,6 +66,7 @@ impl Core {
             invalidation: config.invalidation.clone(),
             read_through: config.read_through.clone(),
             flights: Flights::default(),
+            pattern_runs: PatternRuns::default(),
             near: (config.near_cache.max_bytes > 0)
                 .then(|| Arc::new(NearCache::new(&config.near_cache))),
             stats: Stats::default(),

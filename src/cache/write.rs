@@ -78,7 +78,7 @@ pub(super) async fn invalidate_pattern(core: &Core, pattern: &str) -> Result<u64
             reason: format!("{} wildcards; the limit is {max}", pattern.wildcards()),
         });
     }
-    let deleted = core.store.delete_matching(&pattern).await;
+    let deleted = core.pattern_runs.run(&core.store, &pattern).await;
     if let Some(near) = &core.near {
         // Even a failed call may have deleted some keys: tell the near-caches either way.
         near.evict_matching(&pattern);

@@ -291,7 +291,9 @@ async fn unreachable_redis_is_unavailable() {
     for status in refusals {
         assert_error(&status, Code::Unavailable, "BACKEND_UNAVAILABLE");
         assert!(
-            status.message().ends_with("(the cause is in cachecoord's log)"),
+            status
+                .message()
+                .ends_with("(the cause is in cachecoord's log)"),
             "{}",
             status.message()
         );

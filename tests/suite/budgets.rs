@@ -128,3 +128,81 @@ async fn a_hostile_group_pattern_does_not_block_the_primary() {
     assert!(failed.is_empty(), "bystander Gets failed: {failed:?}");
     assert!(answered > 0);
 }
+
+/// A caller that retries an InvalidatePattern while its first call is still deleting (the documented advice on
+/// UNAVAILABLE) does not multiply the work on the primary: ten identical concurrent calls fold into at most two
+/// runs (the one running and one after it), counted in scripts the primary ran; every call still answers, and
+/// nothing matching survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_pattern_invalidations_fold_into_one_run() {
+    use crate::support::cluster::{RedisCluster, redis_cli};
+    use cachecoord::proto::{BatchSetRequest, InvalidatePatternRequest};
+    let cluster = RedisCluster::start_async(&[]).await;
+    let server = TestServer::start_with(crate::support::config_on(&cluster)).await;
+    let mut client = server.client().await;
+    let primary = cluster.primary_of("{user:7}");
+    let fill = |client: &mut crate::support::Client| {
+        let mut client = client.clone();
+        async move {
+            for half in 0..2 {
+                let entries = (half * 1000..(half + 1) * 1000)
+                    .map(|i| set_request(&format!("user:7:{i:05}"), b"v"))
+                    .collect();
+                client.batch_set(BatchSetRequest { entries }).await.unwrap();
+            }
+        }
+    };
+    // Scripts run on the group's primary (the group read, the deletes, the fences).
+    let scripts = || {
+        redis_cli(primary, &["INFO", "commandstats"])
+            .lines()
+            .filter(|line| {
+                line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:")
+            })
+            .filter_map(|line| {
+                let calls = line.split("calls=").nth(1)?.split(',').next()?;
+                calls.parse::<u64>().ok()
+            })
+            .sum::<u64>()
+    };
+    let pattern = || InvalidatePatternRequest {
+        pattern: "user:7:*".into(),
+    };
+
+    fill(&mut client).await;
+    let before = scripts();
+    let deleted = client.invalidate_pattern(pattern()).await.unwrap();
+    assert_eq!(deleted.into_inner().deleted, 2000);
+    let one_run = scripts() - before;
+
+    fill(&mut client).await;
+    let before = scripts();
+    let calls = (0..10).map(|_| {
+        let mut client = client.clone();
+        async move { client.invalidate_pattern(pattern()).await }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let ten_calls = scripts() - before;
+    println!(
+        "one InvalidatePattern of 2,000 keys: {one_run} scripts; ten at once: {ten_calls} scripts"
+    );
+
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert!(
+        ten_calls <= 2 * one_run,
+        "ten identical calls ran {ten_calls} scripts, one ran {one_run}"
+    );
+    for half in 0..2 {
+        let left = client
+            .batch_get(BatchGetRequest {
+                keys: (half * 1000..(half + 1) * 1000)
+                    .map(|i| format!("user:7:{i:05}"))
+                    .collect(),
+                cache_only: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(left.results.iter().all(|result| !result.found));
+    }
+}
