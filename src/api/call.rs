@@ -87,10 +87,10 @@ impl CacheApi {
 
     /// Records the key and entity on the current span; keys of sensitive entities as a keyed hash.
     fn describe_key(&self, raw: &str) {
-        let policy = self.coordinator.policies().for_raw(raw);
+        let (entity, shown) = self.coordinator.describe_key(raw);
         let span = Span::current();
-        span.record("entity", policy.name.as_str());
-        span.record("key", self.coordinator.shown_key(raw).as_str());
+        span.record("entity", entity);
+        span.record("key", shown.as_str());
     }
 }
 

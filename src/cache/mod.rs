@@ -110,16 +110,19 @@ impl Coordinator {
         Ok(())
     }
 
-    /// The policy table, for callers that report per-entity figures.
-    pub fn policies(&self) -> &Policies {
-        &self.core.policies
-    }
-
-    /// `raw` (a key as the caller named it, checked or not) as spans and logs may show it: a sensitive policy's
-    /// key as its entity and a keyed hash, the same one the coordinator's own log lines use.
-    pub fn shown_key(&self, raw: &str) -> String {
+    /// `raw` (a key or pattern as the caller named it, checked or not) as spans and logs may show it, with its
+    /// entity: a sensitive policy's key as its entity and a keyed hash, the same one the coordinator's own log
+    /// lines use. A key over `limits.max_key_bytes` is never matched against the policies (whose globs cost
+    /// time in its length) nor shown: it is described by its length alone.
+    pub fn describe_key(&self, raw: &str) -> (&str, String) {
+        if raw.len() > self.core.limits.max_key_bytes {
+            return ("", format!("<{} bytes, over the key limit>", raw.len()));
+        }
         let policy = self.core.policies.for_raw(raw);
-        self.core.redaction.key(policy, raw, raw)
+        (
+            policy.name.as_str(),
+            self.core.redaction.key(policy, raw, raw),
+        )
     }
 
     /// Checks that the store answers.
@@ -185,6 +188,17 @@ mod tests {
     }
 
     const READ: ReadOptions = ReadOptions { cache_only: false };
+
+    #[test]
+    fn keys_over_the_limit_are_described_by_their_length_alone() {
+        let coordinator = coordinator();
+        let huge = format!("user:{}", "k".repeat(1_000_000));
+        assert_eq!(
+            coordinator.describe_key(&huge),
+            ("", "<1000005 bytes, over the key limit>".to_owned())
+        );
+        assert_eq!(coordinator.describe_key("user:1").0, "user");
+    }
 
     #[tokio::test]
     async fn a_bad_entry_in_a_batch_writes_nothing() {
