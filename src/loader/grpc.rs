@@ -20,8 +20,10 @@ pub struct GrpcLoader {
 }
 
 impl GrpcLoader {
-    /// A loader for `config.endpoint`; the connection is made on first use and re-made after failures.
-    pub fn new(config: &LoaderConfig) -> Result<GrpcLoader> {
+    /// A loader for `config.endpoint`; the connection is made on first use and re-made after failures. Its
+    /// answers are decoded up to `max_answer_bytes` (a BatchLoad's values together); each value is then held to
+    /// `limits.max_value_bytes` by the caller.
+    pub fn new(config: &LoaderConfig, max_answer_bytes: usize) -> Result<GrpcLoader> {
         let endpoint = config.endpoint.clone().unwrap_or_default();
         let failed = |source: crate::error::BoxError| Error::LoaderFailed {
             key: endpoint.clone(),
@@ -37,7 +39,7 @@ impl GrpcLoader {
         }
         let channel = channel.connect_lazy();
         Ok(GrpcLoader {
-            client: LoaderServiceClient::new(channel),
+            client: LoaderServiceClient::new(channel).max_decoding_message_size(max_answer_bytes),
             permits: Semaphore::new(config.max_concurrency),
             timeout: config.timeout,
         })

@@ -83,7 +83,10 @@ impl Loaders {
             let pattern = Pattern::parse(&route.pattern, config.limits.max_key_bytes, true)
                 .map_err(unusable)?;
             let loader: Arc<dyn Loader> = match route.kind {
-                LoaderKind::Grpc => Arc::new(GrpcLoader::new(route).map_err(unusable)?),
+                LoaderKind::Grpc => Arc::new(
+                    // A loader's answer may be as large as a response the replica would send.
+                    GrpcLoader::new(route, config.limits.max_response_bytes).map_err(unusable)?,
+                ),
                 LoaderKind::Postgres => {
                     Arc::new(PostgresLoader::new(route, &config.postgres).map_err(unusable)?)
                 }
