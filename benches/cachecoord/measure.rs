@@ -2,8 +2,37 @@
 //! and a server process's peak memory.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+/// The server process whose CPU time each closed loop charges to its requests (0: none).
+static MEASURED_SERVER: AtomicU32 = AtomicU32::new(0);
+
+/// Makes every later closed loop report the CPU time process `pid` spent per request.
+pub(crate) fn measure_cpu_of(pid: u32) {
+    MEASURED_SERVER.store(pid, Ordering::Relaxed);
+}
+
+/// CPU time (user + system) process `pid` has used, in seconds, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    static TICKS_PER_SECOND: OnceLock<f64> = OnceLock::new();
+    let ticks = *TICKS_PER_SECOND.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces, so split after its closing parenthesis): utime and
+    // stime are the 14th and 15th fields of the line, the 12th and 13th after the name.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
 
 /// One scenario's outcome.
 pub(crate) struct Figures {
@@ -15,6 +44,8 @@ pub(crate) struct Figures {
     pub(crate) p50_us: f64,
     pub(crate) p99_us: f64,
     pub(crate) p999_us: f64,
+    /// Server CPU time (user + system) per request, in µs, when a server is measured.
+    pub(crate) cpu_us_per_request: Option<f64>,
     pub(crate) note: String,
 }
 
@@ -30,6 +61,8 @@ where
     Fut: Future<Output = bool> + Send,
 {
     let call = Arc::new(call);
+    let server = MEASURED_SERVER.load(Ordering::Relaxed);
+    let cpu_before = cpu_seconds(server);
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|worker| {
@@ -55,14 +88,15 @@ where
         all.extend(latencies);
         errors += worker_errors;
     }
-    figures(
-        name,
-        concurrency,
-        all,
-        errors,
-        started.elapsed(),
-        String::new(),
-    )
+    let elapsed = started.elapsed();
+    let cpu = cpu_before.zip(cpu_seconds(server)).map(|(a, b)| b - a);
+    let mut figures = figures(name, concurrency, all, errors, elapsed, String::new());
+    if let Some(cpu) = cpu.filter(|_| figures.requests > 0) {
+        let per_request = cpu * 1e6 / figures.requests as f64;
+        eprintln!("{:<40} server CPU {per_request:.1} µs per request", "");
+        figures.cpu_us_per_request = Some(per_request);
+    }
+    figures
 }
 
 /// Sorts the latencies (ns), takes percentiles and throughput, and prints one line.
@@ -88,6 +122,7 @@ pub(crate) fn figures(
         p50_us: at(0.5),
         p99_us: at(0.99),
         p999_us: at(0.999),
+        cpu_us_per_request: None,
         note,
     };
     eprintln!(

@@ -27,18 +27,25 @@ pub(crate) fn report(results: &[Figures], rss_mib: f64, quick: bool) {
     );
     let _ = writeln!(
         md,
-        "| scenario | concurrency | req/s | p50 µs | p99 µs | p99.9 µs | req/s ÷ floor | errors | note |"
+        "| scenario | concurrency | req/s | p50 µs | p99 µs | p99.9 µs | req/s ÷ floor | server CPU µs/req | CPU ÷ floor CPU | errors | note |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for f in results {
         let ratio = if f.per_second > 0.0 {
             format!("{:.2}", f.per_second / floor.per_second)
         } else {
             "—".into()
         };
+        let (cpu, cpu_ratio) = match (f.cpu_us_per_request, floor.cpu_us_per_request) {
+            (Some(cpu), Some(floor_cpu)) if floor_cpu > 0.0 => {
+                (format!("{cpu:.1}"), format!("{:.2}", cpu / floor_cpu))
+            }
+            (Some(cpu), _) => (format!("{cpu:.1}"), "—".into()),
+            _ => ("—".into(), "—".into()),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
             f.name,
             f.concurrency,
             f.per_second,
@@ -46,6 +53,8 @@ pub(crate) fn report(results: &[Figures], rss_mib: f64, quick: bool) {
             f.p99_us,
             f.p999_us,
             ratio,
+            cpu,
+            cpu_ratio,
             f.errors,
             f.note
         );
@@ -129,8 +138,9 @@ pub(crate) fn report(results: &[Figures], rss_mib: f64, quick: bool) {
         .iter()
         .map(|f| {
             format!(
-                r#"{{"scenario":{:?},"concurrency":{},"requests":{},"errors":{},"per_second":{:.1},"p50_us":{:.1},"p99_us":{:.1},"p999_us":{:.1},"note":{:?}}}"#,
-                f.name, f.concurrency, f.requests, f.errors, f.per_second, f.p50_us, f.p99_us, f.p999_us, f.note
+                r#"{{"scenario":{:?},"concurrency":{},"requests":{},"errors":{},"per_second":{:.1},"p50_us":{:.1},"p99_us":{:.1},"p999_us":{:.1},"cpu_us_per_request":{},"note":{:?}}}"#,
+                f.name, f.concurrency, f.requests, f.errors, f.per_second, f.p50_us, f.p99_us, f.p999_us,
+                f.cpu_us_per_request.map_or("null".to_owned(), |cpu| format!("{cpu:.1}")), f.note
             )
         })
         .collect();

@@ -113,6 +113,7 @@ pub(crate) async fn steady(cluster: &RedisCluster, quick: bool) -> SteadyRun {
     let concurrency = 32;
     let loader = TestLoader::start().await;
     let server = ServerProcess::start(&server_config(cluster, &loader, true)).await;
+    crate::measure::measure_cpu_of(server.child.id().unwrap_or(0));
     let pool = Arc::new(clients(&server, 4).await);
     let health_channel = Channel::from_shared(server.uri())
         .unwrap()
@@ -380,6 +381,7 @@ pub(crate) async fn steady(cluster: &RedisCluster, quick: bool) -> SteadyRun {
             p50_us: median,
             p99_us: times[4] as f64 / 1e3,
             p999_us: times[4] as f64 / 1e3,
+            cpu_us_per_request: None,
             note: String::new(),
         });
     }

@@ -46,6 +46,7 @@ max_concurrency = 1024
         loader.addr
     );
     let server = ServerProcess::start(&config).await;
+    crate::measure::measure_cpu_of(server.child.id().unwrap_or(0));
     let pool = Arc::new(clients(&server, 4).await);
     let tag = format!("{}{}", if xfetch { "x" } else { "p" }, std::process::id());
     let names: Arc<Vec<String>> = Arc::new((0..keys).map(|k| format!("storm:{tag}k{k}")).collect());
