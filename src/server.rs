@@ -18,6 +18,9 @@ use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+/// Largest request the health and reflection services decode.
+const SMALL_REQUEST_BYTES: usize = 64 * 1024;
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -44,11 +47,14 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServiceServer<CacheApi>>().await;
+    // Neither needs more than a small request: a caller without a token must not make them buffer megabytes.
+    let health_service = health_service.max_decoding_message_size(SMALL_REQUEST_BYTES);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(ServerError::Reflection)?;
+        .map_err(ServerError::Reflection)?
+        .max_decoding_message_size(SMALL_REQUEST_BYTES);
 
     let auth = Arc::new(match (&config.auth.enabled, &config.auth.tokens_file) {
         (true, Some(file)) => Authenticator::from_file(file)

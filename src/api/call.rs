@@ -3,7 +3,7 @@
 //! handler only converts its request and calls the coordinator. (Admission itself — the token, the call's slot,
 //! its request bytes — happens from the headers, before tonic reads the body: `admission`.)
 
-use super::admission::CallBudget;
+use super::admission::{CallBudget, RESPONSE_ALLOWANCE};
 use super::{CacheApi, deadline, to_status};
 use crate::auth::Caller;
 use crate::{Error, Result};
@@ -72,9 +72,11 @@ impl CacheApi {
             let result = match admitted {
                 Ok((caller, call_budget)) => deadline::within(budget, body(caller, request))
                     .await
-                    // The encoded answer is held until sent: it counts against the call's budget.
+                    // The encoded answer is held until sent: it counts against the call's budget (beyond the
+                    // allowance taken at admission).
                     .and_then(|response| {
-                        call_budget.hold(response.encoded_len())?;
+                        call_budget
+                            .hold(response.encoded_len().saturating_sub(RESPONSE_ALLOWANCE))?;
                         Ok(response)
                     }),
                 Err(error) => Err(error),

@@ -4,8 +4,12 @@
 //! run may still be deleting; each retry starting its own run multiplied the work on the Redis primaries by the
 //! number of retries. Here a run of a pattern waits for the run before it, and a caller whose request arrived
 //! before the latest run *started* takes that run's answer instead of starting another: that run read the group
-//! after the caller asked, so it deleted everything the caller's own run would have. The runs themselves are
-//! spawned, so a caller that gives up does not cut a run short for the callers waiting on it.
+//! after the caller asked, so it deleted everything the caller's own run would have. A run is its caller's own
+//! work, inside that caller's admission slot: a caller that gives up ends its run (after the script in flight),
+//! and the next waiter runs instead, so no caller can leave runs going after its calls have ended.
+//!
+//! The count a joiner answers is the joined run's: keys this replica's run deleted, not keys deleted for this
+//! call alone.
 
 use crate::keys::Pattern;
 use crate::store::Store;
@@ -45,7 +49,7 @@ impl PatternRuns {
             slots.entry(name.clone()).or_default().clone()
         };
         let answer = {
-            let mut last = slot.clone().lock_owned().await;
+            let mut last = slot.lock().await;
             match last.as_ref() {
                 Some(run) if run.started > arrived => {
                     metrics::counter!("cachecoord_pattern_runs_total", "outcome" => "joined")
@@ -56,21 +60,12 @@ impl PatternRuns {
                     metrics::counter!("cachecoord_pattern_runs_total", "outcome" => "ran")
                         .increment(1);
                     let started = self.clock.fetch_add(1, Ordering::AcqRel);
-                    let (store, pattern) = (store.clone(), pattern.clone());
-                    // Spawned with the slot held: the run finishes (and the next waiter starts) even if this
-                    // caller goes away.
-                    let run = tokio::spawn(async move {
-                        let deleted = store.delete_matching(&pattern).await.map_err(Arc::new);
-                        *last = Some(LastRun {
-                            started,
-                            deleted: deleted.clone(),
-                        });
-                        deleted
+                    let deleted = store.delete_matching(pattern).await.map_err(Arc::new);
+                    *last = Some(LastRun {
+                        started,
+                        deleted: deleted.clone(),
                     });
-                    match run.await {
-                        Ok(deleted) => deleted.map_err(Error::Shared),
-                        Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
-                    }
+                    deleted.map_err(Error::Shared)
                 }
             }
         };

@@ -42,7 +42,7 @@ pub struct LimitsConfig {
     /// bodies as they arrive, responses from when they are built until they are sent. Default 536870912
     /// (512 MiB); past it, calls answer RESOURCE_EXHAUSTED (reason MEMORY_BUDGET).
     pub memory_budget_bytes: usize,
-    /// One caller's share of `memory_budget_bytes` (a caller is a token, or a connection when auth is off).
+    /// One caller's share of `memory_budget_bytes` (a caller is a token, or a peer address when auth is off).
     /// Default 134217728 (128 MiB); at least `max_request_bytes` + `max_response_bytes`.
     pub caller_memory_bytes: usize,
     /// One caller's share of `max_in_flight`. Default 1024.

@@ -16,10 +16,11 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tonic::body::Body as GrpcBody;
 
-/// A request body whose bytes count against its call's budget and that must end by a deadline.
+/// A request body whose bytes count against its call's budget (when it has one: health and reflection calls do
+/// not) and that must end by a deadline.
 pub(super) struct RequestBody {
     body: GrpcBody,
-    budget: Arc<CallBudget>,
+    budget: Option<Arc<CallBudget>>,
     deadline: Instant,
     timeout: Duration,
     /// Armed only when the body makes the call wait: most requests arrive whole in their first poll.
@@ -27,7 +28,11 @@ pub(super) struct RequestBody {
 }
 
 impl RequestBody {
-    pub(super) fn new(body: GrpcBody, budget: Arc<CallBudget>, timeout: Duration) -> RequestBody {
+    pub(super) fn new(
+        body: GrpcBody,
+        budget: Option<Arc<CallBudget>>,
+        timeout: Duration,
+    ) -> RequestBody {
         RequestBody {
             body,
             budget,
@@ -49,8 +54,8 @@ impl Body for RequestBody {
         let this = &mut *self;
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.budget.hold(data.len()).map_err(|e| to_status(&e))?;
+                if let (Some(data), Some(budget)) = (frame.data_ref(), &this.budget) {
+                    budget.hold(data.len()).map_err(|e| to_status(&e))?;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -90,7 +95,7 @@ pub(super) struct ResponseBody {
     /// The rest of a data frame larger than [`CHUNK`].
     rest: Bytes,
     _budget: Arc<CallBudget>,
-    _sending: Option<Sending>,
+    sending: Option<Sending>,
 }
 
 impl ResponseBody {
@@ -103,7 +108,7 @@ impl ResponseBody {
             body,
             rest: Bytes::new(),
             _budget: budget,
-            _sending: sending,
+            sending,
         }
     }
 }
@@ -117,6 +122,11 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
+        if let Some(sending) = &this.sending
+            && !sending.connection().may_hand(cx)
+        {
+            return Poll::Pending;
+        }
         if this.rest.is_empty() {
             match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
@@ -127,6 +137,10 @@ impl Body for ResponseBody {
             }
         }
         let chunk = this.rest.split_to(this.rest.len().min(CHUNK));
+        if let Some(sending) = &this.sending {
+            sending.connection().handed(chunk.len());
+            sending.progressed();
+        }
         Poll::Ready(Some(Ok(Frame::data(chunk))))
     }
 

@@ -1,13 +1,15 @@
 //! What one replica lends its callers: slots among the calls in flight and bytes of buffered requests and
 //! responses, from one pool for the replica and one share per caller, so that no caller can take all of either.
 //!
-//! A caller is a token (by namespace and name) when auth is on, and a connection when it is off. A call takes
+//! A caller is a token (by namespace and name) when auth is on, and a peer address when it is off (several
+//! connections from one client are one caller). A call takes
 //! its slot from the headers and its bytes as its request arrives and when its response is built; it gives all
 //! of them back when the last of its request body, its handler and its response body is gone.
 
 use crate::Error;
 use crate::config::LimitsConfig;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -68,6 +70,8 @@ pub(super) struct Budget {
     replica: Share,
     /// Shares of authenticated callers by namespace and token name: bounded by the tokens file.
     callers: Mutex<HashMap<(String, String), Arc<Share>>>,
+    /// Shares of peer addresses (auth off), kept while a connection from the address is open.
+    peers: Mutex<HashMap<IpAddr, Arc<Share>>>,
     caller_slots: usize,
     caller_bytes: usize,
 }
@@ -77,14 +81,23 @@ impl Budget {
         Budget {
             replica: Share::new(limits.max_in_flight, limits.memory_budget_bytes),
             callers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
             caller_slots: limits.caller_max_in_flight,
             caller_bytes: limits.caller_memory_bytes,
         }
     }
 
-    /// A fresh share for one connection of an auth-off replica.
-    pub(super) fn connection_share(&self) -> Arc<Share> {
-        Arc::new(Share::new(self.caller_slots, self.caller_bytes))
+    /// The share of a peer address, for the connections of an auth-off replica.
+    pub(super) fn peer_share(&self, peer: IpAddr) -> Arc<Share> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        // Addresses with no connection left (pod IPs churn) are dropped in bulk, rarely.
+        if peers.len() >= 4096 {
+            peers.retain(|_, share| Arc::strong_count(share) > 1);
+        }
+        peers
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Share::new(self.caller_slots, self.caller_bytes)))
+            .clone()
     }
 
     /// The share of the token named `name` in `namespace`.
@@ -228,7 +241,7 @@ mod tests {
     #[test]
     fn a_finished_call_gives_everything_back() {
         let budget = budget(1, 100, 1, 100);
-        let share = budget.connection_share();
+        let share = budget.peer_share(std::net::Ipv4Addr::LOCALHOST.into());
         let call = budget.admit(share.clone()).unwrap();
         call.hold(100).unwrap();
         drop(call);

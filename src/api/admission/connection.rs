@@ -1,9 +1,16 @@
-//! Connections the replica can cut. A response body is held by HTTP/2 until the peer's flow-control window lets
-//! it out: a peer that never reads (never sends WINDOW_UPDATE) would hold it, and its call's slot and bytes, for
-//! as long as the connection lives, and answering keepalive pings keeps it alive. Nothing polls a stalled
-//! response, so it cannot time itself out; instead every accepted connection is wrapped ([`Guarded`]) and a
-//! sweeper closes any connection with a response unsent for longer than `limits.response_send_timeout_ms`. Closing
-//! the connection drops every stream on it, and with them every slot and byte they held.
+//! Connections the replica can cut, and that hand out response bytes only as fast as their socket takes them.
+//!
+//! A response body is held by HTTP/2 until the peer's flow-control window lets it out: a peer that never reads
+//! (never sends WINDOW_UPDATE) would hold it, and its call's slot and bytes, for as long as the connection lives,
+//! and answering keepalive pings keeps it alive. Nothing polls a stalled response, so it cannot time itself out;
+//! instead every accepted connection is wrapped ([`Guarded`]) and a sweeper closes any connection with a response
+//! that has made no progress for longer than `limits.response_send_timeout_ms`. Closing the connection drops every
+//! stream on it, and with them every slot and byte they held.
+//!
+//! A peer that opens huge windows but stops reading its socket would let HTTP/2 take whole answers into its own
+//! send buffers (up to 400 KiB a stream), where no budget sees them. So response bodies hand their chunks out only
+//! while the connection's bytes handed out but not yet written to the socket stay under [`UNWRITTEN_CAP`]
+//! ([`Connection::may_hand`]); a body held back makes no progress, and the sweeper cuts its connection in time.
 
 use futures::task::AtomicWaker;
 use std::collections::HashMap;
@@ -11,7 +18,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -20,17 +27,26 @@ use tonic::transport::server::Connected;
 
 use super::budget::Share;
 
+/// Response bytes one connection may have handed to HTTP/2 beyond what its socket has taken.
+pub(super) const UNWRITTEN_CAP: u64 = 256 * 1024;
+
 /// One accepted connection, as the admission layer and the sweeper see it.
 #[derive(Debug)]
 pub(super) struct Connection {
-    /// The share of this connection's calls when auth is off (each connection is its own caller then).
+    /// The share of this connection's calls when auth is off (the peer's address is the caller then).
     pub(super) share: Arc<Share>,
     cut: AtomicBool,
     /// Woken to make the connection notice it was cut.
     waker: AtomicWaker,
-    /// When each unsent response of this connection was ready, by a per-connection number.
+    /// When each unsent response of this connection last made progress, by a per-connection number.
     unsent: Mutex<HashMap<u64, Instant>>,
     next: AtomicU64,
+    /// Response bytes handed to HTTP/2, and bytes the socket has taken (framing and other frames included).
+    handed: AtomicU64,
+    written: AtomicU64,
+    /// Response bodies waiting for the socket to take more.
+    held_back: Mutex<Vec<Waker>>,
+    any_held_back: AtomicBool,
 }
 
 impl Connection {
@@ -41,6 +57,40 @@ impl Connection {
         Sending {
             connection: self.clone(),
             id,
+        }
+    }
+
+    /// Whether a response body may hand out its next chunk now; if not, `cx` is woken when the socket has taken
+    /// more.
+    pub(super) fn may_hand(&self, cx: &Context<'_>) -> bool {
+        let ahead = |c: &Connection| {
+            c.handed
+                .load(Ordering::Acquire)
+                .saturating_sub(c.written.load(Ordering::Acquire))
+        };
+        if ahead(self) < UNWRITTEN_CAP {
+            return true;
+        }
+        self.held_back
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cx.waker().clone());
+        self.any_held_back.store(true, Ordering::Release);
+        // The socket may have taken bytes between the check and the registration.
+        ahead(self) < UNWRITTEN_CAP
+    }
+
+    /// Counts `bytes` handed to HTTP/2.
+    pub(super) fn handed(&self, bytes: usize) {
+        self.handed.fetch_add(bytes as u64, Ordering::AcqRel);
+    }
+
+    fn written(&self, bytes: usize) {
+        self.written.fetch_add(bytes as u64, Ordering::AcqRel);
+        if self.any_held_back.swap(false, Ordering::AcqRel) {
+            let waiting =
+                std::mem::take(&mut *self.held_back.lock().unwrap_or_else(|e| e.into_inner()));
+            waiting.into_iter().for_each(Waker::wake);
         }
     }
 
@@ -64,6 +114,20 @@ pub(super) struct Sending {
     id: u64,
 }
 
+impl Sending {
+    /// The response handed out a chunk: its time without progress starts again.
+    pub(super) fn progressed(&self) {
+        if let Some(at) = self.connection.lock().get_mut(&self.id) {
+            *at = Instant::now();
+        }
+    }
+
+    /// The connection the response goes out on.
+    pub(super) fn connection(&self) -> &Connection {
+        &self.connection
+    }
+}
+
 impl Drop for Sending {
     fn drop(&mut self) {
         self.connection.lock().remove(&self.id);
@@ -85,15 +149,21 @@ impl Connections {
             waker: AtomicWaker::new(),
             unsent: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            held_back: Mutex::new(Vec::new()),
+            any_held_back: AtomicBool::new(false),
         });
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.retain(|c| c.strong_count() > 0);
-        live.push(Arc::downgrade(&connection));
+        // Closed connections are pruned by the sweeper, not here: accepting stays O(1).
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&connection));
         Guarded { stream, connection }
     }
 
-    /// Cuts, every `timeout / 4` (at least every second), each connection holding a response unsent for longer
-    /// than `timeout`; until `stop`.
+    /// Cuts, every `timeout / 4` (at least every second), each connection holding a response that has made no
+    /// progress for longer than `timeout`; until `stop`.
     pub(crate) async fn sweep(self: Arc<Self>, timeout: Duration, mut stop: watch::Receiver<bool>) {
         let every = (timeout / 4).min(Duration::from_secs(1));
         loop {
@@ -117,6 +187,8 @@ impl Connections {
                         ?timeout,
                         "closing a connection whose peer has not read a response in time"
                     );
+                    // Bodies held back for the socket wake to see the connection gone.
+                    connection.written(0);
                     connection.cut();
                 }
             }
@@ -179,7 +251,11 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.check(cx)?;
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(bytes)) = written {
+            self.connection.written(bytes);
+        }
+        written
     }
 
     fn poll_write_vectored(
@@ -188,7 +264,11 @@ impl AsyncWrite for Guarded {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.check(cx)?;
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(bytes)) = written {
+            self.connection.written(bytes);
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

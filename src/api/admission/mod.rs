@@ -11,7 +11,7 @@
 //! 5. registers the unsent response with its connection, which is closed if the peer leaves it unread for longer
 //!    than `limits.response_send_timeout_ms` ([`connection`]).
 //!
-//! A caller is a token when auth is on and a connection when it is off ([`budget`]). Only CacheService calls
+//! A caller is a token when auth is on and a peer address when it is off ([`budget`]). Only CacheService calls
 //! are admitted this way: health probes and reflection must answer when the cache is saturated.
 
 mod bodies;
@@ -27,6 +27,7 @@ use crate::auth::{Authenticator, Caller};
 use crate::config::LimitsConfig;
 use bodies::{RequestBody, ResponseBody};
 use budget::Budget;
+use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -35,6 +36,10 @@ use tokio::net::TcpStream;
 use tonic::body::Body as GrpcBody;
 use tonic::transport::server::TlsConnectInfo;
 use tower::{Layer, Service};
+
+/// Bytes of its answer every call holds from admission: answers this small never need more (`CacheApi::handle`
+/// charges only the excess).
+pub(crate) const RESPONSE_ALLOWANCE: usize = 4096;
 
 /// Paths of the calls that are admitted.
 const ADMITTED_PREFIX: &str = "/cachecoord.v1.CacheService/";
@@ -67,8 +72,11 @@ impl AdmissionLayer {
 
     /// Wraps an accepted stream so its calls can be admitted and the connection cut.
     pub(crate) fn accept(&self, stream: TcpStream) -> Guarded {
+        let peer = stream
+            .peer_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |addr| addr.ip());
         self.connections
-            .accept(stream, self.budget.connection_share())
+            .accept(stream, self.budget.peer_share(peer))
     }
 
     /// Calls in flight and request and response bytes held now, for the gauges.
@@ -93,7 +101,10 @@ impl AdmissionLayer {
             (Some(connection), false) => connection.share.clone(),
             _ => self.budget.caller_share(&caller.namespace, &caller.name),
         };
-        let budget = Arc::new(self.budget.admit(share)?);
+        let budget = self.budget.admit(share)?;
+        // A small answer's bytes are taken now, so a write is never refused for its answer after it was applied.
+        budget.hold(RESPONSE_ALLOWANCE)?;
+        let budget = Arc::new(budget);
         Ok(Admitted {
             caller,
             budget,
@@ -141,7 +152,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<GrpcBody>) -> Self::Future {
+        let timeout = self.layer.request_body_timeout;
         if !request.uri().path().starts_with(ADMITTED_PREFIX) {
+            // Health and reflection need no token and take no slot, but their bodies end in time too.
+            let request = request.map(|body| GrpcBody::new(RequestBody::new(body, None, timeout)));
             return Box::pin(self.inner.call(request));
         }
         let Admitted {
@@ -164,7 +178,7 @@ where
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(caller);
         parts.extensions.insert(budget.clone());
-        let body = RequestBody::new(body, budget.clone(), self.layer.request_body_timeout);
+        let body = RequestBody::new(body, Some(budget.clone()), timeout);
         let answer = self
             .inner
             .call(http::Request::from_parts(parts, GrpcBody::new(body)));
