@@ -2,6 +2,7 @@
 
 Usage: helm-pod-files.py RENDER.yaml ROOT > cachecoord.toml
 
+Also writes ROOT/env: the container's environment variables with a literal value, NUL-separated, for `env`.
 Writes every file the Deployment mounts from a Secret with `items` (the credentials read through `*_file`
 settings) under ROOT, with stand-in contents, and prints the ConfigMap's cachecoord.toml with every
 /etc/cachecoord/ path moved under ROOT. Other mounts (tokens, TLS, keys) are not read by check-config.
@@ -27,4 +28,8 @@ for volume in pod.get("volumes", []):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write(stand_in + "\n")
+with open(f"{root}/env", "w") as f:
+    for var in pod["containers"][0].get("env", []):
+        if "value" in var:
+            f.write(f"{var['name']}={var['value']}\0")
 sys.stdout.write(config.replace('"/etc/cachecoord/', f'"{root}/etc/cachecoord/'))
