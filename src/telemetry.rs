@@ -161,6 +161,10 @@ fn describe_metrics() {
         "RPCs answered, by RPC and gRPC status code"
     );
     describe_histogram!("cachecoord_request_duration_seconds", "RPC latency, by RPC");
+    describe_gauge!(
+        "cachecoord_requests_in_flight",
+        "CacheService calls in flight on this replica, each from its headers until its response is sent"
+    );
     describe_counter!(
         "cachecoord_lookups_total",
         "Keys answered, by entity (policy) and source: hit, near_hit, negative, stale, miss, loaded, coalesced, fallback"

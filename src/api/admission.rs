@@ -5,6 +5,9 @@
 //! Excess calls are refused at once with RESOURCE_EXHAUSTED (reason TOO_MANY_IN_FLIGHT), never queued. Only
 //! CacheService calls count: health probes and reflection must still answer when the cache is saturated.
 //!
+//! The slots taken are exported as the gauge `cachecoord_requests_in_flight`: the load signal the chart's
+//! autoscaler scales on (a replica's calls in flight, whatever they cost in CPU).
+//!
 //! Limit: the slot is taken from the headers, before authentication, and nothing bounds how long a caller may
 //! take to send its body or read its answer; a caller opening `max_in_flight` streams that never finish holds
 //! every slot (docs/security.md).
@@ -21,6 +24,9 @@ use tower::{Layer, Service};
 
 /// Paths of the calls that take a slot.
 const COUNTED_PREFIX: &str = "/cachecoord.v1.CacheService/";
+
+/// The gauge of slots taken.
+const IN_FLIGHT_GAUGE: &str = "cachecoord_requests_in_flight";
 
 /// Admits at most `max` CacheService calls at once, each until its response body is done.
 #[derive(Clone)]
@@ -91,6 +97,7 @@ where
             let response = refused.into_http::<GrpcBody>();
             return Box::pin(async move { Ok(response) });
         };
+        let slot = Slot::taken(slot);
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
@@ -99,10 +106,29 @@ where
     }
 }
 
+/// One call's slot, counted in the in-flight gauge from the moment it is taken until it is dropped (with the
+/// response body, or with the call when it never produced one).
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    fn taken(permit: OwnedSemaphorePermit) -> Slot {
+        metrics::gauge!(IN_FLIGHT_GAUGE).increment(1.0);
+        Slot { _permit: permit }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::gauge!(IN_FLIGHT_GAUGE).decrement(1.0);
+    }
+}
+
 /// A response body that keeps its call's slot until it is dropped: sent in full, or abandoned.
 struct HoldingBody {
     body: GrpcBody,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 impl Body for HoldingBody {
