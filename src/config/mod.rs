@@ -15,6 +15,8 @@ mod duration;
 mod loader;
 mod secrets;
 mod service;
+#[cfg(test)]
+mod settings_schema;
 mod store;
 
 pub use cache::{

@@ -54,6 +54,17 @@ config.settings merged over it (config.settings wins, table by table and key by 
 {{- toJson $config }}
 {{- end }}
 
+{{/* The configuration file: the rendered TOML, then the deprecated config.extraToml. */}}
+{{- define "cachecoord.configFile" -}}
+# Rendered by the cachecoord chart: the settings its values imply, then config.settings merged over them.
+# Credentials are files mounted from Secrets (*_file settings).
+{{- include "cachecoord.configToml" . }}
+{{- with .Values.config.extraToml }}
+{{ "" }}
+{{- . | nindent 0 }}
+{{- end }}
+{{- end }}
+
 {{/* The configuration as TOML. */}}
 {{- define "cachecoord.configToml" -}}
 {{- include "cachecoord.toml" (list "" (include "cachecoord.configMap" . | fromJson)) }}
@@ -225,10 +236,8 @@ files belong to root and the pod's fsGroup, so the unprivileged user reads them 
 {{- end }}
 {{- end }}
 
+{{/* The pod's volumes but the `config` one, which each pod names itself (the hook has its own ConfigMap). */}}
 {{- define "cachecoord.volumes" -}}
-- name: config
-  configMap:
-    name: {{ include "cachecoord.fullname" . }}
 {{- if .Values.auth.enabled }}
 # Re-read when it changes: Secret updates reach a directory mount.
 - name: tokens
