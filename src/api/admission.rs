@@ -38,6 +38,9 @@ pub struct InFlightLayer {
 impl InFlightLayer {
     /// A layer admitting at most `max` calls at once.
     pub fn new(max: usize) -> InFlightLayer {
+        // Exported from the start, not from the first call: an autoscaler reads a pod without the series as
+        // one it cannot judge.
+        metrics::gauge!(IN_FLIGHT_GAUGE).increment(0.0);
         InFlightLayer {
             slots: Arc::new(Semaphore::new(max)),
             max,
