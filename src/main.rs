@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = Config::load(&cli)?;
     if let Some(Command::CheckConfig) = cli.command {
-        println!("{}", toml::to_string_pretty(&config)?);
+        println!("{}", toml::to_string_pretty(&config.redacted())?);
         return Ok(());
     }
     let telemetry = cachecoord::telemetry::init(&config)?;

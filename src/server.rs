@@ -173,13 +173,12 @@ pub async fn serve(
     served
 }
 
-/// Publishes what admission holds (`cachecoord_calls_in_flight`, `cachecoord_held_bytes`) every second until
-/// `stop`: the load signal an autoscaler can follow, and how close the replica is to its memory budget.
+/// Publishes the request and response bytes admission holds (`cachecoord_held_bytes`) every second until `stop`:
+/// how close the replica is to its memory budget. (Calls in flight are counted as they come and go.)
 async fn report_admission(admission: AdmissionLayer, mut stop: watch::Receiver<bool>) {
     loop {
-        let (calls, bytes) = admission.in_use();
-        metrics::gauge!("cachecoord_calls_in_flight").set(calls as f64);
-        metrics::gauge!("cachecoord_held_bytes").set(bytes as f64);
+        let held = admission.held_bytes();
+        metrics::gauge!("cachecoord_held_bytes").set(held as f64);
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|stopped| *stopped) => return,

@@ -161,6 +161,22 @@ fn describe_metrics() {
         "RPCs answered, by RPC and gRPC status code"
     );
     describe_histogram!("cachecoord_request_duration_seconds", "RPC latency, by RPC");
+    describe_gauge!(
+        "cachecoord_requests_in_flight",
+        "CacheService calls in flight on this replica, each from its headers until its response is sent"
+    );
+    describe_gauge!(
+        "cachecoord_held_bytes",
+        "Request and response bytes held for calls in flight, against limits.memory_budget_bytes"
+    );
+    describe_counter!(
+        "cachecoord_connections_cut_total",
+        "Connections closed because a response went unread past limits.response_send_timeout_ms"
+    );
+    describe_counter!(
+        "cachecoord_pattern_runs_total",
+        "Pattern invalidations by outcome: ran, or joined a run that started after the call arrived"
+    );
     describe_counter!(
         "cachecoord_lookups_total",
         "Keys answered, by entity (policy) and source: hit, near_hit, negative, stale, miss, loaded, coalesced, fallback"

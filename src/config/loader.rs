@@ -139,6 +139,9 @@ pub struct PostgresConfig {
     /// libpq-style connection string, e.g. `host=127.0.0.1 port=5432 user=app dbname=app`. Required when a
     /// loader has kind `postgres`.
     pub url: Option<String>,
+    /// A file holding `url` (a connection string with its password, from a mounted Secret), read verbatim but
+    /// for one trailing line ending. Setting both is refused.
+    pub url_file: Option<PathBuf>,
     /// Connections in the pool. Default 8.
     pub pool_size: usize,
     /// PEM CA bundle for TLS to Postgres. When set, connections use TLS as `sslmode` in `url` asks
@@ -150,6 +153,7 @@ impl Default for PostgresConfig {
     fn default() -> Self {
         PostgresConfig {
             url: None,
+            url_file: None,
             pool_size: 8,
             tls_ca_file: None,
         }

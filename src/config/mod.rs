@@ -13,7 +13,10 @@ mod cache;
 mod cli;
 mod duration;
 mod loader;
+mod secrets;
 mod service;
+#[cfg(test)]
+mod settings_schema;
 mod store;
 
 pub use cache::{
@@ -138,8 +141,58 @@ impl Config {
             .extract_lossy()
             .map_err(|e| ConfigError(e.to_string()))?;
         config.apply_renamed_knobs();
+        config.read_secret_files()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Fills each credential from its `…_file` setting (see `secrets`): the file's path stays in the
+    /// configuration, its contents become the value.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        let store = &mut self.store;
+        secrets::resolve(
+            &mut store.redis_url,
+            store.redis_url_file.as_ref(),
+            "store.redis_url",
+            "store.redis_url_file",
+        )?;
+        secrets::resolve(
+            &mut store.redis_username,
+            store.redis_username_file.as_ref(),
+            "store.redis_username",
+            "store.redis_username_file",
+        )?;
+        secrets::resolve(
+            &mut store.redis_password,
+            store.redis_password_file.as_ref(),
+            "store.redis_password",
+            "store.redis_password_file",
+        )?;
+        let postgres = &mut self.postgres;
+        secrets::resolve(
+            &mut postgres.url,
+            postgres.url_file.as_ref(),
+            "postgres.url",
+            "postgres.url_file",
+        )
+    }
+
+    /// This configuration as `check-config` prints it: the Redis password replaced by `<redacted>`, and the
+    /// password inside the Redis URL and the Postgres connection string too. Its output ends up in logs (the
+    /// chart's pre-upgrade hook runs it), so it never holds a credential.
+    pub fn redacted(&self) -> Config {
+        let mut printed = self.clone();
+        let store = &mut printed.store;
+        if store.redis_password.is_some() {
+            store.redis_password = Some(secrets::REDACTED.into());
+        }
+        store.redis_url = store.redis_url.as_deref().map(secrets::redact_url);
+        printed.postgres.url = printed
+            .postgres
+            .url
+            .as_deref()
+            .map(secrets::redact_postgres);
+        printed
     }
 
     /// The old names of moved knobs that this configuration used, as `old → new` lines for a start-up warning.
@@ -353,8 +406,11 @@ mod tests {
         assert!(example.contains("# [[loaders]]") && example.contains("# [[outbox.tables]]"));
         for optional in [
             "redis_url",
+            "redis_url_file",
             "redis_username",
+            "redis_username_file",
             "redis_password",
+            "redis_password_file",
             "redis_tls_ca_file",
             "tokens_file",
             "cert_file",
@@ -365,6 +421,7 @@ mod tests {
             "active_key",
             "otlp_endpoint",
             "url",
+            "url_file",
             "tls_ca_file",
         ] {
             assert!(
@@ -372,6 +429,63 @@ mod tests {
                 "config/cachecoord.example.toml does not show the optional {optional}"
             );
         }
+    }
+
+    #[test]
+    fn credentials_come_from_their_files_and_are_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = |name: &str, contents: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, contents).unwrap();
+            path.display().to_string()
+        };
+        let path = dir.path().join("files.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[store]\nredis_url_file = {:?}\nredis_username_file = {:?}\nredis_password_file = {:?}\n\
+                 [postgres]\nurl_file = {:?}\n",
+                secret("url", "redis://cc:in-url@127.0.0.1:7000\n"),
+                secret("user", "true\n"),
+                secret("password", "123456\n"),
+                secret("pg", "host=db user=app password=' x '\n"),
+            ),
+        )
+        .unwrap();
+        let loaded = load_file(&path).unwrap();
+        assert_eq!(
+            loaded.store.redis_url.as_deref(),
+            Some("redis://cc:in-url@127.0.0.1:7000")
+        );
+        assert_eq!(loaded.store.redis_username.as_deref(), Some("true"));
+        assert_eq!(loaded.store.redis_password.as_deref(), Some("123456"));
+        assert_eq!(
+            loaded.postgres.url.as_deref(),
+            Some("host=db user=app password=' x '")
+        );
+        let printed = toml::to_string(&loaded.redacted()).unwrap();
+        for secret in ["123456", "in-url", "' x '"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        assert!(
+            printed.contains("redis://cc:<redacted>@127.0.0.1:7000"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn a_credential_set_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "x").unwrap();
+        let path = dir.path().join("both.toml");
+        std::fs::write(
+            &path,
+            format!("[store]\nredis_password = \"y\"\nredis_password_file = {secret:?}\n"),
+        )
+        .unwrap();
+        let refused = load_file(&path).unwrap_err();
+        assert!(refused.0.contains("both set"), "{refused}");
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub struct StoreConfig {
     /// Redis URL (`redis://host:port` standalone, `redis-cluster://host:port` cluster; more seed nodes with
     /// `?node=host:port`). Default: unset, which selects the embedded in-process store.
     pub redis_url: Option<String>,
+    /// A file holding `redis_url` (for a URL with credentials in a mounted Secret), read verbatim but for one
+    /// trailing line ending. Unset: `redis_url`. Setting both is refused.
+    pub redis_url_file: Option<PathBuf>,
     /// Memory budget of the embedded store in bytes (keys + values). Default 256 MiB. Least recently used
     /// entries are evicted beyond it.
     pub memory_max_bytes: u64,
@@ -25,8 +28,14 @@ pub struct StoreConfig {
     pub redis_connect_timeout: Duration,
     /// Redis ACL user (AUTH username). Unset: the URL's user, if any.
     pub redis_username: Option<String>,
-    /// Redis password; set it from a Secret via `CACHECOORD_STORE__REDIS_PASSWORD`. Unset: the URL's.
+    /// A file holding `redis_username`, read verbatim but for one trailing line ending. Setting both is refused.
+    pub redis_username_file: Option<PathBuf>,
+    /// Redis password. Unset: the URL's. Prefer `redis_password_file`; from the environment
+    /// (`CACHECOORD_STORE__REDIS_PASSWORD`) it is taken as text too (`123456` stays a string).
     pub redis_password: Option<String>,
+    /// A file holding `redis_password` (a mounted Secret), read verbatim: no trimming and no type conversion,
+    /// only one trailing line ending (`\n` or `\r\n`) is dropped. Setting both is refused.
+    pub redis_password_file: Option<PathBuf>,
     /// PEM CA bundle to verify Redis's certificate with TLS (`rediss://`). Unset: the system roots.
     pub redis_tls_ca_file: Option<PathBuf>,
     /// `redis_topology_refresh_ms`: how often the cluster slot map is re-read. Default 1000 ms. A node failure
@@ -69,11 +78,14 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             redis_url: None,
+            redis_url_file: None,
             memory_max_bytes: 256 * 1024 * 1024,
             redis_command_timeout: Duration::from_secs(1),
             redis_connect_timeout: Duration::from_secs(5),
             redis_username: None,
+            redis_username_file: None,
             redis_password: None,
+            redis_password_file: None,
             redis_tls_ca_file: None,
             redis_topology_refresh: Duration::from_secs(1),
             node_breaker_failures: 5,

@@ -31,6 +31,7 @@ mod python_loader;
 mod read_through;
 mod redaction;
 mod redis_outage;
+mod secret_files;
 mod sensitive_data;
 mod telemetry;
 mod test_bed;

@@ -143,3 +143,54 @@ xfetch_beta = 0.0
     );
     assert!((brief_stats.hit_ratio - brief_ratio).abs() < 1e-9);
 }
+
+/// Three Gets wait on a slow loader: /metrics shows `cachecoord_requests_in_flight` 0 before any call, 3 while
+/// they wait, and 0 once they are answered (the autoscaler's load signal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_are_a_gauge() {
+    let loader = TestLoader::start().await;
+    loader.source.set_delay(Duration::from_millis(1500));
+    let server = ServerProcess::start(&loader.route_toml("user:*")).await;
+    let scraped = server.scrape().await;
+    assert_eq!(
+        metric(&scraped, "cachecoord_requests_in_flight", &[]),
+        Some(0.0),
+        "exported before the first call: {scraped}"
+    );
+    let client = CacheServiceClient::connect(server.uri()).await.unwrap();
+    let mut reads = loader.source.subscribe_reads();
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let key = format!("user:{}", unique(&i.to_string()));
+            loader.source.put(&key, b"v");
+            let mut client = client.clone();
+            tokio::spawn(async move { get(&mut client, &key).await })
+        })
+        .collect();
+    for _ in 0..3 {
+        reads.recv().await.unwrap();
+    }
+    let scraped = server.scrape().await;
+    assert_eq!(
+        metric(&scraped, "cachecoord_requests_in_flight", &[]),
+        Some(3.0),
+        "{scraped}"
+    );
+    for call in calls {
+        call.await.unwrap();
+    }
+    // A slot is released when the server drops the response body, just after the client has read it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let scraped = server.scrape().await;
+        let in_flight = metric(&scraped, "cachecoord_requests_in_flight", &[]);
+        if in_flight == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{in_flight:?}: {scraped}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -15,6 +15,8 @@ pub struct RedisCluster {
     dir: PathBuf,
     /// redis-server arguments of every node (for restarts).
     args: Vec<String>,
+    /// The nodes' `requirepass`, when they have one.
+    password: Option<String>,
 }
 
 impl RedisCluster {
@@ -48,6 +50,10 @@ impl RedisCluster {
             .unwrap()
             .keep();
         let args: Vec<&str> = CLUSTER_ARGS.iter().chain(extra).copied().collect();
+        let password = args
+            .iter()
+            .position(|arg| *arg == "--requirepass")
+            .map(|at| args[at + 1].to_owned());
         let (mut ports, mut pidfiles) = (Vec::new(), Vec::new());
         while ports.len() < 6 {
             let port = free_port_with_offset(10_000);
@@ -55,7 +61,7 @@ impl RedisCluster {
             std::fs::create_dir_all(&node_dir).unwrap();
             let pidfile = start_redis(&node_dir, port, &args);
             // A port (or its bus port) can be taken between picking and binding: pick another.
-            if answers_ping(port, Duration::from_secs(5)) {
+            if answers_ping(port, password.as_deref(), Duration::from_secs(5)) {
                 ports.push(port);
                 pidfiles.push(pidfile);
             } else {
@@ -66,6 +72,7 @@ impl RedisCluster {
         on_process_exit(&stop_script(&pidfiles, &dir));
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let output = Command::new("redis-cli")
+            .envs(password.as_ref().map(|p| ("REDISCLI_AUTH", p)))
             .args(["--cluster", "create"])
             .args(&nodes)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -77,9 +84,25 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stdout)
         );
         let args = args.iter().map(|a| (*a).to_owned()).collect();
-        let cluster = RedisCluster { ports, dir, args };
+        let cluster = RedisCluster {
+            ports,
+            dir,
+            args,
+            password,
+        };
         cluster.wait_until_healthy();
         cluster
+    }
+
+    /// A cluster of this test's own whose nodes require `password` (`requirepass`, and `masterauth` so replicas
+    /// sync); cachecoord must be given it.
+    pub async fn start_with_password(password: &str) -> RedisCluster {
+        RedisCluster::start_async(&["--requirepass", password, "--masterauth", password]).await
+    }
+
+    /// redis-cli against the node on `port`, authenticated when the cluster has a password.
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        redis_cli_as(port, self.password.as_deref(), args)
     }
 
     /// The URL cachecoord and fred take: every node is a seed.
@@ -100,7 +123,7 @@ impl RedisCluster {
     }
 
     fn nodes_with_role(&self, role: &str) -> Vec<u16> {
-        let nodes = redis_cli(self.ports[0], &["cluster", "nodes"]);
+        let nodes = self.cli(self.ports[0], &["cluster", "nodes"]);
         let mut ports: Vec<u16> = nodes
             .lines()
             .filter(|line| {
@@ -120,7 +143,8 @@ impl RedisCluster {
     /// Value keys (not bookkeeping) matching the Redis glob `pattern` held by the node on `port`, read straight
     /// from that node. Values of key `user:1:posts` are stored at `{user:1}:posts`.
     pub fn keys_on_node(&self, port: u16, pattern: &str) -> Vec<String> {
-        let mut keys: Vec<String> = redis_cli(port, &["--scan", "--pattern", pattern])
+        let mut keys: Vec<String> = self
+            .cli(port, &["--scan", "--pattern", pattern])
             .lines()
             .filter(|key| !key.contains("}#"))
             .map(str::to_owned)
@@ -133,14 +157,14 @@ impl RedisCluster {
     fn wait_until_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let all_ok = self
-                .ports
-                .iter()
-                .all(|port| redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok"));
+            let all_ok = self.ports.iter().all(|port| {
+                self.cli(*port, &["cluster", "info"])
+                    .contains("cluster_state:ok")
+            });
             // Replicas in sync too: until then a primary's WAIT (every invalidation's fence) times out.
             let replicated = || {
                 self.primaries().iter().all(|port| {
-                    redis_cli(*port, &["INFO", "replication"])
+                    self.cli(*port, &["INFO", "replication"])
                         .lines()
                         .any(|line| line.starts_with("slave0:") && line.contains("state=online"))
                 })
@@ -177,7 +201,7 @@ impl RedisCluster {
             start_redis(&self.dir.join(port.to_string()), *port, &args);
         }
         for port in &self.ports {
-            wait_for_ping(*port);
+            wait_for_ping(*port, self.password.as_deref());
         }
         self.wait_until_healthy();
     }
@@ -216,7 +240,7 @@ impl StandaloneRedis {
         let port = free_port();
         let pidfile = start_redis(dir.path(), port, &[]);
         on_process_exit(&stop_script(std::slice::from_ref(&pidfile), dir.path()));
-        wait_for_ping(port);
+        wait_for_ping(port, None);
         StandaloneRedis { port, dir, pidfile }
     }
 
@@ -335,16 +359,16 @@ fn stop_script(pidfiles: &[PathBuf], dir: &Path) -> String {
     format!("{} rm -rf {}", kills.join(" "), dir.display())
 }
 
-fn wait_for_ping(port: u16) {
+fn wait_for_ping(port: u16, password: Option<&str>) {
     assert!(
-        answers_ping(port, Duration::from_secs(10)),
+        answers_ping(port, password, Duration::from_secs(10)),
         "redis on {port} never answered PING"
     );
 }
 
-fn answers_ping(port: u16, within: Duration) -> bool {
+fn answers_ping(port: u16, password: Option<&str>, within: Duration) -> bool {
     let deadline = Instant::now() + within;
-    while redis_cli(port, &["ping"]).trim() != "PONG" {
+    while redis_cli_as(port, password, &["ping"]).trim() != "PONG" {
         if Instant::now() >= deadline {
             return false;
         }
@@ -355,7 +379,13 @@ fn answers_ping(port: u16, within: Duration) -> bool {
 
 /// Runs redis-cli against one node and answers its stdout.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    redis_cli_as(port, None, args)
+}
+
+/// [`redis_cli`] authenticated with `password` (passed through the environment, so redis-cli does not warn).
+fn redis_cli_as(port: u16, password: Option<&str>, args: &[&str]) -> String {
     let output = Command::new("redis-cli")
+        .envs(password.map(|p| ("REDISCLI_AUTH", p)))
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()
@@ -402,7 +432,7 @@ impl RedisCluster {
     pub fn restart_node(&self, port: u16) {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         start_redis(&self.dir.join(port.to_string()), port, &args);
-        wait_for_ping(port);
+        wait_for_ping(port, self.password.as_deref());
     }
 
     /// SIGSTOP: the node keeps its connections but answers nothing.
@@ -420,7 +450,7 @@ impl RedisCluster {
         let nodes = self
             .ports
             .iter()
-            .map(|port| redis_cli(*port, &["cluster", "nodes"]))
+            .map(|port| self.cli(*port, &["cluster", "nodes"]))
             .find(|text| !text.trim().is_empty())
             .expect("some node answers");
         let mut owners = Vec::new();
@@ -455,10 +485,10 @@ impl RedisCluster {
                 .iter()
                 .map(|(a, b, _)| u32::from(*b) - u32::from(*a) + 1)
                 .sum();
-            let live_ok =
-                self.ports.iter().filter(|port| **port != dead).all(|port| {
-                    redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok")
-                });
+            let live_ok = self.ports.iter().filter(|port| **port != dead).all(|port| {
+                self.cli(*port, &["cluster", "info"])
+                    .contains("cluster_state:ok")
+            });
             if covered == 16384 && owners.iter().all(|(_, _, port)| *port != dead) && live_ok {
                 return;
             }
@@ -477,7 +507,8 @@ impl RedisCluster {
     /// Client port of the replica of the primary on `primary` (its first, if it has several).
     /// The primary serving `redis_key`'s hash slot now (the key as Redis names it, e.g. `{user:1}`).
     pub fn primary_of(&self, redis_key: &str) -> u16 {
-        let slot: u16 = redis_cli(self.ports[0], &["CLUSTER", "KEYSLOT", redis_key])
+        let slot: u16 = self
+            .cli(self.ports[0], &["CLUSTER", "KEYSLOT", redis_key])
             .trim()
             .parse()
             .unwrap();
@@ -489,7 +520,7 @@ impl RedisCluster {
     }
 
     pub fn replica_of(&self, primary: u16) -> u16 {
-        let nodes = redis_cli(primary, &["cluster", "nodes"]);
+        let nodes = self.cli(primary, &["cluster", "nodes"]);
         let port_of =
             |fields: &[&str]| -> Option<u16> { fields[1].split(['@', ':']).nth(1)?.parse().ok() };
         let lines: Vec<Vec<&str>> = nodes
@@ -512,14 +543,12 @@ impl RedisCluster {
     /// Whether some other node flags the node on `port` as failed (`fail`, not just `fail?`).
     pub fn flagged_failed(&self, port: u16) -> bool {
         self.ports.iter().filter(|p| **p != port).any(|other| {
-            redis_cli(*other, &["cluster", "nodes"])
-                .lines()
-                .any(|line| {
-                    let fields: Vec<&str> = line.split_whitespace().collect();
-                    fields.len() > 2
-                        && fields[1].split(['@', ':']).nth(1) == Some(port.to_string().as_str())
-                        && fields[2].split(',').any(|flag| flag == "fail")
-                })
+            self.cli(*other, &["cluster", "nodes"]).lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 2
+                    && fields[1].split(['@', ':']).nth(1) == Some(port.to_string().as_str())
+                    && fields[2].split(',').any(|flag| flag == "fail")
+            })
         })
     }
 }

@@ -74,6 +74,8 @@ pub(super) struct Budget {
     peers: Mutex<HashMap<IpAddr, Arc<Share>>>,
     caller_slots: usize,
     caller_bytes: usize,
+    /// `cachecoord_requests_in_flight`: the slots taken, the load signal the chart's autoscaler follows.
+    in_flight: metrics::Gauge,
 }
 
 impl Budget {
@@ -84,6 +86,13 @@ impl Budget {
             peers: Mutex::new(HashMap::new()),
             caller_slots: limits.caller_max_in_flight,
             caller_bytes: limits.caller_memory_bytes,
+            // Exported from the start, not from the first call: an autoscaler reads a pod without the series as
+            // one it cannot judge.
+            in_flight: {
+                let gauge = metrics::gauge!("cachecoord_requests_in_flight");
+                gauge.set(0.0);
+                gauge
+            },
         }
     }
 
@@ -112,8 +121,14 @@ impl Budget {
     }
 
     /// Calls in flight and bytes held on this replica now.
-    pub(super) fn replica_use(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn replica_use(&self) -> (usize, usize) {
         (self.replica.slots.used(), self.replica.bytes.used())
+    }
+
+    /// Request and response bytes held on this replica now.
+    pub(super) fn held_bytes(&self) -> usize {
+        self.replica.bytes.used()
     }
 
     /// Admits one call for `caller`, or says which ceiling refused it.
@@ -131,6 +146,7 @@ impl Budget {
                 whose: "replica",
             });
         }
+        self.in_flight.increment(1.0);
         Ok(CallBudget {
             budget: self.clone(),
             caller,
@@ -176,6 +192,7 @@ impl Drop for CallBudget {
         self.budget.replica.bytes.give(bytes);
         self.caller.slots.give(1);
         self.budget.replica.slots.give(1);
+        self.budget.in_flight.decrement(1.0);
     }
 }
 

@@ -79,9 +79,9 @@ impl AdmissionLayer {
             .accept(stream, self.budget.peer_share(peer))
     }
 
-    /// Calls in flight and request and response bytes held now, for the gauges.
-    pub fn in_use(&self) -> (usize, usize) {
-        self.budget.replica_use()
+    /// Request and response bytes held now, for the gauge.
+    pub fn held_bytes(&self) -> usize {
+        self.budget.held_bytes()
     }
 
     /// Admits one call from its headers, or says why not.
