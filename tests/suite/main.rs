@@ -21,6 +21,7 @@ mod consistency;
 mod discovery;
 mod encryption;
 mod lifecycle;
+mod load_balancing;
 mod near_cache;
 mod outbox;
 mod postgres_loader;
