@@ -285,17 +285,18 @@ async fn a_client_spreads_over_replicas_started_after_it_connected() {
     .await;
     let spread_after = started.elapsed();
     let summary = python.finish().await;
-    let mut counts = Vec::new();
+    let (mut counts, mut cuts) = (Vec::new(), 0.0);
     for (replica, before) in replicas.iter().zip(&before) {
         counts.push(format!(
             "{}: {}",
             replica.host,
             answered(replica).await - before
         ));
+        cuts += cut(replica).await;
     }
     println!(
         "after the name listed three replicas: Gets answered per replica {}; all three past 50 after {:.1} s \
-         (max connection age 2 s); {} A queries answered; client: {summary}",
+         (max connection age 2 s); {} A queries answered; {cuts} connections cut; client: {summary}",
         counts.join(", "),
         spread_after.as_secs_f64(),
         dns.queries(),

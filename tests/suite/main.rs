@@ -16,6 +16,7 @@ mod auth;
 mod bad_input;
 mod budgets;
 mod cache_rpcs;
+mod certificate_reload;
 mod cluster_spread;
 mod consistency;
 mod discovery;

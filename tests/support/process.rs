@@ -19,6 +19,8 @@ pub struct ServerProcess {
     pub port: u16,
     /// Metrics port on `host`.
     pub metrics_port: u16,
+    /// Where health is asked, in plaintext: the gRPC port, or the configured `tls.health_listen_addr` port.
+    health_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -30,7 +32,15 @@ impl ServerProcess {
 
     /// [`ServerProcess::start`] with extra environment variables.
     pub async fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> ServerProcess {
-        ServerProcess::spawn(config_toml, env, Ipv4Addr::LOCALHOST, free_port()).await
+        let port = free_port();
+        ServerProcess::spawn(config_toml, env, Ipv4Addr::LOCALHOST, port, port).await
+    }
+
+    /// [`ServerProcess::start`] for a configuration with TLS on the gRPC port: health is asked in plaintext on
+    /// `health_port`, which the configuration must name as `tls.health_listen_addr` on 127.0.0.1.
+    pub async fn start_with_health_port(config_toml: &str, health_port: u16) -> ServerProcess {
+        let port = free_port();
+        ServerProcess::spawn(config_toml, &[], Ipv4Addr::LOCALHOST, port, health_port).await
     }
 
     /// [`ServerProcess::start`] listening on `addr`, a loopback address of any 127.0.0.x (several servers can
@@ -39,7 +49,7 @@ impl ServerProcess {
         let SocketAddr::V4(addr) = addr else {
             panic!("{addr} is not an IPv4 loopback address");
         };
-        ServerProcess::spawn(config_toml, &[], *addr.ip(), addr.port()).await
+        ServerProcess::spawn(config_toml, &[], *addr.ip(), addr.port(), addr.port()).await
     }
 
     async fn spawn(
@@ -47,6 +57,7 @@ impl ServerProcess {
         env: &[(&str, &str)],
         host: Ipv4Addr,
         port: u16,
+        health_port: u16,
     ) -> ServerProcess {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cachecoord.toml");
@@ -68,6 +79,7 @@ impl ServerProcess {
             host,
             port,
             metrics_port,
+            health_port,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -95,7 +107,8 @@ impl ServerProcess {
 
     /// The overall health status on a fresh connection; `None` when it cannot be asked.
     pub async fn health(&self) -> Option<ServingStatus> {
-        let channel = tonic::transport::Channel::from_shared(self.uri())
+        let uri = format!("http://{}:{}", self.host, self.health_port);
+        let channel = tonic::transport::Channel::from_shared(uri)
             .ok()?
             .connect()
             .await
