@@ -226,3 +226,66 @@ fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     }
     Ok(certs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+
+    fn pair() -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    fn pem(cert: &str, key: &str, client_ca: Option<&str>) -> Pem {
+        Pem {
+            cert: cert.as_bytes().to_vec(),
+            key: key.as_bytes().to_vec(),
+            client_ca: client_ca.map(|ca| ca.as_bytes().to_vec()),
+        }
+    }
+
+    fn reason(pem: &Pem) -> &'static str {
+        build(pem)
+            .map(|_| "taken")
+            .unwrap_or_else(|refusal| refusal.reason)
+    }
+
+    #[test]
+    fn a_usable_set_is_taken_and_every_broken_one_refused_with_its_reason() {
+        let (cert, key) = pair();
+        let (other_cert, other_key) = pair();
+        assert_eq!(reason(&pem(&cert, &key, None)), "taken");
+        assert_eq!(reason(&pem(&cert, &key, Some(&other_cert))), "taken");
+        let taken = build(&pem(&cert, &key, None)).unwrap();
+        assert_eq!(taken.alpn_protocols, vec![b"h2".to_vec()]);
+
+        assert_eq!(
+            reason(&pem(&cert[..cert.len() / 2], &key, None)),
+            "certificate"
+        );
+        assert_eq!(reason(&pem("", &key, None)), "certificate");
+        assert_eq!(reason(&pem(&cert, &key[..key.len() / 2], None)), "key");
+        assert_eq!(reason(&pem(&cert, "", None)), "key");
+        assert_eq!(reason(&pem(&cert, &other_key, None)), "key");
+        assert_eq!(reason(&pem(&other_cert, &key, None)), "key");
+        assert_eq!(reason(&pem(&cert, &key, Some(""))), "client_ca");
+        let half_ca = &other_cert[..other_cert.len() / 2];
+        assert_eq!(reason(&pem(&cert, &key, Some(half_ca))), "client_ca");
+    }
+
+    #[test]
+    fn the_digest_tells_which_file_changed_and_whether_a_client_ca_is_set() {
+        let (cert, key) = pair();
+        let base = pem(&cert, &key, None).digest();
+        assert_eq!(base, pem(&cert, &key, None).digest());
+        assert_ne!(base, pem(&cert, &key, Some("")).digest());
+        // The same bytes moved from one file to the next are a different set.
+        let joined = format!("{cert}{key}");
+        assert_ne!(
+            pem(&joined, "", None).digest(),
+            pem("", &joined, None).digest()
+        );
+    }
+}

@@ -3,10 +3,11 @@
 Run by tests/suite/load_balancing.rs:  python3 tests/python/steady_calls.py <target> <key-prefix> <threads>
 
 Each thread calls Get on a fresh key `<key-prefix>:<thread>:<n>` back to back, so calls are in flight all the time.
-A `dns://…` target gets what docs/load-balancing.md recommends: round_robin over every address the name resolves
-to, with client-side health checking (grpc.health.v1 Watch on cachecoord.v1.CacheService). The test's DNS server
-answers with TTL 0, and re-resolution is allowed every 500 ms instead of the default 30 s, so a test with a
-maximum connection age of seconds does not wait on the resolver's rate limit.
+The stub comes from the example client's connect(), so a `dns://…` target gets what docs/load-balancing.md
+recommends: round_robin over every address the name resolves to, with client-side health checking (grpc.health.v1
+Watch on cachecoord.v1.CacheService). The test's DNS server answers with TTL 0, and re-resolution is allowed every
+500 ms instead of the default 30 s, so a test with a maximum connection age of seconds does not wait on the
+resolver's rate limit.
 
 Prints one JSON line: {"ok": n, "failed": {"<code>": n, ...}, "first_failure": "..."}; exits 1 if any call failed.
 """
@@ -16,23 +17,13 @@ import sys
 import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python"))
-from cachecoord_client import pb, pb_grpc  # noqa: E402
+from cachecoord_client import connect, pb  # noqa: E402
 
 import grpc  # noqa: E402
 
 target, prefix, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-options = []
-if target.startswith("dns:"):
-    service_config = {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "healthCheckConfig": {"serviceName": "cachecoord.v1.CacheService"},
-    }
-    options = [
-        ("grpc.service_config", json.dumps(service_config)),
-        ("grpc.dns_min_time_between_resolutions_ms", 500),
-    ]
-channel = grpc.insecure_channel(target, options=options)
-stub = pb_grpc.CacheServiceStub(channel)
+options = [("grpc.dns_min_time_between_resolutions_ms", 500)] if target.startswith("dns:") else []
+stub = connect(target, options=options)
 
 stop = threading.Event()
 lock = threading.Lock()

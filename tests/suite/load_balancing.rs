@@ -249,7 +249,8 @@ async fn a_call_outlasting_the_grace_is_cut_with_its_connection() {
 /// A grpcio client resolving `cachecoord.test` (one A record: the only replica, 127.0.0.1) with round_robin and
 /// health checking starts calling. Two more replicas start (127.0.0.2, 127.0.0.3, same port) and the name now
 /// lists all three, as a headless Service does when pods become ready. The client's connection ages out (max
-/// age 2 s), it re-resolves, and its calls spread over all three replicas, without a failed call.
+/// age 2 s), it re-resolves, and its calls spread over all three replicas (each answers 50 more, and each has
+/// a share of the next 300), without a failed call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_spreads_over_replicas_started_after_it_connected() {
     let hosts = [1, 2, 3].map(|last| Ipv4Addr::new(127, 0, 0, last));
@@ -284,6 +285,27 @@ async fn a_client_spreads_over_replicas_started_after_it_connected() {
     })
     .await;
     let spread_after = started.elapsed();
+    // Then, how the next 300 calls fall: round robin gives each replica its turn.
+    let mut window = Vec::new();
+    for replica in &replicas {
+        window.push(answered(replica).await);
+    }
+    let deadline = Instant::now() + AT_MOST;
+    let shares = loop {
+        let mut shares = Vec::new();
+        for (replica, start) in replicas.iter().zip(&window) {
+            shares.push(answered(replica).await - start);
+        }
+        if shares.iter().sum::<f64>() >= 300.0 {
+            break shares;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never happened: 300 more calls answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(shares.iter().all(|&share| share > 0.0), "{shares:?}");
     let summary = python.finish().await;
     let (mut counts, mut cuts) = (Vec::new(), 0.0);
     for (replica, before) in replicas.iter().zip(&before) {
@@ -296,7 +318,8 @@ async fn a_client_spreads_over_replicas_started_after_it_connected() {
     }
     println!(
         "after the name listed three replicas: Gets answered per replica {}; all three past 50 after {:.1} s \
-         (max connection age 2 s); {} A queries answered; {cuts} connections cut; client: {summary}",
+         (max connection age 2 s); the next calls fell {shares:?}; {} A queries answered; {cuts} connections cut; \
+         client: {summary}",
         counts.join(", "),
         spread_after.as_secs_f64(),
         dns.queries(),
