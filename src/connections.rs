@@ -1,11 +1,12 @@
-//! The connections the gRPC port accepts: TCP options, the TLS handshake with the certificate in force, and the
-//! connection age limit's hard end.
+//! The connections the gRPC port hands to tonic: accepted TCP (options set by the caller's incoming stream), the
+//! TLS handshake with the certificate in force, and the connection age limit's hard end.
 //!
 //! tonic sends GOAWAY once a connection reaches `connections.max_age_secs` (`Server::max_connection_age`), and
 //! hyper then lets the streams in flight finish. What tonic 0.14 does *not* do is both: with its
 //! `max_connection_age_grace` set it skips the GOAWAY and just drops the connection at age + grace, cutting every
 //! call on it. So the grace is enforced here instead: a [`Connection`] fails its reads and writes once
-//! age + grace have passed since it was accepted, and hyper closes it (counted in
+//! age + grace have passed since it was handed to tonic (after its TLS handshake, when tonic's age timer starts
+//! too), and hyper closes it (counted in
 //! `cachecoord_grpc_connections_cut_total`, a sign that the grace is shorter than the calls).
 //!
 //! TLS handshakes run in tasks of their own (a slow client does not hold up the accept loop), each with the
@@ -44,7 +45,7 @@ enum Io {
 }
 
 /// The connections `incoming` brings, after their TLS handshake when `tls` is set, closed at the latest
-/// age + grace after they were accepted when `age_limit` is set. The accept loop stops (and the listening socket
+/// age + grace after they were handed on when `age_limit` is set. The accept loop stops (and the listening socket
 /// closes) when the returned stream is dropped.
 pub fn accept<S>(
     incoming: S,
@@ -59,43 +60,40 @@ where
         let mut incoming = std::pin::pin!(incoming);
         let mut handshakes = JoinSet::new();
         loop {
-            let ready = tokio::select! {
+            let io = tokio::select! {
                 () = tx.closed() => return,
                 accepted = incoming.next() => match accepted {
                     None => return,
+                    // tonic decides which accept errors end serving.
                     Some(Err(error)) => Err(error),
                     Some(Ok(tcp)) => {
-                        let cutoff = age_limit.map(|(age, grace)| Instant::now() + age + grace);
                         metrics::counter!("cachecoord_grpc_connections_accepted_total").increment(1);
                         match &tls {
-                            None => Ok(Connection::new(Io::Plain(tcp), cutoff)),
+                            None => Ok(Io::Plain(tcp)),
                             Some(tls) => {
                                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-                                handshakes.spawn(async move {
-                                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                                    (handshake, cutoff)
-                                });
+                                handshakes.spawn(tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)));
                                 continue;
                             }
                         }
                     }
                 },
                 Some(done) = handshakes.join_next() => match done {
-                    Ok((Ok(Ok(stream)), cutoff)) => Ok(Connection::new(Io::Tls(Box::new(stream)), cutoff)),
-                    Ok((Ok(Err(error)), _)) => {
-                        metrics::counter!("cachecoord_tls_handshake_failures_total", "reason" => "refused").increment(1);
-                        tracing::debug!(%error, "TLS handshake failed");
+                    Ok(Ok(Ok(stream))) => Ok(Io::Tls(Box::new(stream))),
+                    Ok(Ok(Err(error))) => {
+                        handshake_failed("refused", &error);
                         continue;
                     }
-                    Ok((Err(_), _)) => {
-                        metrics::counter!("cachecoord_tls_handshake_failures_total", "reason" => "timeout").increment(1);
-                        tracing::debug!("TLS handshake timed out");
+                    Ok(Err(_elapsed)) => {
+                        handshake_failed("timeout", &"no handshake within the timeout");
                         continue;
                     }
-                    Err(_) => continue,
+                    Err(_cancelled) => continue,
                 },
             };
-            if tx.send(ready).await.is_err() {
+            // The age counts from here, as tonic's timer for the GOAWAY does: a slow handshake eats no grace.
+            let connection = io.map(|io| Connection::new(io, age_limit));
+            if tx.send(connection).await.is_err() {
                 return;
             }
         }
@@ -103,9 +101,15 @@ where
     ReceiverStream::new(rx)
 }
 
+fn handshake_failed(reason: &'static str, error: &dyn std::fmt::Display) {
+    metrics::counter!("cachecoord_tls_handshake_failures_total", "reason" => reason).increment(1);
+    tracing::debug!(%error, reason, "TLS handshake failed");
+}
+
 impl Connection {
-    fn new(io: Io, cutoff: Option<Instant>) -> Connection {
+    fn new(io: Io, age_limit: Option<(Duration, Duration)>) -> Connection {
         metrics::gauge!("cachecoord_grpc_connections_open").increment(1.0);
+        let cutoff = age_limit.map(|(age, grace)| Instant::now() + age + grace);
         Connection {
             io,
             cutoff: cutoff.map(|at| Box::pin(tokio::time::sleep_until(at))),
