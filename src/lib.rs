@@ -12,7 +12,8 @@
 //! - [`loader`]: the `Loader` trait and its backends, `grpc` (the caller's LoaderService) and `postgres`.
 //! - [`outbox`]: invalidation from outside the API: the Postgres outbox listener and its migration.
 //! - [`telemetry`]: logs (text or JSON) and the Prometheus `/metrics` endpoint, installed once by `main`.
-//! - [`tls`]: PEM files → rustls configurations for Redis, Postgres and the gRPC port.
+//! - [`tls`]: PEM files → rustls configurations for Redis, Postgres and the gRPC port (reloaded when they change).
+//! - [`connections`]: what the gRPC port accepts: TLS handshakes, the connection age limit's hard end.
 //! - [`server`]: wires store → coordinator → API with health and reflection, and serves.
 //!
 //! A request flows `api` → `cache::Coordinator` → `dyn store::Store`; on a miss the coordinator elects one
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod breaker;
 pub mod cache;
 pub mod config;
+pub(crate) mod connections;
 pub mod error;
 pub mod keys;
 pub mod loader;

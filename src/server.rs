@@ -8,7 +8,8 @@ use crate::config::Config;
 use crate::loader::Loaders;
 use crate::outbox;
 use crate::proto::cache_service_server::CacheServiceServer;
-use crate::{StartupError, proto, store};
+use crate::tls::ServerTls;
+use crate::{StartupError, connections, proto, store};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +96,10 @@ pub async fn serve(
             .connections()
             .sweep(config.limits.response_send_timeout, stopped.clone()),
     ));
-    background.push(tokio::spawn(report_admission(admission.clone(), stopped)));
+    background.push(tokio::spawn(report_admission(
+        admission.clone(),
+        stopped.clone(),
+    )));
     // Drain: on the signal, report NOT_SERVING while still accepting calls for drain_delay_ms (load balancers
     // move away), then stop accepting and let in-flight calls finish, for at most grace_period_ms.
     let drained = Arc::new(Notify::new());
@@ -138,13 +142,18 @@ pub async fn serve(
             }
         }));
     }
+    let tls =
+        ServerTls::open(&config.tls).map_err(|e| StartupError::unusable("the TLS files", e))?;
+    if let Some(tls) = &tls {
+        let every = config.tls.reload_interval;
+        background.push(tokio::spawn(tls.clone().watch(every, stopped.clone())));
+    }
+    let age_limit = config.connections.age_limit();
+    let incoming = connections::accept(incoming, tls, age_limit);
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = crate::tls::grpc_server(&config.tls)
-        .map_err(|e| StartupError::unusable("the TLS files", e))?
-    {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| StartupError::unusable("the TLS files", e))?;
+    if let Some((age, _grace)) = age_limit {
+        // GOAWAY at the age; the grace is enforced by `connections` (tonic's own grace skips the GOAWAY).
+        builder = builder.max_connection_age(age);
     }
     let serving = builder
         .max_concurrent_streams(config.limits.max_concurrent_streams)

@@ -2,7 +2,12 @@
 
 Usage from any script:  from cachecoord_client import connect, pb          (CacheService)
                         from cachecoord_client import loader_pb, loader_grpc  (to implement LoaderService)
+
+In Kubernetes, connect to the headless Service with a dns:/// target, so calls spread over every ready pod:
+    cache = connect("dns:///cachecoord-headless.<namespace>.svc.cluster.local:50051")
+(docs/load-balancing.md).
 """
+import json
 import os
 import sys
 import tempfile
@@ -36,6 +41,25 @@ from cachecoord.v1 import loader_service_pb2 as loader_pb  # noqa: E402,F401
 from cachecoord.v1 import loader_service_pb2_grpc as loader_grpc  # noqa: E402,F401
 
 
-def connect(addr="127.0.0.1:50051"):
-    """A CacheService stub on a plaintext channel to addr."""
-    return pb_grpc.CacheServiceStub(grpc.insecure_channel(addr))
+# For dns: targets: one connection to every address the name resolves to, calls spread round robin, and a
+# connection whose server is not SERVING (draining) gets no calls (grpc.health.v1 Watch).
+BALANCED_SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": "cachecoord.v1.CacheService"},
+}
+
+
+def channel(target="127.0.0.1:50051", credentials=None, options=()):
+    """A channel to target: TLS with credentials (grpc.ssl_channel_credentials(...)), else plaintext. A dns:
+    target gets BALANCED_SERVICE_CONFIG."""
+    options = list(options)
+    if target.startswith("dns:"):
+        options.append(("grpc.service_config", json.dumps(BALANCED_SERVICE_CONFIG)))
+    if credentials is not None:
+        return grpc.secure_channel(target, credentials, options=options)
+    return grpc.insecure_channel(target, options=options)
+
+
+def connect(target="127.0.0.1:50051", credentials=None, options=()):
+    """A CacheService stub on channel(target, credentials, options)."""
+    return pb_grpc.CacheServiceStub(channel(target, credentials, options))

@@ -13,6 +13,7 @@ mod handlers;
 mod status;
 
 pub use admission::AdmissionLayer;
+pub(crate) use admission::{ConnectionInfo, Guarded};
 pub use status::{ERROR_DOMAIN, explain_transport_refusal, to_status};
 
 use crate::cache::Coordinator;

@@ -25,7 +25,9 @@ pub use cache::{
 };
 pub use cli::{Cli, Command};
 pub use loader::{LoaderConfig, LoaderKind, OutboxConfig, OutboxTable, PostgresConfig};
-pub use service::{AuthConfig, LimitsConfig, ShutdownConfig, TelemetryConfig, TlsConfig};
+pub use service::{
+    AuthConfig, ConnectionsConfig, LimitsConfig, ShutdownConfig, TelemetryConfig, TlsConfig,
+};
 pub use store::StoreConfig;
 
 use figment::Figment;
@@ -47,6 +49,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Input limits that protect the service and Redis from oversized or malformed requests.
     pub limits: LimitsConfig,
+    /// How long client connections live (so clients rebalance over replicas).
+    pub connections: ConnectionsConfig,
     /// Pattern invalidation rules.
     pub invalidation: InvalidationConfig,
     /// TTL for keys no policy matches, and the jitter applied to every policy TTL.
@@ -85,6 +89,7 @@ impl Default for Config {
             log_level: "info".into(),
             store: StoreConfig::default(),
             limits: LimitsConfig::default(),
+            connections: ConnectionsConfig::default(),
             invalidation: InvalidationConfig::default(),
             policy_defaults: PolicyDefaults::default(),
             policies: cache::seed_policies(),
@@ -229,6 +234,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store.validate()?;
         self.limits.validate()?;
+        self.connections.validate()?;
         self.policy_defaults.validate()?;
         self.read_through.validate()?;
         self.telemetry.validate()?;

@@ -1,4 +1,5 @@
-//! The sections that shape the gRPC service itself: input limits, authentication, TLS, telemetry and shutdown.
+//! The sections that shape the gRPC service itself: input limits, client connections, authentication, TLS,
+//! telemetry and shutdown.
 
 use super::duration::millis;
 use crate::error::ConfigError;
@@ -127,6 +128,51 @@ impl LimitsConfig {
     }
 }
 
+/// How long a client connection may live. gRPC clients keep one HTTP/2 connection per address for as long as it
+/// works, so without an age limit the replicas started by a scale-out or a rolling restart get no calls from the
+/// clients already connected. At `max_age_secs` the server sends GOAWAY: calls in flight on the connection
+/// finish, new ones go to a new connection (a `dns:///` + round_robin client re-resolves and spreads them over
+/// every replica). A connection still busy `max_age_grace_secs` later is closed, cutting what is left on it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// `max_age_secs`: a connection is asked to go away (GOAWAY) this long after it was accepted. Default 300 s;
+    /// 0 turns the limit off (connections live until the client or a failure closes them).
+    #[serde(rename = "max_age_secs", with = "super::duration::secs")]
+    pub max_age: Duration,
+    /// `max_age_grace_secs`: how long the calls in flight on an aged-out connection may still run before it is
+    /// closed. Default 30 s: more than a call takes (a load waits at most its loader's timeout). Must be
+    /// positive when `max_age_secs` is set.
+    #[serde(rename = "max_age_grace_secs", with = "super::duration::secs")]
+    pub max_age_grace: Duration,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            max_age: Duration::from_secs(300),
+            max_age_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ConnectionsConfig {
+    /// The age and grace when connections age out at all.
+    pub fn age_limit(&self) -> Option<(Duration, Duration)> {
+        (!self.max_age.is_zero()).then_some((self.max_age, self.max_age_grace))
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !self.max_age.is_zero() && self.max_age_grace.is_zero() {
+            return ConfigError::fail(
+                "connections.max_age_grace_secs must be positive when connections.max_age_secs is set: with no \
+                 grace, every call in flight when a connection ages out would be cut",
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Bearer-token authentication.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -162,7 +208,7 @@ impl AuthConfig {
 }
 
 /// TLS on the gRPC port. Both files set turns it on.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// A second, plaintext listener serving only grpc.health.v1, e.g. `0.0.0.0:50052`: Kubernetes' gRPC probes
@@ -174,6 +220,22 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
     /// PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).
     pub client_ca_file: Option<PathBuf>,
+    /// `reload_interval_ms`: how often the three files are checked for changes; changed files are taken for new
+    /// connections without a restart, unusable ones refused (the last good certificate stays). Default 5000 ms.
+    #[serde(rename = "reload_interval_ms", with = "millis")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            health_listen_addr: None,
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            reload_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 impl TlsConfig {
@@ -185,6 +247,9 @@ impl TlsConfig {
             return ConfigError::fail(
                 "tls.client_ca_file (mutual TLS) needs tls.cert_file and tls.key_file",
             );
+        }
+        if self.reload_interval.is_zero() {
+            return ConfigError::fail("tls.reload_interval_ms must be positive");
         }
         Ok(())
     }
@@ -245,5 +310,30 @@ impl Default for ShutdownConfig {
             drain_delay: Duration::ZERO,
             grace_period: Duration::from_secs(20),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_age_needs_a_grace_and_zero_turns_it_off() {
+        let defaults = ConnectionsConfig::default();
+        assert_eq!(
+            defaults.age_limit(),
+            Some((Duration::from_secs(300), Duration::from_secs(30)))
+        );
+        let no_grace = ConnectionsConfig {
+            max_age_grace: Duration::ZERO,
+            ..defaults.clone()
+        };
+        assert!(no_grace.validate().is_err());
+        let off = ConnectionsConfig {
+            max_age: Duration::ZERO,
+            max_age_grace: Duration::ZERO,
+        };
+        assert!(off.validate().is_ok());
+        assert_eq!(off.age_limit(), None);
     }
 }

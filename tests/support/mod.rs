@@ -22,6 +22,7 @@ macro_rules! on_both_stores {
 
 pub mod calls;
 pub mod cluster;
+pub mod dns;
 pub mod loader;
 pub mod pki;
 pub mod ports;

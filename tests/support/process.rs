@@ -2,6 +2,7 @@
 //! the metrics port.
 
 use super::ports::free_port;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
@@ -12,10 +13,14 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 pub struct ServerProcess {
     /// The child process.
     pub child: Child,
-    /// gRPC port on 127.0.0.1.
+    /// The loopback address it listens on (127.0.0.1 unless started with [`ServerProcess::start_on`]).
+    pub host: Ipv4Addr,
+    /// gRPC port on `host`.
     pub port: u16,
-    /// Metrics port on 127.0.0.1.
+    /// Metrics port on `host`.
     pub metrics_port: u16,
+    /// Where health is asked, in plaintext: the gRPC port, or the configured `tls.health_listen_addr` port.
+    health_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -27,16 +32,43 @@ impl ServerProcess {
 
     /// [`ServerProcess::start`] with extra environment variables.
     pub async fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> ServerProcess {
+        let port = free_port();
+        ServerProcess::spawn(config_toml, env, Ipv4Addr::LOCALHOST, port, port).await
+    }
+
+    /// [`ServerProcess::start`] for a configuration with TLS on the gRPC port: health is asked in plaintext on
+    /// `health_port`, which the configuration must name as `tls.health_listen_addr` on 127.0.0.1.
+    pub async fn start_with_health_port(config_toml: &str, health_port: u16) -> ServerProcess {
+        let port = free_port();
+        ServerProcess::spawn(config_toml, &[], Ipv4Addr::LOCALHOST, port, health_port).await
+    }
+
+    /// [`ServerProcess::start`] listening on `addr`, a loopback address of any 127.0.0.x (several servers can
+    /// then share one port, each on its own address, as pods behind one DNS name do).
+    pub async fn start_on(config_toml: &str, addr: SocketAddr) -> ServerProcess {
+        let SocketAddr::V4(addr) = addr else {
+            panic!("{addr} is not an IPv4 loopback address");
+        };
+        ServerProcess::spawn(config_toml, &[], *addr.ip(), addr.port(), addr.port()).await
+    }
+
+    async fn spawn(
+        config_toml: &str,
+        env: &[(&str, &str)],
+        host: Ipv4Addr,
+        port: u16,
+        health_port: u16,
+    ) -> ServerProcess {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cachecoord.toml");
         std::fs::write(&file, config_toml).unwrap();
-        let (port, metrics_port) = (free_port(), free_port());
+        let metrics_port = free_port();
         let log = std::fs::File::create(dir.path().join("cachecoord.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cachecoord"))
             .arg("--config")
             .arg(&file)
-            .args(["--listen-addr", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--listen-addr", &format!("{host}:{port}")])
+            .args(["--metrics-addr", &format!("{host}:{metrics_port}")])
             .envs(env.iter().copied())
             .stdout(Stdio::from(log))
             .kill_on_drop(true)
@@ -44,8 +76,10 @@ impl ServerProcess {
             .expect("spawn cachecoord");
         let process = ServerProcess {
             child,
+            host,
             port,
             metrics_port,
+            health_port,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -66,14 +100,15 @@ impl ServerProcess {
             .collect()
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://<host>:<port>`.
     pub fn uri(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// The overall health status on a fresh connection; `None` when it cannot be asked.
     pub async fn health(&self) -> Option<ServingStatus> {
-        let channel = tonic::transport::Channel::from_shared(self.uri())
+        let uri = format!("http://{}:{}", self.host, self.health_port);
+        let channel = tonic::transport::Channel::from_shared(uri)
             .ok()?
             .connect()
             .await
@@ -88,7 +123,7 @@ impl ServerProcess {
     /// The text of `/metrics`.
     pub async fn scrape(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+        let mut stream = tokio::net::TcpStream::connect((self.host, self.metrics_port))
             .await
             .unwrap();
         stream

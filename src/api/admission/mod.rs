@@ -19,7 +19,8 @@ mod budget;
 mod connection;
 
 pub(crate) use budget::CallBudget;
-use connection::{Connection, ConnectionInfo, Connections, Guarded};
+use connection::{Connection, Connections};
+pub(crate) use connection::{ConnectionInfo, Guarded};
 
 use super::to_status;
 use crate::Error;

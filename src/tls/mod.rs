@@ -1,33 +1,22 @@
 //! Every TLS connection cachecoord serves or makes, from PEM files: the gRPC port (optionally mutual TLS), and
 //! its clients of Redis, Postgres and LoaderServices.
 //!
-//! The Redis and Postgres clients use rustls configurations with one crypto provider (ring) named explicitly, so
-//! no process-wide default has to be installed; tonic builds its own from the PEM bytes for the gRPC server and
-//! the LoaderService client. Files are read at start-up: roll new certificates with a rolling restart.
+//! Every rustls configuration names its crypto provider (ring) explicitly, so no process-wide default has to be
+//! installed; tonic builds its own from the PEM bytes for the LoaderService client. The gRPC port's certificate,
+//! key and client CA are re-read when the files change (`server`); the client-side files are read at start-up.
+//!
+//! - `server`: [`ServerTls`], the gRPC port's configuration in force and its reloads.
 
-use crate::config::TlsConfig;
+mod server;
+
+pub use server::{Refusal, ServerTls};
+
 use anyhow::Context;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use std::path::Path;
 use std::sync::Arc;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
-
-/// TLS for the gRPC port when `tls.cert_file` and `tls.key_file` are set; mutual TLS when `tls.client_ca_file`
-/// is too. `None`: the port is plaintext.
-pub fn grpc_server(tls: &TlsConfig) -> anyhow::Result<Option<ServerTlsConfig>> {
-    let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
-        return Ok(None);
-    };
-    let read = |file: &Path| {
-        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))
-    };
-    let mut server = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = &tls.client_ca_file {
-        server = server.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(Some(server))
-}
+use tonic::transport::{Certificate, ClientTlsConfig};
 
 /// TLS to a LoaderService (`https://` endpoints), verified against `ca_file`, or the system roots.
 pub fn loader_client(ca_file: Option<&Path>) -> std::io::Result<ClientTlsConfig> {
