@@ -57,6 +57,7 @@ max_concurrency = 1024
         let batch = BatchGetRequest {
             keys: chunk.to_vec(),
             cache_only: false,
+            lease: false,
         };
         pool[0].clone().batch_get(batch).await.unwrap();
     }
@@ -70,6 +71,7 @@ max_concurrency = 1024
                 .get(GetRequest {
                     key,
                     cache_only: false,
+                    lease: false,
                 })
                 .await
                 .is_ok()
@@ -117,6 +119,7 @@ pub(crate) async fn stampede(
                 .get(GetRequest {
                     key,
                     cache_only: false,
+                    lease: false,
                 })
                 .await
                 .is_ok();
