@@ -16,6 +16,7 @@ mod auth;
 mod bad_input;
 mod budgets;
 mod cache_rpcs;
+mod caller_leases;
 mod cluster_spread;
 mod consistency;
 mod discovery;
