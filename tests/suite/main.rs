@@ -21,6 +21,7 @@ mod cluster_spread;
 mod consistency;
 mod discovery;
 mod encryption;
+mod lease_examples;
 mod lifecycle;
 mod near_cache;
 mod outbox;
