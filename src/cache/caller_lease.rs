@@ -37,7 +37,7 @@ pub(super) async fn on_miss(
     let mut events = core.store.lease_events();
     loop {
         if let Some(lease) = Lease::try_take(&core, &key).await? {
-            return Ok(hand_out_unless_filled(&core, &key, lease).await);
+            return Ok(hand_out_unless_filled(&core, &key, Untold(Some(lease))).await);
         }
         if Instant::now() >= deadline {
             metrics::counter!("cachecoord_lease_wait_timeouts_total").increment(1);
@@ -57,17 +57,20 @@ pub(super) async fn on_miss(
 /// everyone, and the lease too for the one caller that takes it.
 pub(super) async fn on_stale(core: Arc<Core>, key: Key, stale: Lookup) -> Lookup {
     match Lease::try_take(&core, &key).await {
-        Ok(Some(lease)) => match core.fresh_entry(&key).await {
-            // Refreshed since the read: nothing to refresh.
-            Some(fresh) => {
-                lease.release().await;
-                Lookup::found_or_negative(&fresh, Source::Hit)
+        Ok(Some(lease)) => {
+            let mut lease = Untold(Some(lease));
+            match core.fresh_entry(&key).await {
+                // Refreshed since the read: nothing to refresh.
+                Some(fresh) => {
+                    lease.give_back().await;
+                    Lookup::found_or_negative(&fresh, Source::Hit)
+                }
+                None => Lookup {
+                    lease_token: lease.hand_out(),
+                    ..stale
+                },
             }
-            None => Lookup {
-                lease_token: Some(lease.hand_out()),
-                ..stale
-            },
-        },
+        }
         // Someone is refreshing it already; or the store failed to say, and the stale value still stands.
         Ok(None) | Err(_) => stale,
     }
@@ -75,15 +78,40 @@ pub(super) async fn on_stale(core: Arc<Core>, key: Key, stale: Lookup) -> Lookup
 
 /// Hands `lease` out as a miss, unless the key was filled between the caller's read and the take: then the fill
 /// is the answer and the lease goes back.
-async fn hand_out_unless_filled(core: &Arc<Core>, key: &Key, lease: Lease) -> Lookup {
+async fn hand_out_unless_filled(core: &Arc<Core>, key: &Key, mut lease: Untold) -> Lookup {
     if let Some(filled) = core.fresh_entry(key).await {
-        lease.release().await;
+        lease.give_back().await;
         return Lookup::found_or_negative(&filled, Source::Coalesced);
     }
     metrics::counter!("cachecoord_caller_leases_total").increment(1);
     Lookup {
-        lease_token: Some(lease.hand_out()),
+        lease_token: lease.hand_out(),
         ..Lookup::miss()
+    }
+}
+
+/// A lease taken for a caller and not yet handed out. If the call ends before it is (the caller's deadline or
+/// disconnect drops the read mid-way), the lease is given back at once, in the background, instead of leaving
+/// every other caller to wait out its TTL.
+struct Untold(Option<Lease>);
+
+impl Untold {
+    fn hand_out(&mut self) -> Option<bytes::Bytes> {
+        self.0.take().map(Lease::hand_out)
+    }
+
+    async fn give_back(&mut self) {
+        if let Some(lease) = self.0.take() {
+            lease.release().await;
+        }
+    }
+}
+
+impl Drop for Untold {
+    fn drop(&mut self) {
+        if let Some(lease) = self.0.take() {
+            tokio::spawn(lease.release());
+        }
     }
 }
 
