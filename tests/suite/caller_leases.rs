@@ -802,3 +802,57 @@ async fn a_lease_outside_the_callers_write_scope_is_refused() {
         "OUT_OF_SCOPE",
     );
 }
+
+/// The failover interleaving: a holder takes the lease and reads the old row; the writer updates the row and
+/// Invalidates (acknowledged only once a replica holds it); then the key's primary dies and its replica takes
+/// over; the holder's late fill reaches the new primary. It is refused LEASE_LOST (the promoted replica had the
+/// invalidation, which voided the lease), and the cache holds nothing old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_fill_after_a_failover_is_still_refused() {
+    let cluster = Arc::new(RedisCluster::start_async(&[]).await);
+    let server = TestServer::start_with(crate::support::config_on(&cluster)).await;
+    let mut client = server.client().await;
+    let key = format!("product:{}", unique("failover"));
+    let held = get_leased(&mut client, &key).await;
+    assert!(!held.lease_token.is_empty());
+    // The holder's slow query read "old"; the writer updates the row and invalidates.
+    let keys = vec![key.clone()];
+    client.invalidate(InvalidateRequest { keys }).await.unwrap();
+    let primary = cluster.primary_of(&format!("{{{key}}}"));
+    let failing = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        failing.kill_node(primary);
+        failing.wait_for_failover(primary);
+    })
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    let late = loop {
+        // Until the server's slot map has followed the failover, the key's node is unavailable.
+        match client.set(fill(&key, b"old", &held.lease_token)).await {
+            Err(status) if status.code() == Code::Unavailable => {
+                assert!(started.elapsed() < Duration::from_secs(30), "{status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other,
+        }
+    };
+    println!(
+        "the late fill reached the promoted primary after {:?}",
+        started.elapsed()
+    );
+    assert_error(&late.unwrap_err(), Code::FailedPrecondition, "LEASE_LOST");
+    assert!(
+        !cached(&mut client, &key).await.found,
+        "nothing old is cached"
+    );
+    // The next leased read takes a fresh lease on the new primary and fills.
+    let again = get_leased(&mut client, &key).await;
+    assert!(!again.found && !again.lease_token.is_empty());
+    client
+        .set(fill(&key, b"new", &again.lease_token))
+        .await
+        .unwrap();
+    assert_eq!(&cached(&mut client, &key).await.value[..], b"new");
+}
