@@ -206,9 +206,30 @@ async fn a_leased_stampede_over_three_processes_calls_the_database_once() {
 /// writer updates the row and Invalidates the key through the other replica. After both finish, the cache must
 /// hold nothing but the new row.
 async fn race(backend: Backend, honour_lease: bool, rounds: usize) -> (usize, usize) {
+    race_by(backend, honour_lease, rounds, Invalidation::Key).await
+}
+
+/// How the racing writer invalidates.
+#[derive(Clone, Copy, Debug)]
+enum Invalidation {
+    /// Invalidate of the key.
+    Key,
+    /// InvalidatePattern of the key's `{entity}:{id}` group (one script on one primary).
+    GroupPattern,
+    /// InvalidatePattern spanning groups (SCAN on every primary).
+    ScanPattern,
+}
+
+/// [`race`] with the writer invalidating `how`.
+async fn race_by(
+    backend: Backend,
+    honour_lease: bool,
+    rounds: usize,
+    how: Invalidation,
+) -> (usize, usize) {
     let replicas = Replicas::start(backend.config()).await;
     let (reader, writer) = (replicas.client(0).await, replicas.client(1).await);
-    race_on(reader, writer, honour_lease, rounds).await
+    race_on(reader, writer, honour_lease, rounds, how).await
 }
 
 /// Readers run the leased loop with a slow database read while writers update the row and Invalidate (on another
@@ -224,6 +245,26 @@ async fn racing_invalidations_never_leave_a_leased_fill_stale() {
     );
     assert_eq!(stale, 0);
     assert!(control > 0, "the race must be observable without the lease");
+}
+
+/// The same race against InvalidatePattern, of the key's group and spanning groups (SCAN), on the cluster: no
+/// stale value; the control ignoring the token leaves stale values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_pattern_invalidations_never_leave_a_leased_fill_stale() {
+    let (group, group_lost) =
+        race_by(Backend::Cluster, true, 300, Invalidation::GroupPattern).await;
+    let (scan, scan_lost) = race_by(Backend::Cluster, true, 200, Invalidation::ScanPattern).await;
+    let (control, _) = race_by(Backend::Cluster, false, 100, Invalidation::ScanPattern).await;
+    println!(
+        "cluster, leased loop: {group} stale in 300 group-pattern rounds ({group_lost} refused), {scan} stale in \
+         200 scan-pattern rounds ({scan_lost} refused); control ignoring the token: {control} stale in 100 \
+         scan-pattern rounds"
+    );
+    assert_eq!((group, scan), (0, 0));
+    assert!(
+        control > 0,
+        "the pattern race must be observable without the lease"
+    );
 }
 
 /// The same race on the embedded store (reader and writer on one server: its store is per process).
@@ -244,6 +285,7 @@ async fn race_on(
     writer: Client,
     honour_lease: bool,
     rounds: usize,
+    how: Invalidation,
 ) -> (usize, usize) {
     let stale = Arc::new(AtomicUsize::new(0));
     let lost = Arc::new(AtomicUsize::new(0));
@@ -252,11 +294,23 @@ async fn race_on(
     let workers = (0..PARALLEL_KEYS).map(|k| {
         let (reader, mut writer) = (reader.clone(), writer.clone());
         let (stale, lost) = (stale.clone(), lost.clone());
-        let key = format!("product:{id}x{k}");
+        let key = format!("product:{id}x{k}:price");
+        let pattern = match how {
+            Invalidation::Key => None,
+            Invalidation::GroupPattern => Some(format!("product:{id}x{k}:*")),
+            // A wildcard in the id sends the pattern down the cross-group SCAN path.
+            Invalidation::ScanPattern => Some(format!("product:?{}x{k}:pr*", &id[1..])),
+        };
+        // A SCAN of every primary of the shared cluster takes longer than a group's script: a slower query keeps
+        // the race open.
+        let delay = match how {
+            Invalidation::ScanPattern => Duration::from_millis(600),
+            Invalidation::Key | Invalidation::GroupPattern => Duration::from_millis(20),
+        };
         tokio::spawn(async move {
             for round in 0..rounds.div_ceil(PARALLEL_KEYS) {
                 let (old, new) = (format!("v{}", 2 * round), format!("v{}", 2 * round + 1));
-                let db = Database::with_delay(Duration::from_millis(20));
+                let db = Database::with_delay(delay);
                 db.put(&key, old.as_bytes());
                 let (read_taken, row_read) = tokio::sync::oneshot::channel();
                 let read = {
@@ -281,8 +335,17 @@ async fn race_on(
                 };
                 row_read.await.unwrap();
                 db.put(&key, new.as_bytes());
-                let keys = vec![key.clone()];
-                writer.invalidate(InvalidateRequest { keys }).await.unwrap();
+                match &pattern {
+                    None => {
+                        let keys = vec![key.clone()];
+                        writer.invalidate(InvalidateRequest { keys }).await.unwrap();
+                    }
+                    Some(pattern) => {
+                        let pattern = pattern.clone();
+                        let request = InvalidatePatternRequest { pattern };
+                        writer.invalidate_pattern(request).await.unwrap();
+                    }
+                }
                 if let Err(status) = read.await.unwrap() {
                     assert_error(&status, Code::FailedPrecondition, "LEASE_LOST");
                     lost.fetch_add(1, Ordering::Relaxed);
