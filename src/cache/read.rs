@@ -1,6 +1,8 @@
 //! The read path of Get and BatchGet: near-cache first, then one read of the store for the rest, then a verdict
 //! per key (hit, early refresh, stale serve, or load), then the loads, grouped per loader: one key through its
-//! flight, several through one batch call. A store that is down sends the read to the fallback.
+//! flight, several through one batch call. A leased read's misses of keys no loader fills go to `caller_lease`
+//! instead (the caller's lease, or a wait for another caller's fill). A store that is down sends the read to the
+//! fallback.
 
 use super::batch::load_batch;
 use super::caller_lease;

@@ -787,20 +787,22 @@ on_both_stores!(
 );
 
 /// Taking a lease needs the write scope: a read-only token's leased Get, ReleaseLease and RenewLease are
-/// refused OUT_OF_SCOPE (its plain Get is fine), and a token's lease works only inside its write scopes.
+/// refused OUT_OF_SCOPE (its plain Get is fine); a token's lease works only inside its write scopes; and another
+/// namespace's caller cannot fill with it (LEASE_LOST, nothing written).
 #[tokio::test]
 async fn a_lease_outside_the_callers_write_scope_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens.toml");
-    let token = |secret: &str, name: &str, write: &str| {
+    let token = |secret: &str, name: &str, namespace: &str, write: &str| {
         format!(
-            "[[tokens]]\nname = {name:?}\nnamespace = \"shop\"\nsha256 = {:?}\nread = [\"*\"]\nwrite = [{write}]\n\
-             invalidate = []\n\n",
+            "[[tokens]]\nname = {name:?}\nnamespace = {namespace:?}\nsha256 = {:?}\nread = [\"*\"]\n\
+             write = [{write}]\ninvalidate = []\n\n",
             hash_token(secret)
         )
     };
-    let text =
-        token("secret-ro", "ro", "") + &token("secret-products", "products", "\"product:*\"");
+    let text = token("secret-ro", "ro", "shop", "")
+        + &token("secret-products", "products", "shop", "\"product:*\"")
+        + &token("secret-other", "other", "other", "\"product:*\"");
     std::fs::write(&file, text).unwrap();
     let mut config = Backend::Embedded.config();
     config.auth.enabled = true;
@@ -864,6 +866,25 @@ async fn a_lease_outside_the_callers_write_scope_is_refused() {
         Code::PermissionDenied,
         "OUT_OF_SCOPE",
     );
+    // Another tenant, with write scope on the same key name in its own namespace, cannot fill with this token.
+    let mut foreign = Request::new(fill(&key, b"foreign", &held.lease_token));
+    let value = "Bearer secret-other".parse().unwrap();
+    foreign.metadata_mut().insert("authorization", value);
+    let refused = client.set(foreign).await;
+    assert_error(
+        &refused.unwrap_err(),
+        Code::FailedPrecondition,
+        "LEASE_LOST",
+    );
+    let unfilled = GetRequest {
+        lease: false,
+        cache_only: true,
+        ..leased_get(&key)
+    };
+    for secret in ["secret-other", "secret-products"] {
+        let answer = client.get(as_caller(secret, unfilled.clone())).await;
+        assert!(!answer.unwrap().into_inner().found, "nothing written");
+    }
 }
 
 /// The failover interleaving: a holder takes the lease and reads the old row; the writer updates the row and
