@@ -108,6 +108,17 @@ pub enum Error {
         version: u64,
     },
 
+    /// A fill under a lease found the lease gone: an invalidation or a write voided it, it ran out, or the token
+    /// was never this key's. Nothing was written.
+    #[error(
+        "the lease on {key:?} no longer holds (a write or an invalidation voided it, it ran out, or the token is \
+         not this key's); nothing was written: use the value you loaded without caching it"
+    )]
+    LeaseLost {
+        /// The key written.
+        key: String,
+    },
+
     /// The loader failed or timed out, and no stale value could stand in.
     #[error("loading {key:?} failed: {source}")]
     LoaderFailed {

@@ -286,6 +286,7 @@ async fn worker(world: Arc<World>, id: usize) {
                         let request = with_deadline(GetRequest {
                             key: k,
                             cache_only: false,
+                            lease: false,
                         });
                         client.get(request).await.map(tonic::Response::into_inner)
                     }
@@ -346,6 +347,7 @@ async fn worker(world: Arc<World>, id: usize) {
                             value: value(v).into(),
                             ttl: None,
                             version: Some(v),
+                            lease_token: Default::default(),
                         });
                         client.set(request).await
                     }
@@ -553,6 +555,7 @@ async fn get_after_failover(world: &World, i: usize) -> Option<u64> {
                     .get(with_deadline(GetRequest {
                         key: k,
                         cache_only: false,
+                        lease: false,
                     }))
                     .await
             }
@@ -603,6 +606,7 @@ async fn lagging_failover(
                         nanos: 0,
                     }),
                     version: Some(v),
+                    lease_token: Default::default(),
                 }))
                 .await
         })

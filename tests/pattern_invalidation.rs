@@ -15,6 +15,7 @@ fn entry(key: String, value: &[u8]) -> SetRequest {
         value: value.to_vec().into(),
         ttl: None,
         version: None,
+        lease_token: Default::default(),
     }
 }
 
@@ -42,6 +43,7 @@ async fn found(client: &mut Client, keys: &[String]) -> usize {
         let request = BatchGetRequest {
             keys: chunk.to_vec(),
             cache_only: true,
+            lease: false,
         };
         let results = client
             .batch_get(request)

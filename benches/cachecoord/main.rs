@@ -40,6 +40,8 @@ async fn main() {
     let (replicas, callers, keys) = if quick { (2, 20, 5) } else { (3, 100, 20) };
     results.push(storms::stampede(&cluster, true, replicas, callers, keys).await);
     results.push(storms::stampede(&cluster, false, replicas, callers, keys).await);
+    results.push(storms::cache_aside_stampede(&cluster, true, replicas, callers, keys).await);
+    results.push(storms::cache_aside_stampede(&cluster, false, replicas, callers, keys).await);
     let storm_for = Duration::from_secs(if quick { 5 } else { 12 });
     results.push(storms::expiry_storm(&cluster, true, 2000, storm_for).await);
     results.push(storms::expiry_storm(&cluster, false, 2000, storm_for).await);

@@ -112,6 +112,13 @@ pub(crate) fn report(results: &[Figures], rss_mib: f64, quick: bool) {
         storm.note,
         check(storm.note.contains(": 1.00 loader"))
     );
+    let aside = find("cache-aside stampede (no loader), leases on");
+    let _ = writeln!(
+        md,
+        "- cache-aside stampede with caller leases: {} — {}",
+        aside.note,
+        check(aside.note.contains(": 1.00 database"))
+    );
     if let (Some(small), Some(large)) = (
         results.iter().find(|f| f.name.ends_with("keyspace 10000")),
         results

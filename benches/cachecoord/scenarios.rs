@@ -50,6 +50,7 @@ async fn get_seeded(mut client: Client, keys: Arc<Keys>, hot: bool, w: usize, i:
     let request = GetRequest {
         key,
         cache_only: true,
+        lease: false,
     };
     client
         .get(request)
@@ -285,6 +286,7 @@ pub(crate) async fn steady(cluster: &RedisCluster, quick: bool) -> SteadyRun {
                     c.batch_get(BatchGetRequest {
                         keys,
                         cache_only: true,
+                        lease: false,
                     })
                     .await
                     .is_ok()
@@ -301,6 +303,7 @@ pub(crate) async fn steady(cluster: &RedisCluster, quick: bool) -> SteadyRun {
             c.get(GetRequest {
                 key,
                 cache_only: false,
+                lease: false,
             })
             .await
             .is_ok()

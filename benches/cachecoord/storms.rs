@@ -1,12 +1,13 @@
-//! The two herd scenarios, each on servers and a loader of its own: a stampede of callers on cold keys, and an
-//! expiry storm of hot keys that all expire together.
+//! The herd scenarios, each on servers and a loader of its own: a stampede of callers on cold keys (through a
+//! LoaderService, and through the callers' own cache-aside loop with and without leases), and an expiry storm of
+//! hot keys that all expire together.
 
 use crate::measure::{Figures, closed_loop, figures};
 use crate::scenarios::{clients, server_config};
 use crate::support::cluster::RedisCluster;
 use crate::support::loader::TestLoader;
 use crate::support::process::ServerProcess;
-use cachecoord::proto::{BatchGetRequest, GetRequest};
+use cachecoord::proto::{BatchGetRequest, GetRequest, SetRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,7 @@ max_concurrency = 1024
         let batch = BatchGetRequest {
             keys: chunk.to_vec(),
             cache_only: false,
+            lease: false,
         };
         pool[0].clone().batch_get(batch).await.unwrap();
     }
@@ -71,6 +73,7 @@ max_concurrency = 1024
                 .get(GetRequest {
                     key,
                     cache_only: false,
+                    lease: false,
                 })
                 .await
                 .is_ok()
@@ -118,6 +121,7 @@ pub(crate) async fn stampede(
                 .get(GetRequest {
                     key,
                     cache_only: false,
+                    lease: false,
                 })
                 .await
                 .is_ok();
@@ -137,6 +141,94 @@ pub(crate) async fn stampede(
         total_loads as f64 / keys as f64
     );
     let name = format!("stampede, leases {}", if leases { "on" } else { "off" });
+    figures(
+        &name,
+        replicas * callers,
+        latencies,
+        errors,
+        started.elapsed(),
+        note,
+    )
+}
+
+/// The cache-aside stampede without a loader: `replicas` servers × `callers` concurrent callers on each of `keys`
+/// cold keys, each running the caller's own loop (Get; on a miss, a 100 ms database read, then Set) with leases
+/// (`Get` with `lease`, Set with the token; a caller whose wait ran out loads without caching) or without. Counts
+/// the database reads per key.
+pub(crate) async fn cache_aside_stampede(
+    cluster: &RedisCluster,
+    leases: bool,
+    replicas: usize,
+    callers: usize,
+    keys: usize,
+) -> Figures {
+    let loader = TestLoader::start().await;
+    let mut servers = Vec::new();
+    for _ in 0..replicas {
+        servers.push(ServerProcess::start(&server_config(cluster, &loader, true)).await);
+    }
+    let mut pool = Vec::new();
+    for server in &servers {
+        pool.extend(clients(server, 2).await);
+    }
+    let tag = format!("{}{}", if leases { "l" } else { "n" }, std::process::id());
+    let names: Vec<String> = (0..keys).map(|k| format!("aside:{tag}x{k}")).collect();
+    let db_reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    for i in 0..replicas * callers * keys {
+        let mut client = pool[i % pool.len()].clone();
+        let key = names[i % keys].clone();
+        let db_reads = db_reads.clone();
+        calls.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let answer = client
+                .get(GetRequest {
+                    key: key.clone(),
+                    cache_only: false,
+                    lease: leases,
+                })
+                .await;
+            let ok = match answer.map(tonic::Response::into_inner) {
+                Ok(answer) if answer.found => true,
+                Ok(answer) => {
+                    // The caller's own database.
+                    db_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if leases && answer.lease_token.is_empty() {
+                        true
+                    } else {
+                        let fill = SetRequest {
+                            key,
+                            value: b"row".to_vec().into(),
+                            ttl: None,
+                            version: None,
+                            lease_token: answer.lease_token,
+                        };
+                        client.set(fill).await.is_ok()
+                    }
+                }
+                Err(_) => false,
+            };
+            (t.elapsed(), ok)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for call in calls {
+        let (latency, ok) = call.await.unwrap();
+        latencies.push(latency.as_nanos() as u64);
+        errors += u64::from(!ok);
+    }
+    let reads = db_reads.load(std::sync::atomic::Ordering::Relaxed);
+    let note = format!(
+        "{replicas} replicas × {callers} callers × {keys} keys: {:.2} database calls per key",
+        reads as f64 / keys as f64
+    );
+    let name = format!(
+        "cache-aside stampede (no loader), leases {}",
+        if leases { "on" } else { "off" }
+    );
     figures(
         &name,
         replicas * callers,

@@ -11,7 +11,7 @@ use cachecoord::loader::Loaders;
 use cachecoord::proto::cache_service_server::CacheService;
 use cachecoord::proto::{
     BatchGetRequest, BatchSetRequest, GetRequest, InvalidatePatternRequest, InvalidateRequest,
-    SetRequest,
+    ReleaseLeaseRequest, RenewLeaseRequest, SetRequest,
 };
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -33,6 +33,8 @@ fn api() -> &'static CacheApi {
     API.get_or_init(|| {
         let mut config = Config::default();
         config.store.memory_max_bytes = 16 * 1024 * 1024;
+        // A leased Get of a key whose lease an earlier input took (and never filled) waits this long.
+        config.read_through.lease_wait = std::time::Duration::from_millis(1);
         runtime().block_on(async {
             let store = cachecoord::store::open(&config.store).await.unwrap();
             let coordinator = Coordinator::new(store, Loaders::default(), &config).unwrap();
@@ -47,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let api = api();
     runtime().block_on(async {
-        match rpc % 6 {
+        match rpc % 8 {
             0 => {
                 if let Ok(m) = GetRequest::decode(body) {
                     let _ = api.get(Request::new(m)).await;
@@ -71,6 +73,16 @@ fuzz_target!(|data: &[u8]| {
             4 => {
                 if let Ok(m) = InvalidateRequest::decode(body) {
                     let _ = api.invalidate(Request::new(m)).await;
+                }
+            }
+            5 => {
+                if let Ok(m) = ReleaseLeaseRequest::decode(body) {
+                    let _ = api.release_lease(Request::new(m)).await;
+                }
+            }
+            6 => {
+                if let Ok(m) = RenewLeaseRequest::decode(body) {
+                    let _ = api.renew_lease(Request::new(m)).await;
                 }
             }
             _ => {

@@ -8,7 +8,7 @@ use super::{CacheApi, deadline, to_status};
 use crate::auth::Caller;
 use crate::{Error, Result};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, field::Empty};
@@ -24,6 +24,20 @@ pub(super) trait Rpc {
     fn key(&self) -> Option<&str> {
         None
     }
+}
+
+tokio::task_local! {
+    /// When the running call must be answered at the latest, for calls that answer their deadline themselves.
+    static ANSWER_BY: Option<Instant>;
+}
+
+/// Part of a call's budget kept for answering once a wait inside it gives up: about a store round trip.
+const ANSWER_MARGIN: Duration = Duration::from_millis(20);
+
+/// When the running call should stop waiting (on another caller's fill) so that it still answers within the
+/// caller's deadline; `None` without a deadline (or outside a call).
+pub(super) fn answer_by() -> Option<Instant> {
+    ANSWER_BY.try_with(|by| *by).ok().flatten()
 }
 
 /// Who enforces the caller's `grpc-timeout`.
@@ -69,16 +83,22 @@ impl CacheApi {
             if let Some(key) = request.key() {
                 self.describe_key(key);
             }
+            let answer_by = budget
+                .map(|budget| started + budget.saturating_sub(ANSWER_MARGIN.min(budget / 10)));
             let result = match admitted {
-                Ok((caller, call_budget)) => deadline::within(budget, body(caller, request))
-                    .await
-                    // The encoded answer is held until sent: it counts against the call's budget (beyond the
-                    // allowance taken at admission).
-                    .and_then(|response| {
-                        call_budget
-                            .hold(response.encoded_len().saturating_sub(RESPONSE_ALLOWANCE))?;
-                        Ok(response)
-                    }),
+                Ok((caller, call_budget)) => {
+                    let call = deadline::within(budget, body(caller, request));
+                    ANSWER_BY
+                        .scope(answer_by, call)
+                        .await
+                        // The encoded answer is held until sent: it counts against the call's budget (beyond
+                        // the allowance taken at admission).
+                        .and_then(|response| {
+                            call_budget
+                                .hold(response.encoded_len().saturating_sub(RESPONSE_ALLOWANCE))?;
+                            Ok(response)
+                        })
+                }
                 Err(error) => Err(error),
             };
             finish(Req::NAME, started, result)

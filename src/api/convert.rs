@@ -30,12 +30,14 @@ impl From<Lookup> for GetResponse {
             value,
             source,
             ttl_remaining,
+            lease_token,
         } = lookup;
         GetResponse {
             found: value.is_some(),
             value: value.unwrap_or_default(),
             source: proto::Source::from(source) as i32,
             ttl_remaining: ttl_remaining.map(to_proto_duration),
+            lease_token: lease_token.unwrap_or_default(),
         }
     }
 }
@@ -49,6 +51,7 @@ impl From<(String, Lookup)> for BatchGetResult {
             value,
             source,
             ttl_remaining,
+            lease_token,
         } = lookup.into();
         BatchGetResult {
             key,
@@ -56,6 +59,7 @@ impl From<(String, Lookup)> for BatchGetResult {
             value,
             source,
             ttl_remaining,
+            lease_token,
         }
     }
 }
@@ -70,6 +74,7 @@ impl TryFrom<SetRequest> for SetCommand {
             value,
             ttl,
             version,
+            lease_token,
         } = request;
         let ttl = ttl.map(|ttl| from_proto_duration(&key, ttl)).transpose()?;
         Ok(SetCommand {
@@ -77,6 +82,8 @@ impl TryFrom<SetRequest> for SetCommand {
             value,
             ttl,
             version,
+            // An empty token is no token: a plain Set.
+            lease_token: (!lease_token.is_empty()).then_some(lease_token),
         })
     }
 }

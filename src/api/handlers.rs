@@ -1,8 +1,8 @@
-//! The seven CacheService handlers. Each takes its request message apart, puts keys in the caller's namespace,
+//! The nine CacheService handlers. Each takes its request message apart, puts keys in the caller's namespace,
 //! calls the coordinator and converts the answer; [`CacheApi::handle`] does everything else.
 
 use super::CacheApi;
-use super::call::{Deadline, Rpc};
+use super::call::{Deadline, Rpc, answer_by};
 use crate::Result;
 use crate::auth::{Action, Caller};
 use crate::cache::{BatchSetOutcome, ReadOptions, SetCommand};
@@ -10,7 +10,8 @@ use crate::proto::cache_service_server::CacheService;
 use crate::proto::{
     BatchGetRequest, BatchGetResponse, BatchSetRequest, BatchSetResponse, GetRequest, GetResponse,
     InvalidatePatternRequest, InvalidatePatternResponse, InvalidateRequest, InvalidateResponse,
-    SetRequest, SetResponse, StatsRequest, StatsResponse,
+    ReleaseLeaseRequest, ReleaseLeaseResponse, RenewLeaseRequest, RenewLeaseResponse, SetRequest,
+    SetResponse, StatsRequest, StatsResponse,
 };
 use tonic::{Request, Response, Status};
 use tracing::Span;
@@ -20,12 +21,23 @@ impl CacheService for CacheApi {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         self.handle(
             request,
-            |caller, GetRequest { key, cache_only }| async move {
+            |caller,
+             GetRequest {
+                 key,
+                 cache_only,
+                 lease,
+             }| async move {
+                // Taking a lease is the right to fill the key: it needs the write scope too.
+                if lease {
+                    caller.key(Action::Write, &key)?;
+                }
                 let key = caller.key(Action::Read, &key)?;
-                let lookup = self
-                    .coordinator
-                    .get(&key, ReadOptions { cache_only })
-                    .await?;
+                let options = ReadOptions {
+                    cache_only,
+                    lease,
+                    wait_until: answer_by(),
+                };
+                let lookup = self.coordinator.get(&key, options).await?;
                 Span::current().record("source", lookup.source.label());
                 Ok(lookup.into())
             },
@@ -39,9 +51,21 @@ impl CacheService for CacheApi {
     ) -> Result<Response<BatchGetResponse>, Status> {
         self.handle(
             request,
-            |caller, BatchGetRequest { keys, cache_only }| async move {
+            |caller,
+             BatchGetRequest {
+                 keys,
+                 cache_only,
+                 lease,
+             }| async move {
+                if lease {
+                    caller.keys(Action::Write, &keys)?;
+                }
                 let qualified = caller.keys(Action::Read, &keys)?;
-                let options = ReadOptions { cache_only };
+                let options = ReadOptions {
+                    cache_only,
+                    lease,
+                    wait_until: answer_by(),
+                };
                 let lookups = self.coordinator.batch_get(&qualified, options).await?;
                 self.coordinator.check_response_size(
                     lookups
@@ -75,14 +99,17 @@ impl CacheService for CacheApi {
             let BatchSetOutcome {
                 written,
                 stale_keys,
+                lease_lost_keys,
             } = self.coordinator.batch_set(commands).await?;
-            let stale_keys = stale_keys
-                .iter()
-                .map(|key| caller.unqualify(key).to_owned())
-                .collect();
+            let unqualified = |keys: Vec<String>| {
+                keys.iter()
+                    .map(|key| caller.unqualify(key).to_owned())
+                    .collect()
+            };
             Ok(BatchSetResponse {
                 written,
-                stale_keys,
+                stale_keys: unqualified(stale_keys),
+                lease_lost_keys: unqualified(lease_lost_keys),
             })
         })
         .await
@@ -110,6 +137,38 @@ impl CacheService for CacheApi {
                 let pattern = caller.pattern(&pattern)?;
                 let deleted = self.coordinator.invalidate_pattern(&pattern).await?;
                 Ok(InvalidatePatternResponse { deleted })
+            },
+        )
+        .await
+    }
+
+    async fn release_lease(
+        &self,
+        request: Request<ReleaseLeaseRequest>,
+    ) -> Result<Response<ReleaseLeaseResponse>, Status> {
+        self.handle(
+            request,
+            |caller, ReleaseLeaseRequest { key, lease_token }| async move {
+                let key = caller.key(Action::Write, &key)?;
+                let released = self.coordinator.release_lease(&key, &lease_token).await?;
+                Ok(ReleaseLeaseResponse { released })
+            },
+        )
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<RenewLeaseRequest>,
+    ) -> Result<Response<RenewLeaseResponse>, Status> {
+        self.handle(
+            request,
+            |caller, RenewLeaseRequest { key, lease_token }| async move {
+                let key = caller.key(Action::Write, &key)?;
+                let ttl = self.coordinator.renew_lease(&key, &lease_token).await?;
+                Ok(RenewLeaseResponse {
+                    ttl: Some(SetResponse::from(ttl).ttl.unwrap_or_default()),
+                })
             },
         )
         .await
@@ -183,6 +242,24 @@ impl Rpc for InvalidatePatternRequest {
 
     fn key(&self) -> Option<&str> {
         Some(&self.pattern)
+    }
+}
+
+impl Rpc for ReleaseLeaseRequest {
+    const NAME: &'static str = "ReleaseLease";
+    const DEADLINE: Deadline = Deadline::LeftToTonic;
+
+    fn key(&self) -> Option<&str> {
+        Some(&self.key)
+    }
+}
+
+impl Rpc for RenewLeaseRequest {
+    const NAME: &'static str = "RenewLease";
+    const DEADLINE: Deadline = Deadline::LeftToTonic;
+
+    fn key(&self) -> Option<&str> {
+        Some(&self.key)
     }
 }
 

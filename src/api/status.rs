@@ -31,6 +31,7 @@ pub fn to_status(error: &Error) -> Status {
     let (code, reason) = match error {
         Error::Shared(inner) => return to_status(inner),
         Error::StaleVersion { .. } => (Code::FailedPrecondition, "STALE_VERSION"),
+        Error::LeaseLost { .. } => (Code::FailedPrecondition, "LEASE_LOST"),
         Error::LoaderFailed { .. } => (Code::Unavailable, "LOADER_FAILED"),
         Error::DeadlineExceeded { .. } => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
         Error::InvalidKey { .. } => (Code::InvalidArgument, "INVALID_KEY"),

@@ -95,7 +95,7 @@ impl KeyFlight {
     /// Takes the lease and loads, or waits for whoever holds it; loads again when a fill is voided.
     async fn leased(&self, stale: Option<Entry>) -> SharedResult {
         let core = &self.core;
-        let deadline = Instant::now() + core.read_through.lease_wait;
+        let deadline = Instant::now() + self.policy.lease_wait;
         // Subscribe before the first look at the lease, so a fill between the two cannot be missed.
         let mut events = core.store.lease_events();
         let mut voided = 0;

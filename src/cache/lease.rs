@@ -5,12 +5,22 @@
 //! lands only if the token still holds the lease. Every Set and Invalidate voids the lease, so a load that raced an
 //! update loses its right to write and can never put the old value back. A holder that dies leaves a lease that
 //! expires after `lease_ttl`; a waiter then takes it.
+//!
+//! A lease may also be handed out to a caller that fills the key itself (a Get with `lease`, see
+//! `caller_lease`): [`Lease::hand_out`] turns it into the opaque token the caller gets, and
+//! [`Lease::claimed`] turns a token a caller sends back into a lease again, which the store checks on every use. A
+//! token is one format byte and the 64-bit store token; anything else is a token that holds no lease.
 
 use super::shared::Core;
 use crate::Result;
 use crate::keys::Key;
 use crate::store::{Filled, LeaseToken, StoreWrite};
+use bytes::Bytes;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// The first byte of a caller's lease token: its format.
+const TOKEN_FORMAT: u8 = 1;
 
 /// This replica's hold on one key's lease, until it fills or releases it.
 #[must_use = "a lease is held until it is filled or released"]
@@ -38,7 +48,8 @@ impl Lease {
     /// Takes `key`'s lease for the configured lease TTL; `None` when someone else holds it.
     pub(super) async fn try_take(core: &Arc<Core>, key: &Key) -> Result<Option<Lease>> {
         let token: LeaseToken = rand::random();
-        let taken = match core.store.try_lease(key, token, core.lease_ttl()).await {
+        let ttl = core.policies.for_key(key).lease_ttl;
+        let taken = match core.store.try_lease(key, token, ttl).await {
             Ok(taken) => taken,
             Err(error) => {
                 // The answer was lost, not necessarily the lease: the script may have run. Give back whatever
@@ -94,6 +105,49 @@ impl Lease {
     /// retry at once. If the store cannot take it, the lease runs out after its TTL instead.
     pub(super) async fn release(self) {
         give_back(&self.core, &self.key, self.token).await;
+    }
+
+    /// Hands the lease to the caller, who now fills or releases it (or lets it run out): the token it sends back.
+    pub(super) fn hand_out(self) -> Bytes {
+        let mut token = Vec::with_capacity(9);
+        token.push(TOKEN_FORMAT);
+        token.extend_from_slice(&self.token.to_be_bytes());
+        Bytes::from(token)
+    }
+
+    /// The lease a caller names with `token` (from [`Lease::hand_out`]), for `key`; `None` for bytes that are not
+    /// a token at all. Whether it still holds is the store's to say, on every use.
+    pub(super) fn claimed(core: &Arc<Core>, key: &Key, token: &[u8]) -> Option<Lease> {
+        let (&format, rest) = token.split_first()?;
+        let token = LeaseToken::from_be_bytes(rest.try_into().ok()?);
+        (format == TOKEN_FORMAT).then(|| Lease {
+            core: core.clone(),
+            key: key.clone(),
+            token,
+        })
+    }
+
+    /// Writes a caller's fill if the lease still holds, which releases it and wakes the waiters. Unlike
+    /// [`Lease::fill`], a failure is the caller's to see (and retry): the lease is left as it is.
+    pub(super) async fn fill_claimed(self, write: &StoreWrite) -> Result<Filled> {
+        debug_assert_eq!(write.key, self.key, "a lease fills its own key");
+        self.core.store.fill(self.token, write).await
+    }
+
+    /// Gives a caller's lease back; answers whether it still held.
+    pub(super) async fn release_claimed(self) -> Result<bool> {
+        self.core.store.release_lease(&self.key, self.token).await
+    }
+
+    /// Extends a caller's lease by its key's lease TTL; answers the TTL, or `None` when it no longer holds.
+    pub(super) async fn renew_claimed(self) -> Result<Option<Duration>> {
+        let ttl = self.core.policies.for_key(&self.key).lease_ttl;
+        let renewed = self
+            .core
+            .store
+            .renew_lease(&self.key, self.token, ttl)
+            .await?;
+        Ok(renewed.then_some(ttl))
     }
 }
 

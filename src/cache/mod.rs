@@ -14,6 +14,7 @@
 //! - `fallback`: reads while the store is down, straight from the loaders.
 //! - `batch`: several misses of one loader in one leased batch call.
 //! - `refresh`: background refresh (XFetch early refresh, stale-while-revalidate).
+//! - `caller_lease`: leases handed to callers that fill misses themselves (a read with `lease`).
 //! - `flight`: one key's load: lease or wait, load, fill, load again when voided.
 //! - `load`: one loader call and the entry it becomes.
 //! - `lease`: the store lease as a type (`Lease`: take, fill, release).
@@ -28,6 +29,7 @@
 //! [`Loader`]: crate::loader::Loader
 
 mod batch;
+mod caller_lease;
 mod encryption;
 mod entry;
 mod fallback;
@@ -160,6 +162,18 @@ impl Coordinator {
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
         write::invalidate_pattern(&self.core, pattern).await
     }
+
+    /// Gives back a lease a leased read handed out (`token`), so a waiting caller takes it at once; answers
+    /// whether the token still held it.
+    pub async fn release_lease(&self, key: &str, token: &[u8]) -> Result<bool> {
+        write::release_lease(&self.core, key, token).await
+    }
+
+    /// Extends a lease a leased read handed out by the key's lease TTL; answers that TTL, or
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token no longer holds it.
+    pub async fn renew_lease(&self, key: &str, token: &[u8]) -> Result<Duration> {
+        write::renew_lease(&self.core, key, token).await
+    }
 }
 
 #[cfg(test)]
@@ -184,10 +198,15 @@ mod tests {
             value: Bytes::from_static(value),
             ttl: None,
             version: None,
+            lease_token: None,
         }
     }
 
-    const READ: ReadOptions = ReadOptions { cache_only: false };
+    const READ: ReadOptions = ReadOptions {
+        cache_only: false,
+        lease: false,
+        wait_until: None,
+    };
 
     #[test]
     fn keys_over_the_limit_are_described_by_their_length_alone() {

@@ -28,6 +28,10 @@ pub struct Policy {
     pub sensitive: bool,
     /// Values are stored encrypted.
     pub encrypt: bool,
+    /// How long a lease on one of its keys holds before a waiter may take it over.
+    pub lease_ttl: Duration,
+    /// How long a caller waits for another's fill of one of its keys.
+    pub lease_wait: Duration,
     pattern: Option<Pattern>,
 }
 
@@ -68,6 +72,8 @@ impl Policies {
                     near_cache_ttl: rule.near_cache_ttl,
                     sensitive: rule.sensitive,
                     encrypt: rule.encrypt,
+                    lease_ttl: rule.lease_ttl.unwrap_or(config.read_through.lease_ttl),
+                    lease_wait: rule.lease_wait.unwrap_or(config.read_through.lease_wait),
                     pattern: Some(Pattern::parse(
                         &rule.pattern,
                         config.limits.max_key_bytes,
@@ -88,6 +94,8 @@ impl Policies {
                 near_cache_ttl: None,
                 sensitive: false,
                 encrypt: false,
+                lease_ttl: config.read_through.lease_ttl,
+                lease_wait: config.read_through.lease_wait,
                 pattern: None,
             },
             jitter_ratio: config.policy_defaults.jitter_ratio,

@@ -1,8 +1,11 @@
 //! The read path of Get and BatchGet: near-cache first, then one read of the store for the rest, then a verdict
 //! per key (hit, early refresh, stale serve, or load), then the loads, grouped per loader: one key through its
-//! flight, several through one batch call. A store that is down sends the read to the fallback.
+//! flight, several through one batch call. A leased read's misses of keys no loader fills go to `caller_lease`
+//! instead (the caller's lease, or a wait for another caller's fill). A store that is down sends the read to the
+//! fallback.
 
 use super::batch::load_batch;
+use super::caller_lease;
 use super::entry::Entry;
 use super::fallback::fallback;
 use super::flight::load_one;
@@ -11,6 +14,7 @@ use super::shared::Core;
 use super::types::{Lookup, ReadOptions, Source, settle};
 use crate::keys::Key;
 use crate::{Error, Result};
+use futures::FutureExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +25,8 @@ enum Verdict {
     Answer(Lookup),
     /// Load it; the stale entry (if any) may stand in should the loader fail.
     Load(Option<Entry>),
+    /// Serve this stale value, and offer the key's lease to the caller (a leased read with no loader).
+    StaleLeased(Lookup),
 }
 
 /// Reads one key, loading it on a miss when its entity has a loader.
@@ -121,19 +127,36 @@ async fn read_from_store(
 
     let mut answers: Vec<Option<Lookup>> = vec![None; keys.len()];
     let mut to_load: HashMap<usize, Vec<(usize, Option<Entry>)>> = HashMap::new();
+    // Misses the caller fills itself under a lease, and stale values served with a lease offered.
+    let (mut to_lease, mut to_offer) = (Vec::new(), Vec::new());
     for (index, (key, bytes)) in keys.iter().zip(stored).enumerate() {
         let entry = bytes.and_then(|b| core.decode(key, b));
         let loader = (!options.cache_only)
             .then(|| core.loaders.for_key(key))
             .flatten();
-        match judge(&core, key, entry, loader.is_some(), near_sequence) {
+        let filler = match loader {
+            Some(_) => Filler::Loader,
+            None if options.lease => Filler::Caller,
+            None => Filler::Nobody,
+        };
+        match judge(&core, key, entry, filler, near_sequence) {
             Verdict::Answer(lookup) => answers[index] = Some(lookup),
+            Verdict::StaleLeased(lookup) => to_offer.push((index, lookup)),
             Verdict::Load(stale) => match loader {
                 Some((route, _)) => to_load.entry(route).or_default().push((index, stale)),
+                None if options.lease => to_lease.push(index),
                 None => answers[index] = Some(Lookup::miss()),
             },
         }
     }
+    let leased = to_lease.into_iter().map(|index| {
+        let lookup = caller_lease::on_miss(core.clone(), keys[index].clone(), options.wait_until);
+        async move { Ok::<_, Error>((index, lookup.await?)) }
+    });
+    let offered = to_offer.into_iter().map(|(index, stale)| {
+        let lookup = caller_lease::on_stale(core.clone(), keys[index].clone(), stale);
+        async move { (index, lookup.await) }
+    });
 
     let loads = to_load.into_values().map(|group| {
         let core = core.clone();
@@ -153,23 +176,38 @@ async fn read_from_store(
             )
         }
     });
-    for loaded in futures::future::try_join_all(loads).await? {
-        for (index, lookup) in loaded {
-            answers[index] = Some(lookup);
-        }
+    let (loaded, leased, offered) = futures::try_join!(
+        futures::future::try_join_all(loads),
+        futures::future::try_join_all(leased),
+        futures::future::join_all(offered).map(Ok::<_, Error>),
+    )?;
+    for (index, lookup) in loaded.into_iter().flatten().chain(leased).chain(offered) {
+        answers[index] = Some(lookup);
     }
     Ok(settle(answers))
 }
 
-/// Decides what a cached entry means: a hit (maybe refreshing early), a stale serve (refreshing behind it), or a
-/// load.
+/// Who fills a key that misses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Filler {
+    /// Its entity's loader.
+    Loader,
+    /// The caller, under a lease (a leased read of a key no loader fills).
+    Caller,
+    /// Nobody: a miss is answered as such.
+    Nobody,
+}
+
+/// Decides what a cached entry means: a hit (maybe refreshing early), a stale serve (refreshing behind it, or
+/// offering the caller the lease to refresh it), or a load.
 fn judge(
     core: &Arc<Core>,
     key: &Key,
     entry: Option<Entry>,
-    has_loader: bool,
+    filler: Filler,
     near_sequence: Option<u64>,
 ) -> Verdict {
+    let has_loader = filler == Filler::Loader;
     let Some(entry) = entry else {
         return Verdict::Load(None);
     };
@@ -187,10 +225,16 @@ fn judge(
             Verdict::Answer(Lookup::found_or_negative(&entry, Source::Hit))
         }
         Some(stale)
-            if has_loader && entry.value.is_some() && stale <= policy.stale_while_revalidate =>
+            if filler != Filler::Nobody
+                && entry.value.is_some()
+                && stale <= policy.stale_while_revalidate =>
         {
+            let lookup = Lookup::from_entry(&entry, Source::Stale);
+            if filler == Filler::Caller {
+                return Verdict::StaleLeased(lookup);
+            }
             refresh_in_background(core.clone(), key.clone());
-            Verdict::Answer(Lookup::from_entry(&entry, Source::Stale))
+            Verdict::Answer(lookup)
         }
         Some(_) => Verdict::Load(Some(entry)),
     }

@@ -20,7 +20,6 @@ use crate::store::Store;
 use crate::{Error, Result, StartupError};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Everything the coordinator's operations share.
 pub(super) struct Core {
@@ -142,11 +141,6 @@ impl Core {
         keys.iter().fold(error.to_string(), |text, key| {
             self.redaction.scrub(self.policies.for_key(key), key, text)
         })
-    }
-
-    /// How long a lease holds before a waiter may take it over.
-    pub(super) fn lease_ttl(&self) -> Duration {
-        self.read_through.lease_ttl
     }
 
     /// Counts one answer under the entity (policy) of `key`.

@@ -80,6 +80,9 @@ pub struct Lookup {
     pub source: Source,
     /// How long the value stays fresh, when found.
     pub ttl_remaining: Option<Duration>,
+    /// The lease handed to this caller (a read with [`ReadOptions::lease`]): it loads the value and Sets it with
+    /// this token.
+    pub lease_token: Option<Bytes>,
 }
 
 impl Lookup {
@@ -88,6 +91,7 @@ impl Lookup {
             value: None,
             source: Source::Miss,
             ttl_remaining: None,
+            lease_token: None,
         }
     }
 
@@ -96,6 +100,7 @@ impl Lookup {
             value: entry.value.clone(),
             source,
             ttl_remaining: entry.ttl_remaining(),
+            lease_token: None,
         }
     }
 
@@ -142,6 +147,11 @@ impl Flown {
 pub struct ReadOptions {
     /// Answer from the cache only: never call a loader.
     pub cache_only: bool,
+    /// On a miss of a key no loader fills (no loader, or `cache_only`), coordinate the caller's own fill: hand
+    /// one caller the key's lease, and let the others wait for its fill.
+    pub lease: bool,
+    /// When a caller waiting for another's fill must be answered at the latest (its own deadline).
+    pub wait_until: Option<Instant>,
 }
 
 /// One write as the caller asked for it, before validation.
@@ -155,6 +165,8 @@ pub struct SetCommand {
     pub ttl: Option<Duration>,
     /// Version of the value; a write older than the stored entry's version is refused.
     pub version: Option<u64>,
+    /// The lease this write fills (a token a leased read handed out): written only while it holds.
+    pub lease_token: Option<Bytes>,
 }
 
 /// What a BatchSet did.
@@ -164,4 +176,6 @@ pub struct BatchSetOutcome {
     pub written: u64,
     /// Keys whose versioned write was refused because a newer version is stored.
     pub stale_keys: Vec<String>,
+    /// Keys whose fill was refused because its lease no longer held.
+    pub lease_lost_keys: Vec<String>,
 }

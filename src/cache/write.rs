@@ -1,53 +1,142 @@
-//! The write path: Set, BatchSet, Invalidate and InvalidatePattern. Every write is validated in full before the
-//! store sees it; the store voids the keys' leases, so no load in flight can write an older value back; and every
-//! replica's near-cache is told.
+//! The write path: Set, BatchSet, Invalidate and InvalidatePattern, and the caller's side of a lease (a Set that
+//! fills it, ReleaseLease, RenewLease). Every write is validated in full before the store sees it; the store voids
+//! the keys' leases, so no load in flight can write an older value back; and every replica's near-cache is told.
+//! A write carrying a lease token is a fill: written only while that lease still holds.
 
 use super::entry::Entry;
+use super::lease::Lease;
 use super::shared::Core;
 use super::types::{BatchSetOutcome, SetCommand};
 use crate::keys::{Key, Pattern};
-use crate::store::{Notice, StoreWrite};
+use crate::store::{Filled, Notice, StoreWrite};
 use crate::{Error, Result};
+use bytes::Bytes;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
+/// A validated write: the store write, the TTL the caller is told, and the lease it fills (if any).
+struct Prepared {
+    write: StoreWrite,
+    /// The TTL applied (the store keeps the entry longer, for the policy's stale windows).
+    ttl: Duration,
+    lease_token: Option<Bytes>,
+}
+
+/// How one write ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Yes,
+    /// A versioned write below the key's version.
+    Stale,
+    /// A fill whose lease no longer held.
+    LeaseLost,
+}
+
 /// Writes one key; answers the TTL applied.
-pub(super) async fn set(core: &Core, command: SetCommand) -> Result<Duration> {
+pub(super) async fn set(core: &Arc<Core>, command: SetCommand) -> Result<Duration> {
     let version = command.version;
-    let write = prepare_write(core, command)?;
-    let applied = core.store.set_many(std::slice::from_ref(&write)).await;
-    let keys = std::slice::from_ref(&write.key);
-    announce(core, keys, applied.is_ok()).await?;
-    let applied = applied?;
-    if applied.first() == Some(&false) {
-        return Err(Error::StaleVersion {
-            key: write.key.to_string(),
+    let prepared = prepare_write(core, command)?;
+    let key = prepared.write.key.clone();
+    let written = write_all(core, std::slice::from_ref(&prepared)).await?;
+    match written.first() {
+        Some(Written::Stale) => Err(Error::StaleVersion {
+            key: key.to_string(),
             version: version.unwrap_or(0),
-        });
+        }),
+        Some(Written::LeaseLost) => Err(Error::LeaseLost {
+            key: key.to_string(),
+        }),
+        _ => Ok(prepared.ttl),
     }
-    Ok(write.ttl)
 }
 
 /// Writes many keys. Every entry is validated before anything is written, so a bad entry writes nothing.
-pub(super) async fn batch_set(core: &Core, commands: Vec<SetCommand>) -> Result<BatchSetOutcome> {
+pub(super) async fn batch_set(
+    core: &Arc<Core>,
+    commands: Vec<SetCommand>,
+) -> Result<BatchSetOutcome> {
     core.check_batch("entries", commands.len())?;
-    let writes = commands
+    let prepared = commands
         .into_iter()
         .map(|command| prepare_write(core, command))
         .collect::<Result<Vec<_>>>()?;
-    let applied = core.store.set_many(&writes).await;
-    let keys: Vec<Key> = writes.iter().map(|w| w.key.clone()).collect();
-    announce(core, &keys, applied.is_ok()).await?;
-    let applied = applied?;
+    let written = write_all(core, &prepared).await?;
     let mut outcome = BatchSetOutcome::default();
-    for (write, applied) in writes.iter().zip(applied) {
-        if applied {
-            outcome.written += 1;
-        } else {
-            outcome.stale_keys.push(write.key.to_string());
+    for (prepared, written) in prepared.iter().zip(written) {
+        let key = prepared.write.key.to_string();
+        match written {
+            Written::Yes => outcome.written += 1,
+            Written::Stale => outcome.stale_keys.push(key),
+            Written::LeaseLost => outcome.lease_lost_keys.push(key),
         }
     }
     Ok(outcome)
+}
+
+/// Writes `prepared` (plain writes together, fills each under its lease) and tells the near-caches; answers how
+/// each write ended, in order.
+async fn write_all(core: &Arc<Core>, prepared: &[Prepared]) -> Result<Vec<Written>> {
+    let (fills, plain): (Vec<_>, Vec<_>) = prepared
+        .iter()
+        .enumerate()
+        .partition(|(_, p)| p.lease_token.is_some());
+    let plain_writes: Vec<StoreWrite> = plain.iter().map(|(_, p)| p.write.clone()).collect();
+    let applied = async {
+        if plain_writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        core.store.set_many(&plain_writes).await
+    };
+    let filled = futures::future::join_all(fills.iter().map(|(_, p)| fill(core, p)));
+    let (applied, filled) = futures::join!(applied, filled);
+    let keys: Vec<Key> = prepared.iter().map(|p| p.write.key.clone()).collect();
+    let succeeded = applied.is_ok() && filled.iter().all(Result::is_ok);
+    announce(core, &keys, succeeded).await?;
+    let mut written = vec![Written::Yes; prepared.len()];
+    for ((index, _), applied) in plain.iter().zip(applied?) {
+        if !applied {
+            written[*index] = Written::Stale;
+        }
+    }
+    for ((index, _), filled) in fills.iter().zip(filled) {
+        written[*index] = filled?;
+    }
+    Ok(written)
+}
+
+/// Fills one key under the lease its token names; a token that is not one holds no lease.
+async fn fill(core: &Arc<Core>, prepared: &Prepared) -> Result<Written> {
+    let token = prepared.lease_token.as_deref().unwrap_or_default();
+    let Some(lease) = Lease::claimed(core, &prepared.write.key, token) else {
+        return Ok(Written::LeaseLost);
+    };
+    Ok(match lease.fill_claimed(&prepared.write).await? {
+        Filled::Written => Written::Yes,
+        Filled::Older => Written::Stale,
+        Filled::Voided => Written::LeaseLost,
+    })
+}
+
+/// Gives back the lease `token` names on `key`; answers whether it still held.
+pub(super) async fn release_lease(core: &Arc<Core>, key: &str, token: &[u8]) -> Result<bool> {
+    let key = core.parse_key(key)?;
+    match Lease::claimed(core, &key, token) {
+        Some(lease) => lease.release_claimed().await,
+        None => Ok(false),
+    }
+}
+
+/// Extends the lease `token` names on `key` by the key's lease TTL; answers the TTL, or LEASE_LOST.
+pub(super) async fn renew_lease(core: &Arc<Core>, key: &str, token: &[u8]) -> Result<Duration> {
+    let key = core.parse_key(key)?;
+    let renewed = match Lease::claimed(core, &key, token) {
+        Some(lease) => lease.renew_claimed().await?,
+        None => None,
+    };
+    renewed.ok_or_else(|| Error::LeaseLost {
+        key: key.to_string(),
+    })
 }
 
 /// Deletes `keys`; answers how many existed. Each key is deleted (and counted) once however often it is named.
@@ -106,8 +195,9 @@ async fn announce(core: &Core, keys: &[Key], succeeded: bool) -> Result<()> {
     if succeeded { published } else { Ok(()) }
 }
 
-/// Validates `command` (key, size, sensitive data, TTL) and builds its store write.
-fn prepare_write(core: &Core, command: SetCommand) -> Result<StoreWrite> {
+/// Validates `command` (key, size, sensitive data, TTL) and builds its store write. The store keeps the entry for
+/// the policy's stale windows past its TTL, as it keeps a loader's.
+fn prepare_write(core: &Core, command: SetCommand) -> Result<Prepared> {
     let key = core.parse_key(&command.key)?;
     if command.value.len() > core.limits.max_value_bytes {
         return Err(Error::ValueTooLarge {
@@ -129,10 +219,15 @@ fn prepare_write(core: &Core, command: SetCommand) -> Result<StoreWrite> {
     let ttl = core.policies.ttl_for(&key, command.ttl)?;
     let mut entry = Entry::fresh_for(Some(command.value), ttl);
     entry.version = command.version.unwrap_or(0);
-    Ok(StoreWrite {
-        value: core.encode(&key, entry),
-        key,
+    let kept_for = ttl + core.policies.for_key(&key).stale_window();
+    Ok(Prepared {
+        write: StoreWrite {
+            value: core.encode(&key, entry),
+            key,
+            ttl: kept_for,
+            version: command.version,
+        },
         ttl,
-        version: command.version,
+        lease_token: command.lease_token,
     })
 }

@@ -1,7 +1,7 @@
 //! The coordinator's sections: read-through loading, policies and their defaults, pattern rules, the
 //! near-cache, the never-cache rule and encryption at rest.
 
-use super::duration::{millis, opt_secs, secs};
+use super::duration::{millis, opt_millis, opt_secs, secs};
 use crate::error::ConfigError;
 use crate::keys::Pattern;
 use serde::{Deserialize, Serialize};
@@ -241,6 +241,24 @@ pub struct PolicyConfig {
     /// Stores the entity's values encrypted (AES-256-GCM, key from `encryption`). Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub encrypt: bool,
+    /// `lease_ttl_ms`: overrides `read_through.lease_ttl_ms` for this policy's keys: how long a lease (a loader's,
+    /// or one handed to a caller by a Get with `lease`) holds before a waiter may take it over.
+    #[serde(
+        default,
+        rename = "lease_ttl_ms",
+        with = "opt_millis",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lease_ttl: Option<Duration>,
+    /// `lease_wait_ms`: overrides `read_through.lease_wait_ms` for this policy's keys: how long a caller waits for
+    /// another's fill.
+    #[serde(
+        default,
+        rename = "lease_wait_ms",
+        with = "opt_millis",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lease_wait: Option<Duration>,
 }
 
 impl PolicyConfig {
@@ -257,6 +275,8 @@ impl PolicyConfig {
             near_cache_ttl: None,
             sensitive: false,
             encrypt: false,
+            lease_ttl: None,
+            lease_wait: None,
         }
     }
 
@@ -266,6 +286,12 @@ impl PolicyConfig {
         }
         if self.ttl.is_zero() {
             return ConfigError::fail(format!("policy {:?}: ttl_secs must be positive", self.name));
+        }
+        if self.lease_ttl.is_some_and(|ttl| ttl.is_zero()) {
+            return ConfigError::fail(format!(
+                "policy {:?}: lease_ttl_ms must be positive",
+                self.name
+            ));
         }
         Ok(())
     }

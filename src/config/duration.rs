@@ -62,3 +62,24 @@ pub(super) mod opt_secs {
         Option::<u64>::deserialize(d).map(|secs| secs.map(Duration::from_secs))
     }
 }
+
+/// An optional whole number of milliseconds (absent: `None`).
+pub(super) mod opt_millis {
+    use super::*;
+
+    pub(in crate::config) fn serialize<S: Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(in crate::config) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<u64>::deserialize(d).map(|ms| ms.map(Duration::from_millis))
+    }
+}

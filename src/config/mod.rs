@@ -326,11 +326,18 @@ impl Config {
             .chain([defaults.stale_while_revalidate, defaults.stale_if_error])
             .max()
             .unwrap_or_default();
-        let longest_life = self.limits.max_ttl + longest_stale + self.read_through.lease_ttl;
+        let longest_lease = self
+            .policies
+            .iter()
+            .filter_map(|p| p.lease_ttl)
+            .chain([self.read_through.lease_ttl])
+            .max()
+            .unwrap_or_default();
+        let longest_life = self.limits.max_ttl + longest_stale + longest_lease;
         if self.store.version_retention < longest_life {
             return ConfigError::fail(format!(
                 "store.version_retention_secs ({} s) must cover limits.max_ttl_secs + the longest stale window + \
-                 read_through.lease_ttl_ms ({} s)",
+                 the longest lease TTL ({} s)",
                 self.store.version_retention.as_secs(),
                 longest_life.as_secs_f64().ceil()
             ));

@@ -83,8 +83,12 @@ pub trait Store: Send + Sync {
     /// version floor (the lease is then released).
     async fn fill(&self, token: LeaseToken, write: &StoreWrite) -> Result<Filled>;
 
-    /// Gives up `key`'s lease if `token` still holds it (a failed load), and announces it so waiters retry.
-    async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<()>;
+    /// Gives up `key`'s lease if `token` still holds it (a failed load), and announces it so waiters retry;
+    /// answers whether it did.
+    async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<bool>;
+
+    /// Extends `key`'s lease to `ttl` from now if `token` still holds it; answers whether it did.
+    async fn renew_lease(&self, key: &Key, token: LeaseToken, ttl: Duration) -> Result<bool>;
 
     /// Keys whose lease was just filled or released, on any replica. Lossy under overload: waiters also poll.
     fn lease_events(&self) -> broadcast::Receiver<Arc<str>>;

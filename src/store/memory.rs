@@ -226,7 +226,7 @@ impl Store for MemoryStore {
         Ok(filled)
     }
 
-    async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<()> {
+    async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<bool> {
         let released = {
             let mut leases = self.leases();
             let held = leases
@@ -240,7 +240,19 @@ impl Store for MemoryStore {
         if released {
             self.announce(key);
         }
-        Ok(())
+        Ok(released)
+    }
+
+    async fn renew_lease(&self, key: &Key, token: LeaseToken, ttl: Duration) -> Result<bool> {
+        let now = Instant::now();
+        let mut leases = self.leases();
+        match leases.get_mut(key.as_str()) {
+            Some((holder, expires)) if *holder == token && *expires > now => {
+                *expires = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     fn lease_events(&self) -> broadcast::Receiver<Arc<str>> {

@@ -74,8 +74,17 @@ impl Store for MeteredStore {
         observe("fill", self.inner.fill(token, write)).await
     }
 
-    async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<()> {
+    async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<bool> {
         observe("release", self.inner.release_lease(key, token)).await
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &Key,
+        token: LeaseToken,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        observe("renew", self.inner.renew_lease(key, token, ttl)).await
     }
 
     fn lease_events(&self) -> broadcast::Receiver<Arc<str>> {

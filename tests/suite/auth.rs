@@ -66,6 +66,7 @@ async fn get(client: &mut Client, token: &str, key: &str) -> Option<Vec<u8>> {
     let request = GetRequest {
         key: key.into(),
         cache_only: true,
+        lease: false,
     };
     let answer = client.get(as_caller(Some(token), request)).await.unwrap();
     found_value(answer.into_inner())
@@ -90,10 +91,12 @@ async fn every_rpc(
     let get = GetRequest {
         key: key.into(),
         cache_only: true,
+        lease: false,
     };
     let batch_get = BatchGetRequest {
         keys: keys.clone(),
         cache_only: true,
+        lease: false,
     };
     let batch_set = BatchSetRequest {
         entries: vec![set_request(key, b"intruder")],
@@ -179,6 +182,7 @@ async fn matrix(backend: Backend) {
     let mut basic = Request::new(GetRequest {
         key: user.clone(),
         cache_only: true,
+        lease: false,
     });
     basic
         .metadata_mut()
@@ -222,6 +226,7 @@ async fn matrix(backend: Backend) {
             BatchGetRequest {
                 keys: vec![user.clone(), posts.clone()],
                 cache_only: true,
+                lease: false,
             },
         ))
         .await
@@ -292,6 +297,7 @@ async fn matrix(backend: Backend) {
             GetRequest {
                 key: forged,
                 cache_only: true,
+                lease: false,
             },
         ))
         .await
@@ -307,6 +313,7 @@ async fn matrix(backend: Backend) {
             BatchGetRequest {
                 keys: vec![format!("user:{loaded}"), loaded.clone()],
                 cache_only: false,
+                lease: false,
             },
         ))
         .await
@@ -370,6 +377,7 @@ async fn matrix(backend: Backend) {
                 GetRequest {
                     key: loaded.clone(),
                     cache_only: false,
+                    lease: false,
                 },
             ))
             .await
@@ -410,6 +418,7 @@ async fn revoked_tokens_stop_working_without_a_restart() {
             GetRequest {
                 key: key.clone(),
                 cache_only: true,
+                lease: false,
             },
         );
         match client.get(request).await {
@@ -486,6 +495,7 @@ impl Reloading {
         let request = GetRequest {
             key: self.key.clone(),
             cache_only: true,
+            lease: false,
         };
         match self.client.get(as_caller(Some(token), request)).await {
             Ok(_) => true,

@@ -219,6 +219,7 @@ async fn excess_in_flight_calls_are_refused_at_once() {
                 let request = GetRequest {
                     key,
                     cache_only: false,
+                    lease: false,
                 };
                 client.get(request).await
             })

@@ -24,6 +24,7 @@ async fn an_amplifying_batch_get_is_refused() {
         .batch_get(BatchGetRequest {
             keys: vec![key.clone(); 100],
             cache_only: true,
+            lease: false,
         })
         .await;
 
@@ -36,6 +37,7 @@ async fn an_amplifying_batch_get_is_refused() {
         .batch_get(BatchGetRequest {
             keys: vec![key.clone(); 4],
             cache_only: true,
+            lease: false,
         })
         .await
         .unwrap()
@@ -59,6 +61,7 @@ async fn a_loader_value_over_the_limit_is_neither_cached_nor_served() {
         .get(GetRequest {
             key: key.clone(),
             cache_only: false,
+            lease: false,
         })
         .await;
 
@@ -105,6 +108,7 @@ async fn a_hostile_group_pattern_does_not_block_the_primary() {
             .get(GetRequest {
                 key: bystander.clone(),
                 cache_only: true,
+                lease: false,
             })
             .await
         {
@@ -199,6 +203,7 @@ async fn retried_pattern_invalidations_fold_into_one_run() {
                     .map(|i| format!("user:7:{i:05}"))
                     .collect(),
                 cache_only: true,
+                lease: false,
             })
             .await
             .unwrap()

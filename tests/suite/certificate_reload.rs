@@ -37,6 +37,7 @@ async fn answers(channel: &Channel) -> bool {
     let request = GetRequest {
         key: "user:1".into(),
         cache_only: true,
+        lease: false,
     };
     CacheServiceClient::new(channel.clone())
         .get(request)

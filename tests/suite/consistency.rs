@@ -24,6 +24,7 @@ fn versioned(key: &str, value: &[u8], version: u64, ttl: Option<Duration>) -> Se
         value: value.to_vec().into(),
         ttl: ttl.map(|ttl| ttl.try_into().unwrap()),
         version: Some(version),
+        lease_token: Default::default(),
     }
 }
 
@@ -136,6 +137,7 @@ fn read_through(key: &str) -> GetRequest {
     GetRequest {
         key: key.into(),
         cache_only: false,
+        lease: false,
     }
 }
 

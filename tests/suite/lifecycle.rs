@@ -35,6 +35,7 @@ grace_period_ms = 10000
                 let request = GetRequest {
                     key: key.clone(),
                     cache_only: false,
+                    lease: false,
                 };
                 (key, client.get(request).await)
             })

@@ -150,6 +150,7 @@ async fn aging_out_a_connection_fails_no_call_of_a_tonic_client_that_retries_uns
                 let request = GetRequest {
                     key: format!("{prefix}:{task}:{n}"),
                     cache_only: false,
+                    lease: false,
                 };
                 let mut outcome = client.get(request.clone()).await;
                 if let Err(status) = &outcome
@@ -240,6 +241,7 @@ async fn a_call_outlasting_the_grace_is_cut_with_its_connection() {
     let request = GetRequest {
         key: format!("{}:slow", unique("user:")),
         cache_only: false,
+        lease: false,
     };
     let status = client.get(request).await.unwrap_err();
     println!("a 30 s call on a connection with max age 1 s, grace 1 s: {status:?}");

@@ -77,6 +77,7 @@ impl Tenants {
                 GetRequest {
                     key,
                     cache_only: true,
+                    lease: false,
                 },
             ))
             .await
@@ -161,6 +162,7 @@ async fn a_caller_that_never_reads_holds_at_most_its_share() {
     let amplifying = grpc_frame(&BatchGetRequest {
         keys: vec![big.clone(); 15],
         cache_only: true,
+        lease: false,
     });
     let mut pending = Vec::new();
     for _ in 0..40 {
@@ -215,6 +217,7 @@ async fn a_caller_that_never_reads_holds_at_most_its_share() {
             BatchGetRequest {
                 keys: vec![big; 15],
                 cache_only: true,
+                lease: false,
             },
         ))
         .await

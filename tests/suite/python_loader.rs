@@ -46,6 +46,7 @@ async fn python_loader_fills_misses() {
         .get(GetRequest {
             key: "user:42".into(),
             cache_only: false,
+            lease: false,
         })
         .await
         .unwrap()
@@ -65,6 +66,7 @@ async fn python_loader_fills_misses() {
                 "user:4242".into(),
             ],
             cache_only: false,
+            lease: false,
         })
         .await
         .unwrap()

@@ -273,6 +273,7 @@ async fn loader_failure_serves_stale_within_stale_if_error() {
         .get(GetRequest {
             key: format!("user:{}", unique("")),
             cache_only: false,
+            lease: false,
         })
         .await
         .unwrap_err();
@@ -336,6 +337,7 @@ async fn versioned_sets_refuse_older_versions() {
             value: value.as_bytes().to_vec().into(),
             ttl: None,
             version: Some(version),
+            lease_token: Default::default(),
         };
         client.set(set(5, "five")).await.unwrap();
         let status = client.set(set(4, "four")).await.unwrap_err();
@@ -411,6 +413,7 @@ async fn the_callers_deadline_is_respected() {
     let mut request = tonic::Request::new(GetRequest {
         key: key.clone(),
         cache_only: false,
+        lease: false,
     });
     request.set_timeout(Duration::from_millis(1000));
     let status = client.get(request).await.unwrap_err();

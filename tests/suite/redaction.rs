@@ -89,8 +89,11 @@ impl Store for Flaky {
         }
         self.inner.fill(token, write).await
     }
-    async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<()> {
+    async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<bool> {
         self.inner.release_lease(key, token).await
+    }
+    async fn renew_lease(&self, key: &Key, token: LeaseToken, ttl: Duration) -> Result<bool> {
+        self.inner.renew_lease(key, token, ttl).await
     }
     fn lease_events(&self) -> broadcast::Receiver<Arc<str>> {
         self.inner.lease_events()
@@ -176,7 +179,11 @@ fn coordinator(store: Arc<dyn Store>, source: Arc<Source>) -> Coordinator {
     Coordinator::new(store, loaders, &config).unwrap()
 }
 
-const READ: ReadOptions = ReadOptions { cache_only: false };
+const READ: ReadOptions = ReadOptions {
+    cache_only: false,
+    lease: false,
+    wait_until: None,
+};
 
 /// The loader-failure, lease-timeout, failed-fill and failed-refresh paths of a sensitive entity log the entity
 /// and the upstream detail, never the key.

@@ -34,6 +34,7 @@ async fn secrets_are_refused_on_set(backend: Backend) {
         .get(GetRequest {
             key: fine,
             cache_only: true,
+            lease: false,
         })
         .await
         .unwrap()
@@ -141,6 +142,7 @@ async fn sensitive_loader_results_are_served_but_not_cached() {
             .get(GetRequest {
                 key: key.clone(),
                 cache_only: false,
+                lease: false,
             })
             .await
             .unwrap()
@@ -157,6 +159,7 @@ async fn sensitive_loader_results_are_served_but_not_cached() {
         .get(GetRequest {
             key,
             cache_only: true,
+            lease: false,
         })
         .await
         .unwrap()
@@ -180,6 +183,7 @@ async fn disguised_secrets_from_a_loader_are_not_cached() {
             .get(GetRequest {
                 key: key.clone(),
                 cache_only: false,
+                lease: false,
             })
             .await
             .unwrap()

@@ -48,6 +48,7 @@ async fn can_call(client: Result<CacheServiceClient<Channel>, tonic::transport::
     let request = GetRequest {
         key: "user:1".into(),
         cache_only: true,
+        lease: false,
     };
     client.get(authorized(request)).await.is_ok()
 }
@@ -78,11 +79,13 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
         value: b"over mTLS".to_vec().into(),
         ttl: None,
         version: None,
+        lease_token: Default::default(),
     };
     client.set(authorized(set)).await.unwrap();
     let get = GetRequest {
         key,
         cache_only: true,
+        lease: false,
     };
     let answer = client.get(authorized(get)).await.unwrap().into_inner();
     assert_eq!(&answer.value[..], b"over mTLS");
@@ -119,11 +122,13 @@ async fn redis_over_tls_with_an_acl_user() {
         value: b"through TLS".to_vec().into(),
         ttl: None,
         version: None,
+        lease_token: Default::default(),
     };
     client.set(set).await.unwrap();
     let get = GetRequest {
         key,
         cache_only: true,
+        lease: false,
     };
     let answer = client.get(get).await.unwrap().into_inner();
     assert_eq!(&answer.value[..], b"through TLS");

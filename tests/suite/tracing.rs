@@ -72,6 +72,7 @@ trace_sampling_ratio = 1.0
     let mut request = tonic::Request::new(GetRequest {
         key: "user:42".into(),
         cache_only: false,
+        lease: false,
     });
     request.metadata_mut().insert(
         "traceparent",

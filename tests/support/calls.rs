@@ -13,6 +13,7 @@ pub async fn get(client: &mut Client, key: &str) -> GetResponse {
     let request = GetRequest {
         key: key.into(),
         cache_only: false,
+        lease: false,
     };
     client.get(request).await.unwrap().into_inner()
 }
@@ -22,6 +23,7 @@ pub async fn cached(client: &mut Client, key: &str) -> GetResponse {
     let request = GetRequest {
         key: key.into(),
         cache_only: true,
+        lease: false,
     };
     client.get(request).await.unwrap().into_inner()
 }
@@ -31,6 +33,7 @@ pub async fn batch_get(client: &mut Client, keys: &[String]) -> Vec<BatchGetResu
     let request = BatchGetRequest {
         keys: keys.to_vec(),
         cache_only: false,
+        lease: false,
     };
     client
         .batch_get(request)
@@ -52,6 +55,7 @@ pub fn set_request(key: &str, value: &[u8]) -> SetRequest {
         value: value.to_vec().into(),
         ttl: None,
         version: None,
+        lease_token: Default::default(),
     }
 }
 

@@ -146,14 +146,19 @@ impl Store for RedisStore {
         Ok(filled)
     }
 
-    async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<()> {
-        if self
+    async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<bool> {
+        let released = self
             .run_for(key, scripts::release_lease(key, token))
-            .await?
-        {
+            .await?;
+        if released {
             pubsub::announce_lease(&self.nodes, key.as_str()).await;
         }
-        Ok(())
+        Ok(released)
+    }
+
+    async fn renew_lease(&self, key: &Key, token: LeaseToken, ttl: Duration) -> Result<bool> {
+        self.run_for(key, scripts::renew_lease(key, token, ttl))
+            .await
     }
 
     fn lease_events(&self) -> broadcast::Receiver<Arc<str>> {

@@ -20,6 +20,7 @@ const HELPERS: &str = include_str!("scripts/helpers.lua");
 static SET: LazyLock<Script> = LazyLock::new(|| with_helpers(include_str!("scripts/set.lua")));
 static FILL: LazyLock<Script> = LazyLock::new(|| with_helpers(include_str!("scripts/fill.lua")));
 static LEASE: LazyLock<Script> = LazyLock::new(|| with_helpers(include_str!("scripts/lease.lua")));
+static RENEW: LazyLock<Script> = LazyLock::new(|| with_helpers(include_str!("scripts/renew.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("scripts/release.lua")));
 static DELETE: LazyLock<Script> =
@@ -106,6 +107,15 @@ pub(super) fn release_lease(key: &Key, token: LeaseToken) -> Call {
         script: &RELEASE,
         keys: lease_keys(key),
         args: vec![token.to_string().into(), member(key)],
+    }
+}
+
+/// Extends `key`'s lease to `ttl` from now if `token` still holds it (answers 1 when extended).
+pub(super) fn renew_lease(key: &Key, token: LeaseToken, ttl: Duration) -> Call {
+    Call {
+        script: &RENEW,
+        keys: lease_keys(key),
+        args: vec![token.to_string().into(), ttl_ms(ttl).into()],
     }
 }
 
