@@ -30,6 +30,7 @@ mod python_client;
 mod python_loader;
 mod read_through;
 mod redaction;
+mod redis_health;
 mod redis_outage;
 mod sensitive_data;
 mod telemetry;
