@@ -12,6 +12,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod alerting;
 mod auth;
 mod bad_input;
 mod budgets;
