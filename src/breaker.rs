@@ -21,8 +21,11 @@ impl Breaker {
     /// A breaker reported as `name` (metric label `breaker`), opening after `threshold` consecutive failures
     /// for `cooldown` at a time.
     pub fn new(name: impl Into<String>, threshold: u32, cooldown: Duration) -> Breaker {
+        let name = name.into();
+        // Exported closed from the start, so alerts and dashboards see every breaker before it first opens.
+        metrics::gauge!("cachecoord_breaker_open", "breaker" => name.clone()).set(0.0);
         Breaker {
-            name: name.into(),
+            name,
             threshold: threshold.max(1),
             cooldown_ms: u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX),
             failures: AtomicU32::new(0),

@@ -1,5 +1,6 @@
 //! Wires the pieces into a running gRPC server: store → coordinator → CacheService, plus grpc.health.v1 and
-//! server reflection (v1) so grpcurl-style tools and any language can discover the API.
+//! server reflection (v1, and v1alpha for older tools such as grpcurl 1.8) so grpcurl-style tools and any language
+//! can discover the API.
 
 use crate::api::{AdmissionLayer, CacheApi};
 use crate::auth::Authenticator;
@@ -50,10 +51,12 @@ pub async fn serve(
     health.set_serving::<CacheServiceServer<CacheApi>>().await;
     // Neither needs more than a small request: a caller without a token must not make them buffer megabytes.
     let health_service = health_service.max_decoding_message_size(SMALL_REQUEST_BYTES);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(ServerError::Reflection)?
+        .max_decoding_message_size(SMALL_REQUEST_BYTES);
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(ServerError::Reflection)?
         .max_decoding_message_size(SMALL_REQUEST_BYTES);
 
@@ -166,6 +169,7 @@ pub async fn serve(
         ))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(cache_service)
         .serve_with_incoming_shutdown(incoming, drain);
     let served = tokio::select! {
@@ -193,4 +197,11 @@ async fn report_admission(admission: AdmissionLayer, mut stop: watch::Receiver<b
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
     }
+}
+
+/// Reflection over the cachecoord and health descriptors; built once per protocol version served.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }

@@ -211,6 +211,34 @@ fn describe_metrics() {
     );
     describe_gauge!(
         "cachecoord_breaker_open",
-        "1 while the store circuit breaker is open"
+        "1 while a circuit breaker is open, by breaker (redis host:port, or loader pattern)"
+    );
+    describe_gauge!(
+        "cachecoord_redis_used_memory_bytes",
+        "A Redis node's used_memory, by node and role, from its INFO"
+    );
+    describe_gauge!(
+        "cachecoord_redis_maxmemory_bytes",
+        "A Redis node's maxmemory (0: unset), by node and role"
+    );
+    describe_counter!(
+        "cachecoord_redis_evicted_keys_total",
+        "A Redis node's evicted_keys, by node and role"
+    );
+    describe_gauge!(
+        "cachecoord_redis_maxmemory_policy",
+        "1 on a Redis node's current maxmemory-policy, by node, role and policy"
+    );
+    describe_gauge!(
+        "cachecoord_redis_eviction_disabled",
+        "1 when a Redis node does not evict (maxmemory unset or noeviction)"
+    );
+    describe_gauge!(
+        "cachecoord_redis_replication_lag_bytes",
+        "Bytes a Redis replica has not acknowledged to its primary, by node"
+    );
+    describe_counter!(
+        "cachecoord_redis_refusals_total",
+        "Commands a Redis node refused with OOM or BUSY, by node and reason"
     );
 }

@@ -4,7 +4,7 @@
 //! Keys cross this boundary as the caller spelled them: putting them in (and taking them out of) the caller's
 //! namespace is the handlers' job, because it depends on who is calling.
 
-use crate::cache::{EntityStats, Lookup, SetCommand, Source};
+use crate::cache::{EntityStats, Lookup, NodeHealth, SetCommand, Source};
 use crate::proto::{self, BatchGetResult, GetResponse, SetRequest, SetResponse};
 use crate::{Error, Result};
 use std::time::Duration;
@@ -129,6 +129,33 @@ impl From<EntityStats> for proto::EntityStats {
         let EntityStats { entity, counts: _ } = stats;
         message.entity = entity;
         message
+    }
+}
+
+impl From<NodeHealth> for proto::RedisNode {
+    fn from(health: NodeHealth) -> proto::RedisNode {
+        let NodeHealth {
+            node,
+            role,
+            used_memory_bytes,
+            maxmemory_bytes,
+            maxmemory_policy,
+            evicted_keys,
+            replication_lag_bytes,
+            oom_refusals,
+            busy_refusals,
+        } = health;
+        proto::RedisNode {
+            node,
+            role,
+            used_memory_bytes,
+            maxmemory_bytes,
+            maxmemory_policy,
+            evicted_keys,
+            replication_lag_bytes,
+            oom_refusals,
+            busy_refusals,
+        }
     }
 }
 

@@ -185,7 +185,16 @@ impl CacheService for CacheApi {
                 .into_iter()
                 .map(Into::into)
                 .collect();
-            Ok(StatsResponse { entities })
+            let redis_nodes = self
+                .coordinator
+                .store_health()
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            Ok(StatsResponse {
+                entities,
+                redis_nodes,
+            })
         })
         .await
     }

@@ -49,6 +49,7 @@ mod stats;
 mod types;
 mod write;
 
+pub use crate::store::NodeHealth;
 pub use entry::Entry;
 pub use policy::{Policies, Policy};
 pub use stats::EntityStats;
@@ -93,6 +94,11 @@ impl Coordinator {
     /// Answers per entity and source since start-up, sorted by entity.
     pub fn stats(&self) -> Vec<EntityStats> {
         self.core.stats.snapshot()
+    }
+
+    /// The store's nodes as last polled (Redis only; empty for the embedded store).
+    pub fn store_health(&self) -> Vec<NodeHealth> {
+        self.core.store.node_health()
     }
 
     /// Checks `raw` against the key grammar and length limit, without touching anything: for callers that must

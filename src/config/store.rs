@@ -43,6 +43,10 @@ pub struct StoreConfig {
     /// being seen.
     #[serde(rename = "redis_topology_refresh_ms", with = "millis")]
     pub redis_topology_refresh: Duration,
+    /// `redis_health_interval_ms`: how often every Redis node's `INFO` is read for the `cachecoord_redis_*`
+    /// metrics and Stats (memory, maxmemory, eviction policy, evicted keys, replica lag). Default 10000 ms.
+    #[serde(rename = "redis_health_interval_ms", with = "millis")]
+    pub redis_health_interval: Duration,
     /// Consecutive failures of one Redis node that open its circuit breaker. Default 5. Each node has its own,
     /// so a failing primary does not take the healthy ones out of service. Formerly
     /// `read_through.breaker_failures` (still accepted).
@@ -88,6 +92,7 @@ impl Default for StoreConfig {
             redis_password_file: None,
             redis_tls_ca_file: None,
             redis_topology_refresh: Duration::from_secs(1),
+            redis_health_interval: Duration::from_secs(10),
             node_breaker_failures: 5,
             node_breaker_cooldown: Duration::from_secs(1),
             scan_count: 1000,
@@ -112,6 +117,9 @@ impl StoreConfig {
                     "store.redis_url must start with one of {known:?}, got {url:?}"
                 ));
             }
+        }
+        if self.redis_health_interval.is_zero() {
+            return ConfigError::fail("store.redis_health_interval_ms must be positive");
         }
         if self.scan_count == 0 || self.node_breaker_failures == 0 {
             return ConfigError::fail(

@@ -101,6 +101,9 @@ impl Loaders {
                 ),
                 max_value_bytes: config.limits.max_value_bytes,
             };
+            // Exported at 0 from the start, so a rate() over it (the loader-errors alert) has a series.
+            metrics::counter!("cachecoord_loader_errors_total", "route" => metered.route.clone())
+                .increment(0);
             routes.push((pattern, Arc::new(metered) as Arc<dyn Loader>));
         }
         Ok(Loaders { routes })

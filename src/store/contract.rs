@@ -58,6 +58,37 @@ pub enum Heard {
     Lost,
 }
 
+/// One Redis node as its last `INFO` described it, for operators (Stats).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeHealth {
+    /// `host:port`, as cachecoord reaches it.
+    pub node: String,
+    /// `primary` or `replica`.
+    pub role: String,
+    /// `used_memory`.
+    pub used_memory_bytes: u64,
+    /// `maxmemory`; 0 when unset (no limit).
+    pub maxmemory_bytes: u64,
+    /// `maxmemory_policy`, e.g. `allkeys-lru`.
+    pub maxmemory_policy: String,
+    /// `evicted_keys` since the node started.
+    pub evicted_keys: u64,
+    /// For a replica, the bytes its primary sent that it has not acknowledged (None for a primary, or when its
+    /// primary was not read).
+    pub replication_lag_bytes: Option<u64>,
+    /// Commands this replica saw refused with OOM (a full node under `noeviction`), since start-up.
+    pub oom_refusals: u64,
+    /// Commands this replica saw refused with BUSY (a long script), since start-up.
+    pub busy_refusals: u64,
+}
+
+impl NodeHealth {
+    /// Whether the node makes room when full: maxmemory set and a policy other than `noeviction`.
+    pub fn evicts(&self) -> bool {
+        self.maxmemory_bytes > 0 && self.maxmemory_policy != "noeviction"
+    }
+}
+
 /// The operations the coordinator needs from a backend.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -101,4 +132,9 @@ pub trait Store: Send + Sync {
 
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<()>;
+
+    /// The backend's nodes as last polled, sorted by node (none for the embedded store).
+    fn node_health(&self) -> Vec<NodeHealth> {
+        Vec::new()
+    }
 }

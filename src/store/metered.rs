@@ -1,7 +1,7 @@
 //! A store decorator that times every call and counts failures, for the `cachecoord_store_*` metrics and the
 //! tracing spans of store calls. It wraps whichever backend is configured, so both are observed the same way.
 
-use super::contract::{Filled, Heard, LeaseToken, Notice, Store, StoreWrite};
+use super::contract::{Filled, Heard, LeaseToken, NodeHealth, Notice, Store, StoreWrite};
 use crate::keys::{Key, Pattern};
 use crate::{Error, Result};
 use async_trait::async_trait;
@@ -101,5 +101,9 @@ impl Store for MeteredStore {
 
     async fn ping(&self) -> Result<()> {
         observe("ping", self.inner.ping()).await
+    }
+
+    fn node_health(&self) -> Vec<NodeHealth> {
+        self.inner.node_health()
     }
 }

@@ -12,6 +12,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod alerting;
 mod auth;
 mod bad_input;
 mod budgets;
@@ -34,6 +35,7 @@ mod python_client;
 mod python_loader;
 mod read_through;
 mod redaction;
+mod redis_health;
 mod redis_outage;
 mod secret_files;
 mod sensitive_data;

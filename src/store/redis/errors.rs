@@ -46,6 +46,37 @@ pub(super) fn backend_error(error: FredError) -> Error {
     }
 }
 
+/// A node refusing a command for a condition of its own, counted per node (`cachecoord_redis_refusals_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Full under `noeviction`: `OOM command not allowed when used memory > 'maxmemory'`.
+    Oom,
+    /// A script or function running too long: `BUSY Redis is busy running a script`.
+    Busy,
+}
+
+impl Refusal {
+    /// The `reason` label.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Refusal::Oom => "oom",
+            Refusal::Busy => "busy",
+        }
+    }
+}
+
+/// Whether `error` is an OOM or BUSY refusal (also when raised inside a script, which Redis wraps).
+pub(super) fn refusal(error: &FredError) -> Option<Refusal> {
+    let details = error.details();
+    if details.contains("OOM command not allowed") {
+        Some(Refusal::Oom)
+    } else if details.contains("BUSY Redis is busy") {
+        Some(Refusal::Busy)
+    } else {
+        None
+    }
+}
+
 /// UNAVAILABLE for a reason cachecoord found itself (a node not connected, a breaker open, a timeout).
 pub(super) fn unavailable(reason: impl Into<String>) -> Error {
     let reason: String = reason.into();
@@ -77,5 +108,28 @@ mod tests {
         ));
         let script = FredError::new(ErrorKind::Unknown, "ERR wrong number of arguments");
         assert!(matches!(backend_error(script), Error::Backend { .. }));
+    }
+
+    #[test]
+    fn oom_and_busy_are_refusals_of_one_node_and_transient() {
+        let oom = "OOM command not allowed when used memory > 'maxmemory'.";
+        let in_script = "ERR Error running script (call to f_1): @user_script:1: OOM command not allowed when \
+                         used memory > 'maxmemory'.";
+        let busy = "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.";
+        for (details, expected) in [
+            (oom, Some(Refusal::Oom)),
+            (in_script, Some(Refusal::Oom)),
+            (busy, Some(Refusal::Busy)),
+            ("ERR wrong number of arguments", None),
+        ] {
+            let error = FredError::new(ErrorKind::Unknown, details);
+            assert_eq!(refusal(&error), expected, "{details}");
+            if expected.is_some() {
+                assert!(matches!(
+                    backend_error(error),
+                    Error::BackendUnavailable { .. }
+                ));
+            }
+        }
     }
 }

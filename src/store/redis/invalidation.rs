@@ -61,6 +61,8 @@ pub(super) struct Invalidator {
 
 impl Invalidator {
     pub(super) fn new(nodes: Arc<Nodes>, settings: InvalidationSettings) -> Invalidator {
+        // Exported at 0 from the start, so the unacknowledged-invalidations alert has a series.
+        metrics::counter!("cachecoord_invalidations_unreplicated_total").increment(0);
         Invalidator { nodes, settings }
     }
 

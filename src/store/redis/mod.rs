@@ -22,11 +22,12 @@
 //!
 //! Dependencies point one way: this file uses the others and none uses it. `read` uses `nodes`, `layout` and
 //! `record`; `invalidation` uses `nodes`, `layout` and `scripts` (which uses `layout` and `record`); `pubsub` uses
-//! `nodes`; `settings` fills the settings types of `nodes` and `invalidation`; `nodes` uses `slot_map` and `fence`; `errors`,
+//! `nodes`; `health` uses `nodes`; `settings` fills the settings types of `nodes` and `invalidation`; `nodes` uses `slot_map` and `fence`; `errors`,
 //! `layout` and `record` use nothing here.
 
 mod errors;
 mod fence;
+mod health;
 mod invalidation;
 mod layout;
 mod nodes;
@@ -39,7 +40,7 @@ mod slot_map;
 
 use crate::config::StoreConfig;
 use crate::keys::{Key, Pattern};
-use crate::store::contract::{Filled, Heard, LeaseToken, Notice, Store, StoreWrite};
+use crate::store::contract::{Filled, Heard, LeaseToken, NodeHealth, Notice, Store, StoreWrite};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -58,6 +59,8 @@ pub struct RedisStore {
     invalidator: Invalidator,
     subscription: Subscription,
     version_retention: Duration,
+    /// Every node's last `INFO` poll (`health`).
+    health: health::Snapshot,
 }
 
 impl RedisStore {
@@ -73,6 +76,7 @@ impl RedisStore {
             nodes,
             invalidation,
             version_retention,
+            health_every,
         } = RedisSettings::new(url, config)?;
         let (connect_timeout, command_timeout) = (nodes.connect_timeout, nodes.command_timeout);
         let nodes = Nodes::connect(fred.clone(), nodes).await?;
@@ -84,7 +88,9 @@ impl RedisStore {
         }
         let subscription =
             Subscription::connect(subscriber, connect_timeout, command_timeout).await?;
+        let health = health::start(&nodes, health_every).await;
         Ok(RedisStore {
+            health,
             invalidator: Invalidator::new(nodes.clone(), invalidation),
             nodes,
             subscription,
@@ -177,5 +183,12 @@ impl Store for RedisStore {
         let node = self.nodes.any()?;
         let pong = node.client.ping::<()>(None).await;
         self.nodes.observe(&node, pong)
+    }
+
+    fn node_health(&self) -> Vec<NodeHealth> {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }

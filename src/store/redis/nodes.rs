@@ -15,7 +15,7 @@
 //! Each node has a second client for invalidation fences (`fence`): `WAIT` blocks its connection until replicas
 //! acknowledge, so it must not hold up the node's reads and writes.
 
-use super::errors::{backend_error, unavailable};
+use super::errors::{Refusal, backend_error, refusal, unavailable};
 use super::fence::Fence;
 use super::slot_map::{self, View};
 use crate::breaker::Breaker;
@@ -29,6 +29,7 @@ use fred::types::Value;
 use fred::types::config::Server;
 use futures::future;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -57,12 +58,34 @@ pub(super) struct Node {
     /// Shares one fence among the invalidations running at once on this node.
     pub(super) fence: Fence,
     breaker: Breaker,
+    /// OOM and BUSY answers seen from this node since start-up (for Stats; the metric counts them too).
+    oom_refusals: AtomicU64,
+    busy_refusals: AtomicU64,
 }
 
 impl Node {
     /// `host:port`, for errors and logs.
     pub(super) fn name(&self) -> String {
         format!("{}:{}", self.server.host, self.server.port)
+    }
+
+    /// (OOM, BUSY) answers seen from this node since start-up.
+    pub(super) fn refusals(&self) -> (u64, u64) {
+        (
+            self.oom_refusals.load(Ordering::Relaxed),
+            self.busy_refusals.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts an OOM or BUSY answer of this node.
+    fn count_refusal(&self, refusal: Refusal) {
+        let count = match refusal {
+            Refusal::Oom => &self.oom_refusals,
+            Refusal::Busy => &self.busy_refusals,
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("cachecoord_redis_refusals_total", "node" => self.name(), "reason" => refusal.label())
+            .increment(1);
     }
 }
 
@@ -191,6 +214,8 @@ impl Nodes {
                 settings.breaker_failures,
                 settings.breaker_cooldown,
             ),
+            oom_refusals: AtomicU64::new(0),
+            busy_refusals: AtomicU64::new(0),
         });
         known.insert(server.clone(), node.clone());
         Ok(node)
@@ -316,6 +341,9 @@ impl Nodes {
                 Ok(value)
             }
             Err(error) => {
+                if let Some(refusal) = refusal(&error) {
+                    node.count_refusal(refusal);
+                }
                 let error = backend_error(error);
                 if let Error::BackendUnavailable { .. } = error {
                     node.breaker.record_failure();
@@ -371,16 +399,19 @@ impl Nodes {
         self.install(view)
     }
 
+    /// Every node seen so far (primaries and replicas) whose client is connected now.
+    pub(super) fn connected(&self) -> Vec<Arc<Node>> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known
+            .values()
+            .filter(|node| node.client.is_connected())
+            .cloned()
+            .collect()
+    }
+
     /// Asks every connected node for the slot map and installs the view most of them hold.
     async fn refresh(&self) {
-        let nodes: Vec<Arc<Node>> = {
-            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            known
-                .values()
-                .filter(|node| node.client.is_connected())
-                .cloned()
-                .collect()
-        };
+        let nodes = self.connected();
         let views = future::join_all(nodes.iter().map(|node| self.view_of(node))).await;
         let Some(view) = slot_map::majority(views.into_iter().flatten()) else {
             tracing::warn!("no Redis node could report the slot map");

@@ -16,6 +16,8 @@ pub(super) struct RedisSettings {
     pub(super) invalidation: InvalidationSettings,
     /// How long a key's version floor outlives its last versioned write.
     pub(super) version_retention: std::time::Duration,
+    /// How often every node's `INFO` is read (`health`).
+    pub(super) health_every: std::time::Duration,
 }
 
 impl RedisSettings {
@@ -40,6 +42,7 @@ impl RedisSettings {
                 command_timeout: store.redis_command_timeout,
             },
             version_retention: store.version_retention,
+            health_every: store.redis_health_interval,
         })
     }
 }
