@@ -24,6 +24,19 @@ import (
 // leaseLost counts fills refused because an update invalidated the key while its value was being loaded.
 var leaseLost int
 
+// refresh reloads key and caches it under token, or gives the lease back: the refresh duty of a stale answer.
+func refresh(cache pb.CacheServiceClient, key string, load func(string) ([]byte, error), token []byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	value, err := load(key)
+	if err != nil {
+		cache.ReleaseLease(ctx, &pb.ReleaseLeaseRequest{Key: key, LeaseToken: token})
+		return
+	}
+	// LEASE_LOST: a newer write came first. A refresh is best effort.
+	cache.Set(ctx, &pb.SetRequest{Key: key, Value: value, LeaseToken: token})
+}
+
 // cachedGet answers key's value: from the cache, or loaded by load and cached under a lease.
 func cachedGet(ctx context.Context, cache pb.CacheServiceClient, key string, load func(string) ([]byte, error)) ([]byte, error) {
 	reply, err := cache.Get(ctx, &pb.GetRequest{Key: key, Lease: true})
@@ -31,6 +44,9 @@ func cachedGet(ctx context.Context, cache pb.CacheServiceClient, key string, loa
 		return nil, err
 	}
 	if reply.Found {
+		if len(reply.LeaseToken) > 0 { // a stale value (stale_while_revalidate), and the refresh is ours
+			go refresh(cache, key, load, reply.LeaseToken)
+		}
 		return reply.Value, nil // a hit, or another caller's fill we waited for (SOURCE_COALESCED)
 	}
 	value, err := load(key) // only the lease holder gets here, or a caller whose wait ran out

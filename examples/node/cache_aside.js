@@ -33,10 +33,27 @@ function connect(addr) {
 
 let leaseLost = 0;
 
+/** Reloads `key` and caches it under `token`, or gives the lease back: the refresh duty of a stale answer. */
+async function refresh(cache, key, load, token) {
+  let value;
+  try {
+    value = await load(key);
+  } catch (error) {
+    await cache.ReleaseLease({ key, lease_token: token }).catch(() => {});
+    return;
+  }
+  // LEASE_LOST: a newer write came first. A refresh is best effort.
+  await cache.Set({ key, value, lease_token: token }).catch(() => {});
+}
+
 /** The value of `key`: from the cache, or loaded by `load(key)` and cached under a lease. */
 async function cachedGet(cache, key, load) {
   const reply = await cache.Get({ key, lease: true });
-  if (reply.found) return reply.value; // a hit, or another caller's fill we waited for (SOURCE_COALESCED)
+  if (reply.found) {
+    // A stale value (stale_while_revalidate) with a token: the refresh is ours, in the background (not awaited).
+    if (reply.lease_token.length) refresh(cache, key, load, reply.lease_token);
+    return reply.value; // a hit, or another caller's fill we waited for (SOURCE_COALESCED)
+  }
   let value;
   try {
     value = await load(key); // only the lease holder gets here, or a caller whose wait ran out

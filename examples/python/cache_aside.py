@@ -16,10 +16,25 @@ import grpc
 from cachecoord_client import connect, pb
 
 
+def refresh(cache, key, load, token):
+    """Reloads `key` and caches it under `token`, or gives the lease back: the refresh duty of a stale answer."""
+    try:
+        value = load(key)
+    except Exception:
+        cache.ReleaseLease(pb.ReleaseLeaseRequest(key=key, lease_token=token))
+        return
+    try:
+        cache.Set(pb.SetRequest(key=key, value=value, lease_token=token))
+    except grpc.RpcError:
+        pass  # LEASE_LOST: a newer write came first. A refresh is best effort.
+
+
 def cached_get(cache, key, load):
     """The value of `key`: from the cache, or loaded by `load(key)` and cached under a lease."""
     reply = cache.Get(pb.GetRequest(key=key, lease=True), timeout=10)
     if reply.found:
+        if reply.lease_token:  # a stale value (stale_while_revalidate), and the refresh is ours: in the background
+            threading.Thread(target=refresh, args=(cache, key, load, reply.lease_token), daemon=True).start()
         return reply.value  # a hit, or another caller's fill we waited for (SOURCE_COALESCED)
     try:
         value = load(key)  # only the lease holder gets here, or a caller whose wait ran out

@@ -229,10 +229,11 @@ impl Store for MemoryStore {
     async fn release_lease(&self, key: &Key, token: LeaseToken) -> Result<bool> {
         let released = {
             let mut leases = self.leases();
-            let held = leases
-                .get(key.as_str())
-                .is_some_and(|&(holder, _)| holder == token);
-            if held {
+            // A lease that ran out is no longer the holder's to give back (as on Redis, where it has expired).
+            let now = Instant::now();
+            let found = leases.get(key.as_str()).copied();
+            let held = found.is_some_and(|(holder, expires)| holder == token && expires > now);
+            if found.is_some_and(|(holder, _)| holder == token) {
                 leases.remove(key.as_str());
             }
             held
@@ -310,6 +311,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(left, vec![None, Some(Bytes::from_static(b"c"))]);
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_not_released_by_its_old_holder() {
+        let store = MemoryStore::new(1 << 20);
+        let key = key("user:lease");
+        assert!(store.try_lease(&key, 7, HOUR).await.unwrap());
+        assert!(store.release_lease(&key, 7).await.unwrap());
+        assert!(
+            store
+                .try_lease(&key, 8, Duration::from_millis(20))
+                .await
+                .unwrap()
+        );
+        // Waits for the lease to run out; asserts the answer, not speed.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(!store.release_lease(&key, 8).await.unwrap());
+        assert!(store.try_lease(&key, 9, HOUR).await.unwrap());
     }
 
     #[tokio::test]
