@@ -119,6 +119,9 @@ telemetry:
   {{- with .Values.config.otlpEndpoint }}
   otlp_endpoint: {{ . | toJson }}
   {{- end }}
+connections:
+  max_age_secs: {{ .Values.connections.maxAgeSecs | int64 }}
+  max_age_grace_secs: {{ .Values.connections.maxAgeGraceSecs | int64 }}
 shutdown:
   drain_delay_ms: {{ .Values.shutdown.drainDelayMs | int64 }}
   grace_period_ms: {{ .Values.shutdown.gracePeriodMs | int64 }}
