@@ -9,18 +9,25 @@
 //! too), and hyper closes it (counted in
 //! `cachecoord_grpc_connections_cut_total`, a sign that the grace is shorter than the calls).
 //!
+//! Each connection's age limit is drawn uniformly within ±[`AGE_JITTER`] of `max_age_secs` ([`draw_age`]), so
+//! clients that connected together (a fleet restarted at once) do not all reconnect in the same second. tonic
+//! applies one age to every connection a `Server` serves, so [`serve`] hands each connection to a `Server` of
+//! its own, built with that connection's age.
+//!
 //! TLS handshakes run in tasks of their own (a slow client does not hold up the accept loop), each with the
 //! configuration [`ServerTls::current`] holds when the connection arrives, within [`HANDSHAKE_TIMEOUT`].
 
 use crate::api::{ConnectionInfo, Guarded};
 use crate::tls::ServerTls;
+use rand::Rng;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
@@ -31,9 +38,21 @@ use tonic::transport::server::Connected;
 /// Longest a client may take to complete its TLS handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One accepted connection, plaintext or TLS, with the instant it must be closed by.
+/// How far each connection's maximum age may be from `connections.max_age_secs`, as a fraction of it.
+pub(crate) const AGE_JITTER: f64 = 0.1;
+
+/// One connection's maximum age: uniform within ±[`AGE_JITTER`] of `age`.
+pub(crate) fn draw_age(age: Duration, rng: &mut impl Rng) -> Duration {
+    age.mul_f64(rng.random_range(1.0 - AGE_JITTER..=1.0 + AGE_JITTER))
+}
+
+/// One accepted connection, plaintext or TLS, with its maximum age and the instant it must be closed by.
 pub(crate) struct Connection {
     io: Io,
+    /// This connection's own maximum age (drawn); `None` without an age limit.
+    max_age: Option<Duration>,
+    /// Dropped with the connection: tells [`Connection::closed`]'s receiver it is gone.
+    open: Option<oneshot::Sender<()>>,
     /// When age + grace are over; `None` without an age limit.
     cutoff: Option<Pin<Box<Sleep>>>,
     cut: bool,
@@ -102,6 +121,57 @@ where
     ReceiverStream::new(rx)
 }
 
+/// Serves every connection `incoming` brings with `serve_one`, which serves one connection until the `stop`
+/// future it is given resolves: at `drain`, or once that connection has closed. At `drain` the listening
+/// socket closes (no new connections), every connection is asked to stop (GOAWAY) and this returns when they
+/// all have closed.
+pub(crate) async fn serve<F>(
+    incoming: ReceiverStream<io::Result<Connection>>,
+    drain: impl Future<Output = ()>,
+    serve_one: impl Fn(Connection, Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
+) where
+    F: Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+{
+    let (draining, drained) = watch::channel(false);
+    let mut served = JoinSet::new();
+    {
+        let mut incoming = incoming;
+        let mut drain = std::pin::pin!(drain);
+        loop {
+            tokio::select! {
+                () = &mut drain => break,
+                // Reap the servers of closed connections as they finish.
+                Some(_) = served.join_next(), if !served.is_empty() => {}
+                accepted = incoming.next() => match accepted {
+                    None => break,
+                    // As tonic's own accept loop: an accept error (a refused TLS handshake already left out)
+                    // ends that connection, not serving.
+                    Some(Err(error)) => tracing::debug!(%error, "accepting a connection failed"),
+                    Some(Ok(mut connection)) => {
+                        let closed = connection.closed();
+                        let mut drained = drained.clone();
+                        let stop = Box::pin(async move {
+                            tokio::select! {
+                                _ = drained.wait_for(|draining| *draining) => {}
+                                _ = closed => {}
+                            }
+                        });
+                        let serving = serve_one(connection, stop);
+                        served.spawn(async move {
+                            if let Err(error) = serving.await {
+                                tracing::warn!(%error, "serving a connection failed");
+                            }
+                        });
+                    }
+                },
+            }
+        }
+        // `incoming` is dropped here: the accept loop ends and the listening socket closes.
+    }
+    let _ = draining.send(true);
+    while served.join_next().await.is_some() {}
+}
+
 fn handshake_failed(reason: &'static str, error: &dyn std::fmt::Display) {
     metrics::counter!("cachecoord_tls_handshake_failures_total", "reason" => reason).increment(1);
     tracing::debug!(%error, reason, "TLS handshake failed");
@@ -110,12 +180,27 @@ fn handshake_failed(reason: &'static str, error: &dyn std::fmt::Display) {
 impl Connection {
     fn new(io: Io, age_limit: Option<(Duration, Duration)>) -> Connection {
         metrics::gauge!("cachecoord_grpc_connections_open").increment(1.0);
-        let cutoff = age_limit.map(|(age, grace)| Instant::now() + age + grace);
+        let limit = age_limit.map(|(age, grace)| (draw_age(age, &mut rand::rng()), grace));
+        let cutoff = limit.map(|(age, grace)| Instant::now() + age + grace);
         Connection {
             io,
+            max_age: limit.map(|(age, _grace)| age),
+            open: None,
             cutoff: cutoff.map(|at| Box::pin(tokio::time::sleep_until(at))),
             cut: false,
         }
+    }
+
+    /// This connection's maximum age (GOAWAY then), drawn when it was accepted; `None` without an age limit.
+    pub(crate) fn max_age(&self) -> Option<Duration> {
+        self.max_age
+    }
+
+    /// Resolves once the connection has been dropped (closed by either side).
+    fn closed(&mut self) -> oneshot::Receiver<()> {
+        let (open, closed) = oneshot::channel();
+        self.open = Some(open);
+        closed
     }
 
     /// Whether the connection is past its age + grace (and, if not, arranges to be woken when it is). hyper
@@ -225,6 +310,32 @@ impl AsyncWrite for Connection {
         match &mut self.get_mut().io {
             Io::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
             Io::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn each_connection_age_is_drawn_within_ten_percent_of_the_setting() {
+        let age = Duration::from_secs(300);
+        let mut rng = StdRng::seed_from_u64(15);
+        let draws: Vec<Duration> = (0..10_000).map(|_| draw_age(age, &mut rng)).collect();
+        let (low, high) = (Duration::from_secs(270), Duration::from_secs(330));
+        assert!(
+            draws.iter().all(|d| (low..=high).contains(d)),
+            "a draw outside 270..=330 s"
+        );
+        // Spread over the whole range, not bunched: each tenth of it gets some of the draws (uniform: ~1000).
+        for tenth in 0..10 {
+            let from = low + (high - low) * tenth / 10;
+            let to = from + (high - low) / 10;
+            let count = draws.iter().filter(|&&d| (from..to).contains(&d)).count();
+            assert!(count > 500, "{count} draws in {from:?}..{to:?}");
         }
     }
 }

@@ -23,7 +23,8 @@ const RESERVED: &[u8] = b"*?[]{}\\|";
 pub const NAMESPACE_SEPARATOR: char = '|';
 
 /// A validated cache key.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Ordered by the raw key (the other fields follow from it): batches take leases in this order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
     raw: String,
     /// Length of the `{namespace}|` prefix; 0 in the default namespace.

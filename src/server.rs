@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_stream::StreamExt;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
@@ -32,9 +33,6 @@ pub enum ServerError {
     /// The reflection service could not be built from the embedded descriptors.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[source] tonic_reflection::server::Error),
-    /// The transport failed while serving.
-    #[error("gRPC transport failed: {0}")]
-    Transport(#[source] tonic::transport::Error),
 }
 
 /// Serves on `listener` until `shutdown` resolves, then lets in-flight calls finish.
@@ -153,12 +151,7 @@ pub async fn serve(
     }
     let age_limit = config.connections.age_limit();
     let incoming = connections::accept(incoming, tls, age_limit);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some((age, _grace)) = age_limit {
-        // GOAWAY at the age; the grace is enforced by `connections` (tonic's own grace skips the GOAWAY).
-        builder = builder.max_connection_age(age);
-    }
-    let serving = builder
+    let server = tonic::transport::Server::builder()
         .max_concurrent_streams(config.limits.max_concurrent_streams)
         // Finds peers that stopped answering (a half-dead connection holding streams) within ~40 s.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -166,24 +159,35 @@ pub async fn serve(
         .layer(admission)
         .layer(tower::util::MapResponseLayer::new(
             crate::api::explain_transport_refusal::<tonic::body::Body>,
-        ))
-        .add_service(health_service)
+        ));
+    let routes = Routes::new(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(cache_service)
-        .serve_with_incoming_shutdown(incoming, drain);
-    let served = tokio::select! {
-        served = serving => served.map_err(ServerError::Transport),
+        .prepare();
+    // Each connection gets a server of its own, so that it can have its own maximum age (GOAWAY then; the grace
+    // is enforced by `connections`, as tonic's own grace skips the GOAWAY).
+    let serving = connections::serve(incoming, drain, |connection, stop| {
+        let mut server = server.clone();
+        if let Some(age) = connection.max_age() {
+            server = server.max_connection_age(age);
+        }
+        let once = tokio_stream::once(Ok::<_, std::io::Error>(connection));
+        server
+            .add_routes(routes.clone())
+            .serve_with_incoming_shutdown(once.chain(tokio_stream::pending()), stop)
+    });
+    tokio::select! {
+        () = serving => {}
         () = async { drained.notified().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "grace period over; in-flight calls are cut off");
-            Ok(())
         }
-    };
+    }
     let _ = stop.send(true);
     for task in background {
         let _ = task.await;
     }
-    served
+    Ok(())
 }
 
 /// Publishes the request and response bytes admission holds (`cachecoord_held_bytes`) every second until `stop`:

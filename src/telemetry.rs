@@ -186,6 +186,10 @@ fn describe_metrics() {
         "Answers from cache over all answers, by entity, since start-up"
     );
     describe_histogram!(
+        "cachecoord_near_notice_delay_seconds",
+        "Near-cache notices (invalidations and heartbeats) from their sender to this replica"
+    );
+    describe_histogram!(
         "cachecoord_store_duration_seconds",
         "Redis (or embedded store) call latency, by operation"
     );

@@ -22,46 +22,36 @@
 //!   see acknowledged invalidations undone (so the check can fail); with the default (1) no acknowledged
 //!   invalidation may be undone.
 //!
+//! The entity's policy samples 5 % of its hits for the staleness sampler too (docs/reliability.md): the table
+//! shows, per phase, the checks the live replicas' Stats report, and how many were in flight or stale. The green
+//! phases (steady, rolling restart, recovered: no error allowed) must have no stale check. Elsewhere stale checks
+//! are real and expected: a drill's old values that came back (120 s TTL) stay behind the source until the test
+//! invalidates them again once the cluster is whole (as a client retries an invalidation that answered UNAVAILABLE),
+//! and an acknowledged Set can be lost in a failover.
+//!
 //! The load generator behaves as the README tells clients to: a deadline on every call, and one retry on another
 //! replica after UNAVAILABLE (or a broken connection) for the idempotent calls — Get, Invalidate, and Set with a
 //! version.
 
 mod support;
 
-use cachecoord::proto::cache_service_client::CacheServiceClient;
-use cachecoord::proto::{GetRequest, InvalidateRequest, SetRequest, Source};
-use std::collections::{BTreeMap, HashMap};
+use cachecoord::proto::{GetRequest, InvalidateRequest, SetRequest, Source, StatsRequest};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::Client;
 use support::cluster::{RedisCluster, info_field, redis_cli};
+use support::drill::{self, Calls, item, value, version_of};
 use support::loader::TestLoader;
 use support::process::ServerProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
-use tonic::transport::Channel;
 
 const KEYS: usize = 2000;
 const WORKERS: usize = 24;
 /// Above the longest promised wait: a lease wait (1.5 s) plus one load (1 s loader timeout).
 const CALL_DEADLINE: Duration = Duration::from_secs(3);
-
-fn key(i: usize) -> String {
-    format!("item:{i}")
-}
-
-fn value(version: u64) -> Vec<u8> {
-    format!("v{version}").into_bytes()
-}
-
-fn version_of(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value)
-        .ok()?
-        .strip_prefix('v')?
-        .parse()
-        .ok()
-}
 
 /// A floor: the version a Get must not answer below, and the replica (index in `World::replicas`) that
 /// acknowledged it, packed as `version << 8 | replica` so one `fetch_max` raises both.
@@ -99,12 +89,10 @@ struct World {
 /// Outcomes of the current phase.
 #[derive(Default)]
 struct Record {
-    requests: u64,
-    errors: BTreeMap<String, u64>,
+    /// Every call (none is counted as retried: a retry that succeeds is simply OK here).
+    calls: Calls,
     /// Errors on keys whose primary is not the one being failed (primary kill only).
     healthy_shard_errors: u64,
-    latencies_us: Vec<u64>,
-    stale: u64,
     /// The first stale reads, described, for the failure message.
     stale_samples: Vec<String>,
     /// Gets answered from the near-cache (SOURCE_NEAR_HIT).
@@ -125,17 +113,66 @@ struct PhaseReport {
     record: Record,
     loads: usize,
     distinct_loaded: usize,
+    checks: Checks,
+}
+
+/// The staleness sampler's counts for the entity, as Stats reports them.
+#[derive(Clone, Copy, Default)]
+struct Checks {
+    /// Hits compared with the source: fresh, in flight or stale.
+    compared: u64,
+    in_flight: u64,
+    stale: u64,
+}
+
+/// The sampler's counts per phase, from the live replicas' Stats: each replica's counts since its last
+/// snapshot (a replica killed mid-phase takes its last counts with it).
+#[derive(Default)]
+struct SamplerTally {
+    seen: HashMap<usize, Checks>,
+}
+
+impl SamplerTally {
+    /// The checks counted since the last call, summed over the replicas that answer.
+    async fn since_last(&mut self, world: &World) -> Checks {
+        let live: Vec<(usize, Client)> = world
+            .replicas
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, live))| *live)
+            .map(|(i, (client, _))| (i, client.clone()))
+            .collect();
+        let mut phase = Checks::default();
+        for (i, mut client) in live {
+            let Ok(stats) = client.stats(with_deadline(StatsRequest {})).await else {
+                continue;
+            };
+            let Some(item) = stats
+                .into_inner()
+                .entities
+                .into_iter()
+                .find(|e| e.entity == "item")
+            else {
+                continue;
+            };
+            let c = item.consistency_checks.unwrap_or_default();
+            let now = Checks {
+                compared: c.fresh + c.in_flight + c.stale,
+                in_flight: c.in_flight,
+                stale: c.stale,
+            };
+            let before = self.seen.insert(i, now).unwrap_or_default();
+            phase.compared += now.compared - before.compared;
+            phase.in_flight += now.in_flight - before.in_flight;
+            phase.stale += now.stale - before.stale;
+        }
+        phase
+    }
 }
 
 impl World {
-    /// The next version of key `index`: counted in `version` (its writer lock, which the caller holds, so
-    /// versions reach the source and the cache in order) and put in the source of truth.
-    fn next_version(&self, index: usize, version: &mut u64) -> u64 {
-        *version += 1;
-        self.source.put(&key(index), &value(*version));
-        *version
-    }
-
     /// A live replica's index and client, chosen by worker and attempt.
     fn replica_for(&self, attempt: usize, worker: usize) -> Option<(usize, Client)> {
         let replicas = self.replicas.lock().unwrap();
@@ -172,15 +209,8 @@ impl World {
 
     fn note(&self, index: usize, started: Instant, outcome: Result<(), Code>, stale: bool) {
         let mut record = self.record.lock().unwrap();
-        record.requests += 1;
-        record
-            .latencies_us
-            .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
-        if stale {
-            record.stale += 1;
-        }
-        if let Err(code) = outcome {
-            *record.errors.entry(format!("{code:?}")).or_default() += 1;
+        record.calls.note(started, outcome.map(|()| false), stale);
+        if outcome.is_err() {
             let on_failing_shard = record
                 .failing_shard
                 .as_ref()
@@ -190,30 +220,6 @@ impl World {
             }
         }
     }
-}
-
-/// Whether a failed call may be retried on another replica: the server said UNAVAILABLE, or the connection broke
-/// — including a call the server never started because its connection was closing: a draining replica's HTTP/2
-/// GOAWAY (NO_ERROR) refuses streams opened after it, which tonic reports as INTERNAL.
-fn retryable(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled
-    ) || refused_by_goaway(status)
-}
-
-/// A stream the server refused with a graceful GOAWAY: it never reached a handler, so it is safe to send again.
-fn refused_by_goaway(status: &tonic::Status) -> bool {
-    use std::error::Error as _;
-    let mut cause = status.source();
-    while let Some(error) = cause {
-        let described = format!("{error:?}");
-        if described.contains("GoAway(") && described.contains("NO_ERROR") {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
 }
 
 /// Runs `call` on a live replica, retrying once on another after a retryable failure; answers which replica
@@ -234,7 +240,7 @@ where
         };
         match call(client).await {
             Ok(answer) => return Ok((answer, replica)),
-            Err(status) if retryable(&status) => last = status,
+            Err(status) if drill::retryable(&status) => last = status,
             Err(status) => {
                 if matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown) {
                     // Never expected: say what it was, so a failing run explains itself.
@@ -248,23 +254,14 @@ where
 }
 
 fn with_deadline<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(CALL_DEADLINE);
-    request
+    drill::with_deadline(message, CALL_DEADLINE)
 }
 
 async fn worker(world: Arc<World>, id: usize) {
-    let mut seed = id as u64 * 7919 + 17;
-    let mut next = move || {
-        // xorshift: cheap, deterministic per worker.
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = drill::worker_rng(id);
     while !world.stop.load(Ordering::Relaxed) {
         let index = (next() % KEYS as u64) as usize;
-        let k = key(index);
+        let k = item(index);
         let started = Instant::now();
         match next() % 10 {
             // 70 %: Get, checked against the acknowledged floors taken before it was sent.
@@ -338,7 +335,7 @@ async fn worker(world: Arc<World>, id: usize) {
             // 10 %: the source changes and the new value is Set, versioned (safe to retry).
             7 => {
                 let mut version = world.writers[index].lock().await;
-                let v = world.next_version(index, &mut version);
+                let v = drill::next_version(&world.source, index, &mut version);
                 let answer = with_retry(&world, id, |mut client| {
                     let k = k.clone();
                     async move {
@@ -370,7 +367,7 @@ async fn worker(world: Arc<World>, id: usize) {
             // 20 %: the source changes and the key is invalidated; once acknowledged, older values are stale.
             _ => {
                 let mut version = world.writers[index].lock().await;
-                let v = world.next_version(index, &mut version);
+                let v = drill::next_version(&world.source, index, &mut version);
                 let answer = with_retry(&world, id, |mut client| {
                     let k = k.clone();
                     async move {
@@ -398,21 +395,12 @@ fn owned_by(cluster: &RedisCluster, port: u16) -> Vec<bool> {
     let owners = cluster.slot_owners();
     (0..KEYS)
         .map(|i| {
-            let slot = fred::util::redis_keyslot(key(i).as_bytes());
+            let slot = fred::util::redis_keyslot(item(i).as_bytes());
             owners
                 .iter()
                 .any(|(first, last, owner)| *owner == port && (*first..=*last).contains(&slot))
         })
         .collect()
-}
-
-fn p99_ms(latencies: &mut [u64]) -> f64 {
-    if latencies.is_empty() {
-        return 0.0;
-    }
-    latencies.sort_unstable();
-    let at = (latencies.len() * 99 / 100).min(latencies.len() - 1);
-    latencies[at] as f64 / 1000.0
 }
 
 /// The servers' configuration; `replica_acks` is `store.invalidation_replica_acks` (1, the default, except for
@@ -455,6 +443,7 @@ ttl_secs = 3
 stale_while_revalidate_secs = 2
 stale_if_error_secs = 30
 near_cache_ttl_secs = 2
+staleness_sample_rate = 0.05
 "#,
         url = cluster.url(),
         loader = loader.addr,
@@ -493,6 +482,33 @@ struct Drill {
     /// The primary's replication output buffer to the stopped replica, after the bulk write and at the kill.
     buffered: (i64, i64),
     promoted_after: Duration,
+    /// The drill's keys: their old values came back with a 120 s TTL, behind the source.
+    keys: Vec<usize>,
+}
+
+/// Invalidates the drill's keys until acknowledged, as a client retries an invalidation that answered
+/// UNAVAILABLE: the old values the drill brought back (120 s TTL) would otherwise stay behind the source, and
+/// the staleness sampler would rightly report them in later phases.
+async fn heal(world: &World, keys: &[usize]) {
+    for &i in keys {
+        let mut attempts = 0;
+        while with_retry(world, i, |mut client| async move {
+            let request = with_deadline(InvalidateRequest {
+                keys: vec![item(i)],
+            });
+            client.invalidate(request).await
+        })
+        .await
+        .is_err()
+        {
+            attempts += 1;
+            assert!(
+                attempts < 100,
+                "item:{i} could not be invalidated after the drill"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// `CLIENT LIST TYPE replica` on `port`: the output buffer (omem) to its replica, in bytes.
@@ -549,7 +565,7 @@ async fn write_junk(port: u16, tag: &str) {
 async fn get_after_failover(world: &World, i: usize) -> Option<u64> {
     for _ in 0..100 {
         let answer = with_retry(world, i, |mut client| {
-            let k = key(i);
+            let k = item(i);
             async move {
                 client
                     .get(with_deadline(GetRequest {
@@ -595,11 +611,11 @@ async fn lagging_failover(
     // Cache a new value of each, with a TTL that outlasts the drill (the policy's 3 s would let the old values
     // expire before they could come back), and let the replica catch up with all of it.
     for (&i, version) in chosen.iter().zip(guards.iter_mut()) {
-        let v = world.next_version(i, version);
+        let v = drill::next_version(&world.source, i, version);
         let (_, replica) = with_retry(world, i, |mut client| async move {
             client
                 .set(with_deadline(SetRequest {
-                    key: key(i),
+                    key: item(i),
                     value: value(v).into(),
                     ttl: Some(prost_types::Duration {
                         seconds: 120,
@@ -649,12 +665,16 @@ async fn lagging_failover(
     // Change the source and invalidate the 30 keys, all at once.
     let mut floors = Vec::new();
     for (&i, version) in chosen.iter().zip(guards.iter_mut()) {
-        floors.push(world.next_version(i, version));
+        floors.push(drill::next_version(&world.source, i, version));
     }
     let answers = futures::future::join_all(chosen.iter().map(|&i| {
         let via = &via;
         async move {
-            let request = || with_deadline(InvalidateRequest { keys: vec![key(i)] });
+            let request = || {
+                with_deadline(InvalidateRequest {
+                    keys: vec![item(i)],
+                })
+            };
             match via {
                 Via::Load => with_retry(world, i, |mut client| async move {
                     client.invalidate(request()).await
@@ -723,6 +743,7 @@ async fn lagging_failover(
         lost_bytes: primary_had - replica_had,
         buffered: (buffered_after_junk, buffered_at_kill),
         promoted_after,
+        keys: chosen,
     }
 }
 
@@ -747,7 +768,7 @@ async fn chaos() {
     println!("chaos: Redis {redis_version}");
     let loader = TestLoader::start().await;
     for i in 0..KEYS {
-        loader.source.put(&key(i), &value(0));
+        loader.source.put(&item(i), &value(0));
     }
     let config = server_config(&cluster, &loader, 1);
     let mut replicas = Vec::new();
@@ -756,15 +777,8 @@ async fn chaos() {
     }
     // The control: one more replica, outside the load's endpoint list, that acknowledges invalidations unfenced.
     let control = ServerProcess::start(&server_config(&cluster, &loader, 0)).await;
-    let connect = |replica: &ServerProcess| {
-        let channel = Channel::from_shared(replica.uri())
-            .unwrap()
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy();
-        CacheServiceClient::new(channel)
-    };
-    let clients: Vec<(Client, bool)> = replicas.iter().map(|r| (connect(r), true)).collect();
-    let control_client = connect(&control);
+    let clients: Vec<(Client, bool)> = replicas.iter().map(|r| (drill::connect(r), true)).collect();
+    let control_client = drill::connect(&control);
     let world = Arc::new(World {
         source: loader.source.clone(),
         writers: (0..KEYS).map(|_| tokio::sync::Mutex::new(0)).collect(),
@@ -779,28 +793,31 @@ async fn chaos() {
         .collect();
 
     let mut reports = Vec::new();
-    let mut phase = |name: &'static str, started: Instant, before: HashMap<String, usize>| {
-        let record = std::mem::take(&mut *world.record.lock().unwrap());
-        let after = loader.source.load_counts();
-        let loads: usize = after.values().sum::<usize>() - before.values().sum::<usize>();
-        let distinct_loaded = after
-            .iter()
-            .filter(|(k, n)| before.get(*k).copied().unwrap_or(0) < **n)
-            .count();
-        reports.push(PhaseReport {
-            name,
-            seconds: started.elapsed().as_secs_f64(),
-            record,
-            loads,
-            distinct_loaded,
-        });
-        (Instant::now(), loader.source.load_counts())
-    };
+    let mut tally = SamplerTally::default();
+    let mut phase =
+        |name: &'static str, started: Instant, before: HashMap<String, usize>, checks: Checks| {
+            let record = std::mem::take(&mut *world.record.lock().unwrap());
+            let after = loader.source.load_counts();
+            let loads: usize = after.values().sum::<usize>() - before.values().sum::<usize>();
+            let distinct_loaded = after
+                .iter()
+                .filter(|(k, n)| before.get(*k).copied().unwrap_or(0) < **n)
+                .count();
+            reports.push(PhaseReport {
+                name,
+                seconds: started.elapsed().as_secs_f64(),
+                record,
+                loads,
+                distinct_loaded,
+                checks,
+            });
+            (Instant::now(), loader.source.load_counts())
+        };
     let (mut started, mut before) = (Instant::now(), loader.source.load_counts());
 
     // 1. Steady state.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    (started, before) = phase("steady", started, before);
+    (started, before) = phase("steady", started, before, tally.since_last(&world).await);
 
     // 2. kill -9 of a primary whose replica lags, right after invalidations on its shard; wait for the promotion,
     //    then bring the old node back (it rejoins as a replica). First the control (invalidations acknowledged
@@ -820,8 +837,9 @@ async fn chaos() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         cluster.restart_node(victim);
         cluster.wait_until_whole();
+        heal(&world, &drills.last().unwrap().keys).await;
         world.forget_set_floors(&shard);
-        (started, before) = phase(label, started, before);
+        (started, before) = phase(label, started, before, tally.since_last(&world).await);
     }
 
     // 3. kill -9 of a cachecoord replica mid-load.
@@ -829,21 +847,35 @@ async fn chaos() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     world.replicas.lock().unwrap()[2].1 = false;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    (started, before) = phase("cachecoord kill -9", started, before);
+    (started, before) = phase(
+        "cachecoord kill -9",
+        started,
+        before,
+        tally.since_last(&world).await,
+    );
 
     // 4. A rolling restart, as Kubernetes does it: a new replica starts and is added, then an old one gets
     //    SIGTERM, drains (NOT_SERVING, still answering for drain_delay_ms) and exits; it leaves the endpoint list
     //    only once it has exited. Nothing may fail.
     for old in [0, 1] {
         let fresh = ServerProcess::start(&config).await;
-        world.replicas.lock().unwrap().push((connect(&fresh), true));
+        world
+            .replicas
+            .lock()
+            .unwrap()
+            .push((drill::connect(&fresh), true));
         replicas.push(fresh);
         replicas[old].terminate();
         let status = replicas[old].child.wait().await.unwrap();
         assert!(status.success(), "a drained replica exits 0");
         world.replicas.lock().unwrap()[old].1 = false;
     }
-    (started, before) = phase("rolling restart", started, before);
+    (started, before) = phase(
+        "rolling restart",
+        started,
+        before,
+        tally.since_last(&world).await,
+    );
 
     // 5. SIGSTOP a primary for 4 s (beyond cluster-node-timeout: it is failed over), then SIGCONT.
     let paused = cluster.primaries()[0];
@@ -855,22 +887,42 @@ async fn chaos() {
     cluster.wait_until_whole();
     tokio::time::sleep(Duration::from_secs(2)).await;
     world.forget_set_floors(&shard);
-    (started, before) = phase("primary SIGSTOP 4 s", started, before);
+    (started, before) = phase(
+        "primary SIGSTOP 4 s",
+        started,
+        before,
+        tally.since_last(&world).await,
+    );
 
     // 6–8. The loader slows past its timeout, then fails, then recovers.
     loader.source.set_delay(Duration::from_millis(1500));
     tokio::time::sleep(Duration::from_secs(5)).await;
-    (started, before) = phase("loader slow (1.5 s > 1 s timeout)", started, before);
+    (started, before) = phase(
+        "loader slow (1.5 s > 1 s timeout)",
+        started,
+        before,
+        tally.since_last(&world).await,
+    );
     loader.source.set_delay(Duration::ZERO);
     loader.source.set_failing(true);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    (started, before) = phase("loader failing", started, before);
+    (started, before) = phase(
+        "loader failing",
+        started,
+        before,
+        tally.since_last(&world).await,
+    );
     loader.source.set_failing(false);
     // One breaker cooldown for the loader's probe to close it, then the recovered phase is measured.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    (started, before) = phase("loader recovering (1 s)", started, before);
+    (started, before) = phase(
+        "loader recovering (1 s)",
+        started,
+        before,
+        tally.since_last(&world).await,
+    );
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let _ = phase("recovered", started, before);
+    let _ = phase("recovered", started, before, tally.since_last(&world).await);
 
     world.stop.store(true, Ordering::Relaxed);
     for worker in workers {
@@ -880,64 +932,77 @@ async fn chaos() {
     println!(
         "\nchaos summary (3 cachecoord replicas, 3+3 Redis Cluster, {KEYS} keys, {WORKERS} callers)\n"
     );
-    println!(
-        "| phase | s | requests | errors by code | healthy-shard errors | p99 ms | loader calls | distinct keys loaded | near hits | STALE served | near-cache window | stale reads |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    drill::print_header(&[
+        "phase",
+        "s",
+        "requests",
+        "errors by code",
+        "healthy-shard errors",
+        "p99 ms",
+        "loader calls",
+        "distinct keys loaded",
+        "near hits",
+        "STALE served",
+        "near-cache window",
+        "stale reads",
+        "sampler checks",
+        "sampler in flight",
+        "sampler stale",
+    ]);
     for report in &mut reports {
-        let errors = if report.record.errors.is_empty() {
-            "0".to_owned()
-        } else {
-            report
-                .record
-                .errors
-                .iter()
-                .map(|(code, n)| format!("{code} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let healthy = if report.record.failing_shard.is_some() {
             report.record.healthy_shard_errors.to_string()
         } else {
             "–".to_owned()
         };
-        println!(
-            "| {} | {:.1} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} |",
-            report.name,
-            report.seconds,
-            report.record.requests,
-            errors,
+        let record = &mut report.record;
+        drill::print_row(&[
+            report.name.to_owned(),
+            format!("{:.1}", report.seconds),
+            record.calls.requests.to_string(),
+            record.calls.errors_cell(),
             healthy,
-            p99_ms(&mut report.record.latencies_us),
-            report.loads,
-            report.distinct_loaded,
-            report.record.near_hits,
-            report.record.stale_served,
-            report.record.near_window,
-            report.record.stale
-        );
+            format!("{:.1}", record.calls.p99_ms()),
+            report.loads.to_string(),
+            report.distinct_loaded.to_string(),
+            record.near_hits.to_string(),
+            record.stale_served.to_string(),
+            record.near_window.to_string(),
+            record.calls.stale.to_string(),
+            report.checks.compared.to_string(),
+            report.checks.in_flight.to_string(),
+            report.checks.stale.to_string(),
+        ]);
     }
     println!(
         "\nkill -9 of a primary whose replica lags ({DRILL_KEYS} keys invalidated after {JUNK_MIB} MiB written past the \
          stopped replica):\n"
     );
-    println!(
-        "| run | acknowledged | not acknowledged | acknowledged, old value back | not acknowledged, old value back | output buffer after bulk / at kill | stream lost | promoted after |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    for drill in &drills {
-        println!(
-            "| {} | {} | {} | {} | {} | {:.1} / {:.1} MiB | {:.1} MiB | {:.1} s |",
-            drill.label,
-            drill.acknowledged,
-            drill.refused,
-            drill.resurrected,
-            drill.refused_came_back,
-            drill.buffered.0 as f64 / 1048576.0,
-            drill.buffered.1 as f64 / 1048576.0,
-            drill.lost_bytes as f64 / 1048576.0,
-            drill.promoted_after.as_secs_f64()
-        );
+    drill::print_header(&[
+        "run",
+        "acknowledged",
+        "not acknowledged",
+        "acknowledged, old value back",
+        "not acknowledged, old value back",
+        "output buffer after bulk / at kill",
+        "stream lost",
+        "promoted after",
+    ]);
+    for run in &drills {
+        drill::print_row(&[
+            run.label.to_owned(),
+            run.acknowledged.to_string(),
+            run.refused.to_string(),
+            run.resurrected.to_string(),
+            run.refused_came_back.to_string(),
+            format!(
+                "{:.1} / {:.1} MiB",
+                run.buffered.0 as f64 / 1048576.0,
+                run.buffered.1 as f64 / 1048576.0
+            ),
+            format!("{:.1} MiB", run.lost_bytes as f64 / 1048576.0),
+            format!("{:.1} s", run.promoted_after.as_secs_f64()),
+        ]);
     }
 
     for replica in replicas.iter().chain([&control]) {
@@ -962,24 +1027,35 @@ async fn chaos() {
     let near_hits: u64 = reports.iter().map(|r| r.record.near_hits).sum();
     let stale_served: u64 = reports.iter().map(|r| r.record.stale_served).sum();
     assert!(near_hits > 0, "no Get was answered from the near-cache");
+    assert!(
+        reports[0].checks.compared > 0,
+        "the staleness sampler compared no hit in the steady phase"
+    );
     assert!(stale_served > 0, "no Get was answered from a stale window");
     for report in &reports {
         assert_eq!(
-            report.record.stale, 0,
+            report.record.calls.stale, 0,
             "stale reads in phase {}: {:?}",
             report.name, report.record.stale_samples
         );
         assert!(
-            report.record.requests > 0,
+            report.record.calls.requests > 0,
             "phase {} ran no requests",
             report.name
         );
+        if matches!(report.name, "steady" | "rolling restart" | "recovered") {
+            assert_eq!(
+                report.checks.stale, 0,
+                "the staleness sampler found stale entries in the green phase {}",
+                report.name
+            );
+        }
         let allowed: &[&str] = match report.name {
             "steady" | "rolling restart" | "recovered" => &[],
             "cachecoord kill -9" => &["Unavailable", "Unknown", "Cancelled"],
             _ => &["Unavailable", "DeadlineExceeded"],
         };
-        for code in report.record.errors.keys() {
+        for code in report.record.calls.errors.keys() {
             assert!(
                 allowed.contains(&code.as_str()),
                 "phase {}: {code} errors are not allowed there",

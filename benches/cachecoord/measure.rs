@@ -141,11 +141,21 @@ pub(crate) fn figures(
 
 /// Peak resident set size of a process, from /proc (kB → MiB).
 pub(crate) fn peak_rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// Resident set size of a process now, from /proc (kB → MiB).
+pub(crate) fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// The `field` line of /proc/<pid>/status, in MiB (0 when unreadable).
+fn status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:")
+                l.strip_prefix(field)
                     .map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())
             })
         })

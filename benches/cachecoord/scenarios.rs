@@ -1,7 +1,7 @@
 //! The steady scenarios on one server: the floor (a health check) and the alternative (fred straight to Redis),
 //! then every cachecoord RPC, concurrency scaling and pattern invalidation in a growing keyspace.
 
-use crate::measure::{Figures, closed_loop, peak_rss_mib};
+use crate::measure::{Figures, closed_loop, peak_rss_mib, rss_mib};
 use crate::support::cluster::RedisCluster;
 use crate::support::loader::TestLoader;
 use crate::support::process::ServerProcess;
@@ -21,6 +21,10 @@ struct Keys {
     warm: Vec<String>,
     /// In Redis and in the near-cache entity.
     hot: Vec<String>,
+    /// In Redis, of the entity whose hits the staleness sampler checks (1 %), and in its loader's source.
+    sampled: Vec<String>,
+    /// The same, of an entity of the same shape (a loader route, the same TTL) with sampling off: the reference.
+    unsampled: Vec<String>,
 }
 
 /// A closed-loop scenario over the client pool: worker `w` uses client `w % pool size`.
@@ -43,9 +47,23 @@ where
     .await
 }
 
-/// A cache-only Get of one of the seeded keys (`hot`: the near-cached ones); true when it was found.
-async fn get_seeded(mut client: Client, keys: Arc<Keys>, hot: bool, w: usize, i: u64) -> bool {
-    let seeded = if hot { &keys.hot } else { &keys.warm };
+/// Which seeded keys a Get reads.
+#[derive(Clone, Copy)]
+enum Seeded {
+    Warm,
+    Hot,
+    Sampled,
+    Unsampled,
+}
+
+/// A cache-only Get of one of the seeded keys; true when it was found.
+async fn get_seeded(mut client: Client, keys: Arc<Keys>, which: Seeded, w: usize, i: u64) -> bool {
+    let seeded = match which {
+        Seeded::Warm => &keys.warm,
+        Seeded::Hot => &keys.hot,
+        Seeded::Sampled => &keys.sampled,
+        Seeded::Unsampled => &keys.unsampled,
+    };
     let key = seeded[((w as u64 * 31 + i) % seeded.len() as u64) as usize].clone();
     let request = GetRequest {
         key,
@@ -67,7 +85,8 @@ pub(crate) async fn clients(server: &ServerProcess, n: usize) -> Vec<Client> {
     clients
 }
 
-/// The configuration of the scenario servers: near-caching `hot:*`, a LoaderService for `load:*` and `storm:*`.
+/// The configuration of the scenario servers: near-caching `hot:*`, a LoaderService for `load:*`, `storm:*` and
+/// `sampled:*`, whose hits the staleness sampler checks at 1 %, and `unsampled:*`, the same entity with sampling off.
 pub(crate) fn server_config(cluster: &RedisCluster, loader: &TestLoader, leases: bool) -> String {
     format!(
         r#"
@@ -83,6 +102,23 @@ name = "hot"
 pattern = "hot:*"
 ttl_secs = 3600
 near_cache_ttl_secs = 60
+[[policies]]
+name = "sampled"
+pattern = "sampled:*"
+ttl_secs = 3600
+staleness_sample_rate = 0.01
+[[policies]]
+name = "unsampled"
+pattern = "unsampled:*"
+ttl_secs = 3600
+[[loaders]]
+pattern = "sampled:*"
+kind = "grpc"
+endpoint = "http://{addr}"
+[[loaders]]
+pattern = "unsampled:*"
+kind = "grpc"
+endpoint = "http://{addr}"
 [[loaders]]
 pattern = "load:*"
 kind = "grpc"
@@ -104,6 +140,8 @@ pub(crate) struct SteadyRun {
     pub(crate) results: Vec<Figures>,
     /// The server's peak RSS after every steady scenario.
     pub(crate) server_peak_rss_mib: f64,
+    /// The server's RSS right after start-up, before any call.
+    pub(crate) server_idle_rss_mib: f64,
     /// Kept running (idle) while the herd scenarios run on servers of their own.
     pub(crate) server: ServerProcess,
 }
@@ -115,6 +153,7 @@ pub(crate) async fn steady(cluster: &RedisCluster, quick: bool) -> SteadyRun {
     let loader = TestLoader::start().await;
     let server = ServerProcess::start(&server_config(cluster, &loader, true)).await;
     crate::measure::measure_cpu_of(server.child.id().unwrap_or(0));
+    let server_idle_rss_mib = rss_mib(server.child.id().unwrap_or(0));
     let pool = Arc::new(clients(&server, 4).await);
     let health_channel = Channel::from_shared(server.uri())
         .unwrap()
@@ -131,9 +170,14 @@ pub(crate) async fn steady(cluster: &RedisCluster, quick: bool) -> SteadyRun {
     // Seed: hot keys in Redis and in the near-cache entity, spread over every primary.
     let warm: Vec<String> = (0..1000).map(|i| format!("user:b{i}")).collect();
     let hot: Vec<String> = (0..1000).map(|i| format!("hot:b{i}")).collect();
+    let sampled: Vec<String> = (0..1000).map(|i| format!("sampled:b{i}")).collect();
+    let unsampled: Vec<String> = (0..1000).map(|i| format!("unsampled:b{i}")).collect();
     let value = vec![b'x'; 256];
     let mut seed = pool[0].clone();
-    for keys in [&warm, &hot] {
+    for key in sampled.iter().chain(&unsampled) {
+        loader.source.put(key, &value);
+    }
+    for keys in [&warm, &hot, &sampled, &unsampled] {
         let entries = keys.iter().map(|k| set_request(k, &value)).collect();
         seed.batch_set(BatchSetRequest { entries }).await.unwrap();
     }
@@ -147,7 +191,12 @@ pub(crate) async fn steady(cluster: &RedisCluster, quick: bool) -> SteadyRun {
         .map(|i| (format!("{{mg}}:{i}"), value.clone()))
         .collect();
     let _: () = redis.mset(tagged).await.unwrap();
-    let keys = Arc::new(Keys { warm, hot });
+    let keys = Arc::new(Keys {
+        warm,
+        hot,
+        sampled,
+        unsampled,
+    });
 
     // Floor and alternative.
     let floor = {
@@ -236,10 +285,29 @@ pub(crate) async fn steady(cluster: &RedisCluster, quick: bool) -> SteadyRun {
             duration,
             &pool,
             &keys,
-            |c, keys, w, i| get_seeded(c, keys, false, w, i),
+            |c, keys, w, i| get_seeded(c, keys, Seeded::Warm, w, i),
         )
         .await,
     );
+    // The sampler's overhead: an entity sampled at 1 % between two runs of an entity of the same shape with
+    // sampling off, so drift on a shared machine shows instead of passing for overhead.
+    for (name, seeded) in [
+        ("Get hit (Redis), sampling off", Seeded::Unsampled),
+        ("Get hit (Redis), staleness sampling 1 %", Seeded::Sampled),
+        ("Get hit (Redis), sampling off, again", Seeded::Unsampled),
+    ] {
+        results.push(
+            scenario(
+                name,
+                concurrency,
+                duration,
+                &pool,
+                &keys,
+                move |c, keys, w, i| get_seeded(c, keys, seeded, w, i),
+            )
+            .await,
+        );
+    }
     results.push(
         scenario(
             "Get hit (near-cache)",
@@ -247,7 +315,7 @@ pub(crate) async fn steady(cluster: &RedisCluster, quick: bool) -> SteadyRun {
             duration,
             &pool,
             &keys,
-            |c, keys, w, i| get_seeded(c, keys, true, w, i),
+            |c, keys, w, i| get_seeded(c, keys, Seeded::Hot, w, i),
         )
         .await,
     );
@@ -295,6 +363,21 @@ pub(crate) async fn steady(cluster: &RedisCluster, quick: bool) -> SteadyRun {
             .await,
         );
     }
+    let pipelined = Arc::new(Pipelined::connect(&redis).await);
+    for batch in [100usize, 1000] {
+        let pipelined = pipelined.clone();
+        let name = format!("direct pipelined GETs of {batch} (fred, per primary)");
+        results.push(
+            closed_loop(&name, 8, duration, move |w, i| {
+                let pipelined = pipelined.clone();
+                async move {
+                    let start = (w as u64 * 131 + i * 17) % 1000;
+                    pipelined.get(start, batch).await
+                }
+            })
+            .await,
+        );
+    }
     for (delay_ms, tag) in [(1u64, 'a'), (50, 'b')] {
         loader.source.set_delay(Duration::from_millis(delay_ms));
         let name = format!("Get miss → load (loader {delay_ms} ms)");
@@ -335,7 +418,7 @@ pub(crate) async fn steady(cluster: &RedisCluster, quick: bool) -> SteadyRun {
                 duration,
                 &pool,
                 &keys,
-                |c, keys, w, i| get_seeded(c, keys, false, w, i),
+                |c, keys, w, i| get_seeded(c, keys, Seeded::Warm, w, i),
             )
             .await,
         );
@@ -392,6 +475,67 @@ pub(crate) async fn steady(cluster: &RedisCluster, quick: bool) -> SteadyRun {
     SteadyRun {
         results,
         server_peak_rss_mib: peak_rss_mib(server.child.id().unwrap_or(0)),
+        server_idle_rss_mib,
         server,
+    }
+}
+
+/// The best a caller could do for a batch without cachecoord: one fred client per primary, and a batch's GETs
+/// grouped by the primary owning their slot and sent as one pipeline per primary, all primaries at once.
+struct Pipelined {
+    /// One centralized client per primary.
+    primaries: Vec<fred::clients::Client>,
+    /// For `direct:{i}`, the index in `primaries` of the node owning its slot.
+    owner: Vec<usize>,
+}
+
+impl Pipelined {
+    /// Splits `cluster` into per-primary clients and learns which one owns each of the 1,000 `direct:` keys.
+    async fn connect(cluster: &fred::clients::Client) -> Pipelined {
+        use fred::prelude::ClusterInterface;
+        let routing = cluster.cached_cluster_state().unwrap();
+        let primaries = cluster.split_cluster().unwrap();
+        for client in &primaries {
+            client.init().await.unwrap();
+        }
+        let owner = (0..1000)
+            .map(|i| {
+                let slot = fred::util::redis_keyslot(format!("direct:{i}").as_bytes());
+                let server = routing.get_server(slot).unwrap();
+                primaries
+                    .iter()
+                    .position(|client| client.client_config().server.hosts().contains(server))
+                    .unwrap()
+            })
+            .collect();
+        Pipelined { primaries, owner }
+    }
+
+    /// GETs `count` consecutive `direct:` keys from `start` (wrapping at 1,000); true when every key answered.
+    async fn get(&self, start: u64, count: usize) -> bool {
+        let mut per_primary: Vec<Vec<String>> = vec![Vec::new(); self.primaries.len()];
+        for k in 0..count as u64 {
+            let i = ((start + k) % 1000) as usize;
+            per_primary[self.owner[i]].push(format!("direct:{i}"));
+        }
+        let pipelines = per_primary
+            .into_iter()
+            .zip(&self.primaries)
+            .filter(|(keys, _)| !keys.is_empty())
+            .map(|(keys, client)| async move {
+                let pipeline = client.pipeline();
+                for key in keys {
+                    let _: () = pipeline.get(key).await?;
+                }
+                pipeline.all::<Vec<Option<Vec<u8>>>>().await
+            });
+        futures::future::join_all(pipelines)
+            .await
+            .iter()
+            .all(|answer| {
+                answer
+                    .as_ref()
+                    .is_ok_and(|values| values.iter().all(Option::is_some))
+            })
     }
 }

@@ -7,7 +7,9 @@ use super::admission::{CallBudget, RESPONSE_ALLOWANCE};
 use super::{CacheApi, deadline, to_status};
 use crate::auth::Caller;
 use crate::{Error, Result};
-use std::sync::Arc;
+use metrics::{Counter, Histogram};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -80,7 +82,8 @@ impl CacheApi {
                     reason: "the call was not admitted",
                 });
             let request = request.into_inner();
-            if let Some(key) = request.key() {
+            // A span nobody records (its level filtered out, no trace export) is not worth describing.
+            if let Some(key) = request.key().filter(|_| !Span::current().is_disabled()) {
                 self.describe_key(key);
             }
             let answer_by = budget
@@ -101,7 +104,7 @@ impl CacheApi {
                 }
                 Err(error) => Err(error),
             };
-            finish(Req::NAME, started, result)
+            self.metrics.finish(Req::NAME, started, result)
         }
         .instrument(span)
         .await
@@ -126,25 +129,62 @@ fn rpc_span(rpc: &'static str, metadata: &MetadataMap) -> Span {
         source = Empty,
         code = Empty
     );
-    crate::telemetry::continue_trace(&span, metadata);
+    if !span.is_disabled() {
+        crate::telemetry::continue_trace(&span, metadata);
+    }
     span
 }
 
-/// Ends a call: counts and times it, records its status code, converts the result.
-fn finish<T>(
-    rpc: &'static str,
-    started: Instant,
-    result: Result<T>,
-) -> Result<Response<T>, Status> {
-    let result = result.map(Response::new).map_err(|e| to_status(&e));
-    let code = match &result {
-        Ok(_) => tonic::Code::Ok,
-        Err(status) => status.code(),
-    };
-    let code_name = format!("{code:?}");
-    Span::current().record("code", code_name.as_str());
-    metrics::counter!("cachecoord_requests_total", "rpc" => rpc, "code" => code_name).increment(1);
-    metrics::histogram!("cachecoord_request_duration_seconds", "rpc" => rpc)
-        .record(started.elapsed().as_secs_f64());
-    result
+/// The series of `cachecoord_requests_total{rpc, code}` and `cachecoord_request_duration_seconds{rpc}`, each
+/// looked up in the metrics registry the first time an RPC ends with a code and kept: a call does not build
+/// the label set and search the registry again.
+#[derive(Default)]
+pub(super) struct RpcMetrics {
+    series: RwLock<HashMap<(&'static str, tonic::Code), Series>>,
+}
+
+/// The request counter of one RPC and status code, and the RPC's duration histogram.
+type Series = (Counter, Histogram);
+
+impl RpcMetrics {
+    /// Ends a call: counts and times it, records its status code, converts the result.
+    fn finish<T>(
+        &self,
+        rpc: &'static str,
+        started: Instant,
+        result: Result<T>,
+    ) -> Result<Response<T>, Status> {
+        let result = result.map(Response::new).map_err(|e| to_status(&e));
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        let span = Span::current();
+        if !span.is_disabled() {
+            span.record("code", format!("{code:?}").as_str());
+        }
+        let (counter, histogram) = self.series(rpc, code);
+        counter.increment(1);
+        histogram.record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// The series of `rpc` ending with `code`.
+    fn series(&self, rpc: &'static str, code: tonic::Code) -> Series {
+        let known = self.series.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(series) = known.get(&(rpc, code)) {
+            return series.clone();
+        }
+        drop(known);
+        let mut known = self.series.write().unwrap_or_else(|e| e.into_inner());
+        known
+            .entry((rpc, code))
+            .or_insert_with(|| {
+                (
+                    metrics::counter!("cachecoord_requests_total", "rpc" => rpc, "code" => format!("{code:?}")),
+                    metrics::histogram!("cachecoord_request_duration_seconds", "rpc" => rpc),
+                )
+            })
+            .clone()
+    }
 }

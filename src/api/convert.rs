@@ -4,7 +4,9 @@
 //! Keys cross this boundary as the caller spelled them: putting them in (and taking them out of) the caller's
 //! namespace is the handlers' job, because it depends on who is calling.
 
-use crate::cache::{EntityStats, Lookup, NodeHealth, SetCommand, Source};
+use crate::cache::{
+    CheckResult, EntityStats, Lookup, NodeHealth, NoticeDelays, SetCommand, Source,
+};
 use crate::proto::{self, BatchGetResult, GetResponse, SetRequest, SetResponse};
 use crate::{Error, Result};
 use std::time::Duration;
@@ -97,6 +99,18 @@ impl From<Duration> for SetResponse {
     }
 }
 
+impl From<NoticeDelays> for proto::NearCacheStats {
+    fn from(delays: NoticeDelays) -> proto::NearCacheStats {
+        let NoticeDelays { measured, p50, p99 } = delays;
+        let duration = |d: Duration| Some(to_proto_duration(d));
+        proto::NearCacheStats {
+            notices_measured: measured,
+            notice_delay_p50: duration(p50),
+            notice_delay_p99: duration(p99),
+        }
+    }
+}
+
 impl From<EntityStats> for proto::EntityStats {
     fn from(stats: EntityStats) -> proto::EntityStats {
         let mut message = proto::EntityStats {
@@ -110,6 +124,8 @@ impl From<EntityStats> for proto::EntityStats {
             coalesced: 0,
             fallbacks: 0,
             hit_ratio: stats.hit_ratio(),
+            consistency_checks: None,
+            staleness_ratio: stats.staleness_ratio(),
         };
         // Exhaustive, so a new source fails the build until it has a field.
         for (source, count) in stats.by_source() {
@@ -125,8 +141,27 @@ impl From<EntityStats> for proto::EntityStats {
             };
             *field = count;
         }
-        // The counts were read above, one per source.
-        let EntityStats { entity, counts: _ } = stats;
+        let mut checks = proto::ConsistencyChecks::default();
+        // Exhaustive too: a new result needs its field.
+        for (result, count) in stats.checks_by_result() {
+            let field = match result {
+                CheckResult::Fresh => &mut checks.fresh,
+                CheckResult::Stale => &mut checks.stale,
+                CheckResult::InFlight => &mut checks.in_flight,
+                CheckResult::Dropped => &mut checks.dropped,
+                CheckResult::BreakerOpen => &mut checks.breaker_open,
+                CheckResult::LoaderError => &mut checks.loader_error,
+                CheckResult::NoLoader => &mut checks.no_loader,
+            };
+            *field = count;
+        }
+        message.consistency_checks = Some(checks);
+        // The counts and checks were read above, one per source and result.
+        let EntityStats {
+            entity,
+            counts: _,
+            checks: _,
+        } = stats;
         message.entity = entity;
         message
     }

@@ -67,11 +67,14 @@ impl CacheService for CacheApi {
                     wait_until: answer_by(),
                 };
                 let lookups = self.coordinator.batch_get(&qualified, options).await?;
-                self.coordinator.check_response_size(
-                    lookups
-                        .iter()
-                        .map(|lookup| lookup.value.as_ref().map_or(0, |v| v.len())),
-                )?;
+                let sizes = lookups
+                    .iter()
+                    .map(|lookup| lookup.value.as_ref().map_or(0, |v| v.len()));
+                if let Err(too_large) = self.coordinator.check_response_size(sizes) {
+                    // The leases in a refused answer would reach nobody: they go back, not stranded to their TTL.
+                    self.coordinator.give_back_leases(&qualified, &lookups);
+                    return Err(too_large);
+                }
                 let results = keys.into_iter().zip(lookups).map(Into::into).collect();
                 Ok(BatchGetResponse { results })
             },
@@ -191,9 +194,11 @@ impl CacheService for CacheApi {
                 .into_iter()
                 .map(Into::into)
                 .collect();
+            let near_cache = self.coordinator.notice_delays().map(Into::into);
             Ok(StatsResponse {
                 entities,
                 redis_nodes,
+                near_cache,
             })
         })
         .await

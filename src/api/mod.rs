@@ -23,11 +23,16 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct CacheApi {
     coordinator: Arc<Coordinator>,
+    /// The RPCs' metric series, found once each.
+    metrics: Arc<call::RpcMetrics>,
 }
 
 impl CacheApi {
     /// Serves `coordinator` over gRPC to the callers the [`AdmissionLayer`] admits.
     pub fn new(coordinator: Arc<Coordinator>) -> CacheApi {
-        CacheApi { coordinator }
+        CacheApi {
+            coordinator,
+            metrics: Arc::default(),
+        }
     }
 }

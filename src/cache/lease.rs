@@ -107,6 +107,42 @@ impl Lease {
         give_back(&self.core, &self.key, self.token).await;
     }
 
+    /// Gives the lease back like [`Lease::release`], but answers the lease again when the store did not take it
+    /// (it may still hold), for a holder that must not go on to wait for it.
+    pub(super) async fn release_or_keep(self) -> Option<Lease> {
+        match self.core.store.release_lease(&self.key, self.token).await {
+            Ok(_) => None,
+            Err(error) => {
+                tracing::debug!(
+                    key = %self.core.shown(&self.key),
+                    error = %self.core.shown_error(&error, std::slice::from_ref(&self.key)),
+                    "lease not released; kept"
+                );
+                Some(self)
+            }
+        }
+    }
+
+    /// The key this lease is for.
+    pub(super) fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// Extends the lease by its key's lease TTL while it is still held; false when it no longer holds. A store
+    /// that cannot say counts as holding (the fill will tell).
+    pub(super) async fn renew(&self) -> bool {
+        !matches!(self.extend().await, Ok(None))
+    }
+
+    /// Extends the lease by its key's lease TTL; answers the TTL, or `None` when it no longer holds.
+    async fn extend(&self) -> Result<Option<Duration>> {
+        let ttl = self.core.policies.for_key(&self.key).lease_ttl;
+        let renewed = (self.core.store)
+            .renew_lease(&self.key, self.token, ttl)
+            .await?;
+        Ok(renewed.then_some(ttl))
+    }
+
     /// Hands the lease to the caller, who now fills or releases it (or lets it run out): the token it sends back.
     pub(super) fn hand_out(self) -> Bytes {
         let mut token = Vec::with_capacity(9);
@@ -139,15 +175,10 @@ impl Lease {
         self.core.store.release_lease(&self.key, self.token).await
     }
 
-    /// Extends a caller's lease by its key's lease TTL; answers the TTL, or `None` when it no longer holds.
+    /// Extends a caller's lease like [`Lease::renew`], but a failure is the caller's to see: answers the TTL, or
+    /// `None` when it no longer holds.
     pub(super) async fn renew_claimed(self) -> Result<Option<Duration>> {
-        let ttl = self.core.policies.for_key(&self.key).lease_ttl;
-        let renewed = self
-            .core
-            .store
-            .renew_lease(&self.key, self.token, ttl)
-            .await?;
-        Ok(renewed.then_some(ttl))
+        self.extend().await
     }
 }
 

@@ -20,19 +20,24 @@
 //! - `lease`: the store lease as a type (`Lease`: take, fill, release).
 //! - `shared`: `Core`, what every operation shares, with the envelope's encode and decode.
 //! - `singleflight`: the per-replica registry of loads and refreshes in flight.
+//! - `consistency_check`: the staleness sampler's background check of a sampled hit against the source.
 //! - `redact`: how keys of sensitive policies appear in logs and spans.
+//! - `strict`: strict near-cache mode: the member's lease, a strict write's wait for acknowledgements, and the
+//!   acknowledgements a member sends (used by `near`).
 //! - `types`: the domain types (`Source`, `Lookup`, `ReadOptions`, `SetCommand`, `BatchSetOutcome`).
-//! - `entry`, `policy`, `encryption`, `sensitive`, `near`, `stats`: the envelope, the policy table, sealing, the
-//!   never-cache rule, the near-cache and the per-entity counters.
+//! - `entry`, `policy`, `encryption`, `sensitive`, `near`, `sampler`, `stats`: the envelope, the policy table,
+//!   sealing, the never-cache rule, the near-cache, the staleness sampler's budget and the per-entity counters.
 //!
 //! [`Store`]: crate::store::Store
 //! [`Loader`]: crate::loader::Loader
 
 mod batch;
 mod caller_lease;
+mod consistency_check;
 mod encryption;
 mod entry;
 mod fallback;
+mod fill_watch;
 mod flight;
 mod lease;
 mod load;
@@ -42,18 +47,21 @@ mod policy;
 mod read;
 mod redact;
 mod refresh;
+mod sampler;
 mod sensitive;
 mod shared;
 mod singleflight;
 mod stats;
+mod strict;
 mod types;
 mod write;
 
 pub use crate::store::NodeHealth;
 pub use entry::Entry;
+pub use near::NoticeDelays;
 pub use policy::{Policies, Policy};
 pub use stats::EntityStats;
-pub use types::{BatchSetOutcome, Lookup, ReadOptions, SetCommand, Source};
+pub use types::{BatchSetOutcome, CheckResult, Lookup, ReadOptions, SetCommand, Source};
 
 use crate::config::Config;
 use crate::loader::Loaders;
@@ -94,6 +102,11 @@ impl Coordinator {
     /// Answers per entity and source since start-up, sorted by entity.
     pub fn stats(&self) -> Vec<EntityStats> {
         self.core.stats.snapshot()
+    }
+
+    /// How long near-cache notices took to reach this replica; `None` without a near-cache.
+    pub fn notice_delays(&self) -> Option<NoticeDelays> {
+        self.core.near.as_ref().map(|near| near.notice_delays())
     }
 
     /// The store's nodes as last polled (Redis only; empty for the embedded store).
@@ -173,6 +186,19 @@ impl Coordinator {
     /// whether the token still held it.
     pub async fn release_lease(&self, key: &str, token: &[u8]) -> Result<bool> {
         write::release_lease(&self.core, key, token).await
+    }
+
+    /// Gives back, in the background, every lease handed out in `lookups` (answers to `keys`, qualified as the
+    /// read named them) whose answer will not reach its caller after all (the response was refused).
+    pub fn give_back_leases(&self, keys: &[String], lookups: &[Lookup]) {
+        for (key, lookup) in keys.iter().zip(lookups) {
+            if let Some(token) = lookup.lease_token.clone() {
+                let (core, key) = (self.core.clone(), key.clone());
+                tokio::spawn(async move {
+                    let _ = write::release_lease(&core, &key, &token).await;
+                });
+            }
+        }
     }
 
     /// Extends a lease a leased read handed out by the key's lease TTL; answers that TTL, or

@@ -9,21 +9,43 @@
 //! sent after the flush.
 //!
 //! A read that raced a notice must not put the old value back: each notice bumps a sequence number, and a value
-//! read from the store is inserted only if no notice arrived while it was being read.
+//! read from the store is inserted only if no notice arrived while it was being read (checked and inserted under
+//! the same lock that applying a notice takes, so once a notice is applied no older read can slip in).
+//!
+//! Keys of `near_cache = "strict"` policies are served only while this replica holds its near-cache membership
+//! lease (`strict`); the membership is kept here, beside the heartbeats, and every strict notice applied here is
+//! acknowledged to its writer.
 
 use super::entry::{Entry, now_ms};
+use super::strict::{MemberLease, Pending, send_acks};
+use crate::Result;
 use crate::config::NearCacheConfig;
 use crate::keys::{Key, Pattern};
-use crate::store::{Heard, Notice, Store};
+use crate::store::{Heard, Notice, Stamp, Store};
 use moka::Expiry;
 use moka::sync::Cache;
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// Bytes charged per entry beyond key and value.
 const ENTRY_OVERHEAD_BYTES: usize = 128;
+/// Notice delays kept for the percentiles Stats reports.
+const DELAYS_KEPT: usize = 1024;
+
+/// How long notices took from their sender to this replica, over the last `DELAYS_KEPT` that said when they were
+/// sent (heartbeats included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoticeDelays {
+    /// Notices measured since start-up.
+    pub measured: u64,
+    /// Median of the kept delays.
+    pub p50: Duration,
+    /// 99th percentile of the kept delays.
+    pub p99: Duration,
+}
 
 #[derive(Clone)]
 struct Held {
@@ -66,11 +88,35 @@ pub(crate) struct NearCache {
     beat: AtomicU64,
     deaf_after: Duration,
     heartbeat: Duration,
+    /// The last notice delays, and how many were measured.
+    delays: Mutex<(VecDeque<Duration>, u64)>,
+    /// Orders inserts against applied notices and flushes (see the module docs).
+    order: Mutex<()>,
+    /// Strict mode, when some policy asks for it.
+    strict: Option<Strict>,
+}
+
+/// What strict mode keeps: this replica's membership lease, its own strict notices waiting for members, and the
+/// acknowledgements it owes other writers.
+struct Strict {
+    lease: MemberLease,
+    pending: Arc<Pending>,
+    /// Stamps of strict notices applied here, for `send_acks`.
+    applied: mpsc::UnboundedSender<Stamp>,
+    /// Taken by `run`, which starts `send_acks`.
+    to_ack: Mutex<Option<mpsc::UnboundedReceiver<Stamp>>>,
+    lease_for: Duration,
+    margin: Duration,
+    ack_timeout: Duration,
+    /// Wakes the membership loop when this replica turns deaf, so it leaves at once: a writer then finds it gone
+    /// instead of waiting out its lease for a notice it may never have heard.
+    deafened: tokio::sync::Notify,
 }
 
 impl NearCache {
-    /// A near-cache bounded by `config.max_bytes`; starts deaf until its first heartbeat comes back.
-    pub(crate) fn new(config: &NearCacheConfig) -> NearCache {
+    /// A near-cache bounded by `config.max_bytes`; starts deaf until its first heartbeat comes back. With
+    /// `strict`, this replica is a near-cache member (see `strict`).
+    pub(crate) fn new(config: &NearCacheConfig, strict: bool) -> NearCache {
         let cache = Cache::builder()
             .max_capacity(config.max_bytes)
             .weigher(|key: &Key, held: &Held| {
@@ -89,7 +135,31 @@ impl NearCache {
             beat: AtomicU64::new(1),
             deaf_after: config.deaf_after,
             heartbeat: config.heartbeat,
+            delays: Mutex::new((VecDeque::with_capacity(DELAYS_KEPT), 0)),
+            order: Mutex::new(()),
+            strict: strict.then(|| {
+                let (applied, to_ack) = mpsc::unbounded_channel();
+                Strict {
+                    lease: MemberLease::new(),
+                    pending: Arc::default(),
+                    applied,
+                    to_ack: Mutex::new(Some(to_ack)),
+                    lease_for: config.member_lease,
+                    margin: config.member_lease_margin,
+                    ack_timeout: config.strict_ack_timeout,
+                    deafened: tokio::sync::Notify::new(),
+                }
+            }),
         }
+    }
+
+    fn ordered(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.order.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a strict key may be served from here now: this replica holds its membership lease.
+    fn serving_strict(&self) -> bool {
+        self.strict.as_ref().is_some_and(|s| s.lease.serving())
     }
 
     /// Whether the near-cache may answer: not deaf, and our own heartbeat came back recently.
@@ -100,9 +170,10 @@ impl NearCache {
             ) < self.deaf_after
     }
 
-    /// The entry held for `key`, if the near-cache may answer and it is still fresh.
-    pub(crate) fn get(&self, key: &Key) -> Option<Entry> {
-        if !self.hearing() {
+    /// The entry held for `key`, if the near-cache may answer (for a `strict` key: while the membership lease
+    /// runs) and it is still fresh.
+    pub(crate) fn get(&self, key: &Key, strict: bool) -> Option<Entry> {
+        if !self.hearing() || (strict && !self.serving_strict()) {
             return None;
         }
         self.cache
@@ -117,12 +188,20 @@ impl NearCache {
     }
 
     /// Holds `entry` for at most `cap` (never past its freshness), unless a notice arrived since `sequence` was
-    /// taken or the replica is deaf.
-    pub(crate) fn insert(&self, key: &Key, entry: &Entry, cap: Duration, sequence: u64) {
+    /// taken, the replica is deaf, or (for a `strict` key) it holds no membership lease.
+    pub(crate) fn insert(
+        &self,
+        key: &Key,
+        entry: &Entry,
+        cap: Duration,
+        sequence: u64,
+        strict: bool,
+    ) {
         let Some(left) = entry.ttl_remaining() else {
             return;
         };
-        if !self.hearing() || self.sequence() != sequence {
+        let _ordered = self.ordered();
+        if !self.hearing() || self.sequence() != sequence || (strict && !self.serving_strict()) {
             return;
         }
         let held = Held {
@@ -130,14 +209,11 @@ impl NearCache {
             hold_for: left.min(cap),
         };
         self.cache.insert(key.clone(), held);
-        // A notice (or a flush) that slipped in between the check and the insert may name this key: drop it.
-        if self.sequence() != sequence || !self.hearing() {
-            self.cache.invalidate(key);
-        }
     }
 
     /// Evicts `keys` here at once (the notice reaches other replicas through the store).
     pub(crate) fn evict(&self, keys: &[Key]) {
+        let _ordered = self.ordered();
         self.sequence.fetch_add(1, Ordering::AcqRel);
         for key in keys {
             self.cache.invalidate(key);
@@ -146,8 +222,37 @@ impl NearCache {
 
     /// Evicts every key matching `pattern` here at once.
     pub(crate) fn evict_matching(&self, pattern: &Pattern) {
+        let _ordered = self.ordered();
         self.sequence.fetch_add(1, Ordering::AcqRel);
         self.evict_pattern(pattern);
+    }
+
+    /// Sends a strict write's notice (built from its stamp) and waits until no other member can serve the older
+    /// value: each acknowledged it, or was revoked and its lease ran out. `succeeded` says whether the store call
+    /// did; a failed call is not acknowledged anyway, so it only sends the notice.
+    pub(crate) async fn announce_strict(
+        &self,
+        store: &dyn Store,
+        notice: impl FnOnce(Stamp) -> Notice,
+        succeeded: bool,
+    ) -> Result<()> {
+        let Some(strict) = &self.strict else {
+            // Not a member (no strict policy here): a plain notice is all there is to send.
+            let published = store
+                .publish(&notice(Stamp {
+                    writer: self.replica,
+                    seq: 0,
+                }))
+                .await;
+            return if succeeded { published } else { Ok(()) };
+        };
+        let waiting = strict.pending.begin(self.replica);
+        let published = store.publish(&notice(waiting.stamp())).await;
+        if !succeeded {
+            return Ok(());
+        }
+        published?;
+        waiting.confirmed(store, strict.ack_timeout).await
     }
 
     fn evict_pattern(&self, pattern: &Pattern) {
@@ -158,40 +263,106 @@ impl NearCache {
         }
     }
 
+    /// The notice delays measured here.
+    pub(crate) fn notice_delays(&self) -> NoticeDelays {
+        let delays = self.delays.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept: Vec<Duration> = delays.0.iter().copied().collect();
+        kept.sort();
+        let at = |q: f64| {
+            kept.get(((kept.len() as f64 * q) as usize).min(kept.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        NoticeDelays {
+            measured: delays.1,
+            p50: at(0.5),
+            p99: at(0.99),
+        }
+    }
+
+    fn record_delay(&self, delay: Duration) {
+        metrics::histogram!("cachecoord_near_notice_delay_seconds").record(delay.as_secs_f64());
+        let mut delays = self.delays.lock().unwrap_or_else(|e| e.into_inner());
+        if delays.0.len() == DELAYS_KEPT {
+            delays.0.pop_front();
+        }
+        delays.0.push_back(delay);
+        delays.1 += 1;
+    }
+
     fn apply(&self, heard: Heard) {
-        self.sequence.fetch_add(1, Ordering::AcqRel);
         match heard {
-            Heard::Notice(Notice::Keys(keys)) => {
-                for raw in keys {
-                    if let Ok(key) = Key::parse(&raw, usize::MAX) {
-                        self.cache.invalidate(&key);
-                    }
+            Heard::Delay(delay) => return self.record_delay(delay),
+            Heard::Notice(Notice::Acks(acks)) => {
+                if let Some(strict) = &self.strict
+                    && acks.writer == self.replica
+                {
+                    strict.pending.acked(&acks);
                 }
+                return;
             }
-            Heard::Notice(Notice::Pattern(pattern)) => {
-                match Pattern::parse(&pattern, usize::MAX, true) {
-                    Ok(pattern) => self.evict_pattern(&pattern),
-                    Err(_) => self.cache.invalidate_all(),
-                }
+            _ => {}
+        }
+        let _ordered = self.ordered();
+        self.sequence.fetch_add(1, Ordering::AcqRel);
+        let mut stamp = None;
+        match heard {
+            Heard::Notice(Notice::Keys(keys)) => self.evict_raw(keys),
+            Heard::Notice(Notice::StrictKeys(stamped, keys)) => {
+                self.evict_raw(keys);
+                stamp = Some(stamped);
+            }
+            Heard::Notice(Notice::Pattern(pattern)) => self.evict_raw_pattern(&pattern),
+            Heard::Notice(Notice::StrictPattern(stamped, pattern)) => {
+                self.evict_raw_pattern(&pattern);
+                stamp = Some(stamped);
             }
             Heard::Notice(Notice::Heartbeat(replica, beat)) => {
                 // Silent too long, and the tick has not noticed yet: flush before hearing again. (Already deaf
                 // means already flushed, with `flushed_at_beat` set then.)
                 if replica == self.replica && !self.deaf.load(Ordering::Acquire) && !self.hearing()
                 {
-                    self.turn_deaf();
+                    self.flush_deaf();
                 }
                 if replica == self.replica && beat >= self.flushed_at_beat.load(Ordering::Acquire) {
                     self.heard_at_ms.store(now_ms(), Ordering::Release);
                     self.deaf.store(false, Ordering::Release);
                 }
             }
-            Heard::Lost => self.turn_deaf(),
+            Heard::Lost => self.flush_deaf(),
+            Heard::Delay(_) | Heard::Notice(Notice::Acks(_)) => {}
+        }
+        // Applied: tell the writer (its own notices it applied before sending them).
+        if let (Some(strict), Some(stamp)) = (&self.strict, stamp)
+            && stamp.writer != self.replica
+        {
+            let _ = strict.applied.send(stamp);
+        }
+    }
+
+    fn evict_raw(&self, keys: Vec<String>) {
+        for raw in keys {
+            if let Ok(key) = Key::parse(&raw, usize::MAX) {
+                self.cache.invalidate(&key);
+            }
+        }
+    }
+
+    fn evict_raw_pattern(&self, pattern: &str) {
+        match Pattern::parse(pattern, usize::MAX, true) {
+            Ok(pattern) => self.evict_pattern(&pattern),
+            Err(_) => self.cache.invalidate_all(),
         }
     }
 
     /// Stops answering and forgets everything: notices may have been missed.
     fn turn_deaf(&self) {
+        let _ordered = self.ordered();
+        self.flush_deaf();
+    }
+
+    /// `turn_deaf`, with the order lock already held.
+    fn flush_deaf(&self) {
         // Voids inserts racing this flush (see `insert`).
         self.sequence.fetch_add(1, Ordering::AcqRel);
         if !self.deaf.swap(true, Ordering::AcqRel) {
@@ -200,6 +371,9 @@ impl NearCache {
         self.flushed_at_beat
             .store(self.beat.load(Ordering::Acquire), Ordering::Release);
         self.cache.invalidate_all();
+        if let Some(strict) = &self.strict {
+            strict.deafened.notify_one();
+        }
     }
 
     /// Applies notices and sends heartbeats until `stop` turns true.
@@ -208,14 +382,37 @@ impl NearCache {
         store: Arc<dyn Store>,
         mut stop: watch::Receiver<bool>,
     ) {
+        if self.strict.is_some() {
+            // Acknowledgements of this replica's strict writes come on a channel of its own.
+            store.hear_acks(self.replica);
+        }
         let mut notices = store.notices();
         let mut ticker = tokio::time::interval(self.heartbeat);
+        let to_ack = self.strict.as_ref().and_then(|strict| {
+            strict
+                .to_ack
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+        });
+        let mut membership = None;
+        if let Some(to_ack) = to_ack {
+            tokio::spawn(send_acks(self.replica, store.clone(), to_ack));
+            let keeping = self.clone().keep_membership(store.clone(), stop.clone());
+            membership = Some(tokio::spawn(keeping));
+        }
+        // Leaving the membership is part of stopping: waited for, so a draining replica is gone before it exits.
+        let left = async move {
+            if let Some(membership) = membership {
+                let _ = membership.await;
+            }
+        };
         loop {
             tokio::select! {
                 heard = notices.recv() => match heard {
                     Ok(heard) => self.apply(heard),
                     Err(broadcast::error::RecvError::Lagged(_)) => self.turn_deaf(),
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = ticker.tick() => {
                     // Missing our own heartbeats means missing everyone's notices.
@@ -231,8 +428,82 @@ impl NearCache {
                         }
                     });
                 }
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             }
         }
+        left.await;
+    }
+}
+
+impl NearCache {
+    /// Joins the near-cache membership while hearing notices and keeps renewing it; leaves when deaf (a deaf
+    /// replica serves nothing, so no writer should wait for it) and when `stop` turns true (a replica draining).
+    async fn keep_membership(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let Some(strict) = &self.strict else {
+            return;
+        };
+        let mut ticker = tokio::time::interval(strict.lease_for / 3);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut member = false;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = strict.deafened.notified() => {}
+                _ = stop.changed() => break,
+            }
+            if !self.hearing() {
+                if member {
+                    strict.lease.end();
+                    member = false;
+                    if let Err(error) = store.leave_membership(self.replica).await {
+                        tracing::debug!(%error, "near-cache membership not left");
+                    }
+                }
+                continue;
+            }
+            let sent = Instant::now();
+            // A member whose own lease ran out (renewals failed) may have been left out by writers meanwhile:
+            // it joins again, flushing, rather than renew (a renewal could still succeed on a store whose clock,
+            // after a failover, runs behind the one that stamped the lease).
+            let join = !member || !strict.lease.serving();
+            match store
+                .renew_membership(self.replica, strict.lease_for, join)
+                .await
+            {
+                Ok(true) => {
+                    if join {
+                        self.start_term();
+                        member = true;
+                        tracing::info!(member = self.replica, "near-cache member joined");
+                    }
+                    strict.lease.granted(sent, strict.lease_for, strict.margin);
+                }
+                Ok(false) => {
+                    // Lapsed or revoked: it may have missed notices. Stop now, join again (flushing) at once.
+                    strict.lease.end();
+                    member = false;
+                    tracing::info!("near-cache membership lost: joining again");
+                    ticker.reset_immediately();
+                }
+                // The lease lapses on its own if renewals keep failing.
+                Err(error) => tracing::debug!(%error, "near-cache membership not renewed"),
+            }
+        }
+        strict.lease.end();
+        if let Err(error) = store.leave_membership(self.replica).await {
+            tracing::debug!(%error, "near-cache membership not left");
+        }
+    }
+
+    /// A new membership term: forget everything held (it may predate notices this replica was not waited for)
+    /// and void reads begun before the join, which may have read older values than writers acknowledged since.
+    fn start_term(&self) {
+        let _ordered = self.ordered();
+        self.sequence.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
     }
 }

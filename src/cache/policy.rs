@@ -1,7 +1,7 @@
 //! Per-entity policies: which TTL a key gets. Rules are tried in configured order and the first whose pattern
 //! matches the key wins; keys no rule matches get the default.
 
-use crate::config::Config;
+use crate::config::{Config, NearCacheMode};
 use crate::keys::{Key, Pattern};
 use crate::{Error, Result};
 use rand::Rng;
@@ -24,6 +24,8 @@ pub struct Policy {
     pub xfetch_beta: f64,
     /// How long the near-cache may hold this policy's keys; `None` keeps them out of it.
     pub near_cache_ttl: Option<Duration>,
+    /// Writes of its keys wait until no replica's near-cache can serve the older value (`near_cache = "strict"`).
+    pub near_cache_strict: bool,
     /// Keys are redacted from logs and traces.
     pub sensitive: bool,
     /// Values are stored encrypted.
@@ -32,6 +34,8 @@ pub struct Policy {
     pub lease_ttl: Duration,
     /// How long a caller waits for another's fill of one of its keys.
     pub lease_wait: Duration,
+    /// Fraction of hits the staleness sampler checks against the source; 0 is off.
+    pub staleness_sample_rate: f64,
     pattern: Option<Pattern>,
 }
 
@@ -70,10 +74,12 @@ impl Policies {
                     stale_if_error: rule.stale_if_error.unwrap_or(defaults.stale_if_error),
                     xfetch_beta: rule.xfetch_beta.unwrap_or(defaults.xfetch_beta),
                     near_cache_ttl: rule.near_cache_ttl,
+                    near_cache_strict: rule.near_cache == NearCacheMode::Strict,
                     sensitive: rule.sensitive,
                     encrypt: rule.encrypt,
                     lease_ttl: rule.lease_ttl.unwrap_or(config.read_through.lease_ttl),
                     lease_wait: rule.lease_wait.unwrap_or(config.read_through.lease_wait),
+                    staleness_sample_rate: rule.staleness_sample_rate.unwrap_or(0.0),
                     pattern: Some(Pattern::parse(
                         &rule.pattern,
                         config.limits.max_key_bytes,
@@ -92,10 +98,12 @@ impl Policies {
                 stale_if_error: defaults.stale_if_error,
                 xfetch_beta: defaults.xfetch_beta,
                 near_cache_ttl: None,
+                near_cache_strict: false,
                 sensitive: false,
                 encrypt: false,
                 lease_ttl: config.read_through.lease_ttl,
                 lease_wait: config.read_through.lease_wait,
+                staleness_sample_rate: 0.0,
                 pattern: None,
             },
             jitter_ratio: config.policy_defaults.jitter_ratio,
@@ -107,6 +115,12 @@ impl Policies {
     /// The policy that governs `key`.
     pub fn for_key(&self, key: &Key) -> &Policy {
         self.for_raw(key.local())
+    }
+
+    /// Whether any policy is `near_cache = "strict"`: then this replica is a near-cache member, and a pattern
+    /// invalidation waits as a strict write does (a pattern may match keys of any policy).
+    pub fn any_strict(&self) -> bool {
+        self.rules.iter().any(|rule| rule.near_cache_strict)
     }
 
     /// The policy that would govern `raw` (valid key or not), e.g. to decide how to log it.

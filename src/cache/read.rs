@@ -6,6 +6,7 @@
 
 use super::batch::load_batch;
 use super::caller_lease;
+use super::consistency_check::sample_hit;
 use super::entry::Entry;
 use super::fallback::fallback;
 use super::flight::load_one;
@@ -14,7 +15,6 @@ use super::shared::Core;
 use super::types::{Lookup, ReadOptions, Source, settle};
 use crate::keys::Key;
 use crate::{Error, Result};
-use futures::FutureExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -83,14 +83,14 @@ async fn read(
     let mut answers: Vec<Option<Lookup>> = vec![None; keys.len()];
     let (mut rest, mut rest_at) = (Vec::new(), Vec::new());
     for (index, key) in keys.into_iter().enumerate() {
-        let held = core
-            .policies
-            .for_key(&key)
+        let policy = core.policies.for_key(&key);
+        let held = policy
             .near_cache_ttl
-            .and_then(|_| near.get(&key));
+            .and_then(|_| near.get(&key, policy.near_cache_strict));
         match held {
             Some(entry) => {
-                answers[index] = Some(Lookup::found_or_negative(&entry, Source::NearHit))
+                answers[index] = Some(Lookup::found_or_negative(&entry, Source::NearHit));
+                sample_hit(&core, policy, &key, &entry);
             }
             None => {
                 rest.push(key);
@@ -149,15 +149,16 @@ async fn read_from_store(
             },
         }
     }
-    let leased = to_lease.into_iter().map(|index| {
-        let lookup = caller_lease::on_miss(core.clone(), keys[index].clone(), options.wait_until);
-        async move { Ok::<_, Error>((index, lookup.await?)) }
-    });
-    let offered = to_offer.into_iter().map(|(index, stale)| {
-        let lookup = caller_lease::on_stale(core.clone(), keys[index].clone(), stale);
-        async move { (index, lookup.await) }
-    });
+    let mut leased = caller_lease::LeasedKeys::default();
+    for index in to_lease {
+        leased.miss(index, keys[index].clone());
+    }
+    for (index, stale) in to_offer {
+        leased.stale(index, keys[index].clone(), stale);
+    }
+    let leased = leased.settle(core.clone(), options.wait_until);
 
+    let loading = !to_load.is_empty();
     let loads = to_load.into_values().map(|group| {
         let core = core.clone();
         let keys = &keys;
@@ -176,12 +177,13 @@ async fn read_from_store(
             )
         }
     });
-    let (loaded, leased, offered) = futures::try_join!(
-        futures::future::try_join_all(loads),
-        futures::future::try_join_all(leased),
-        futures::future::join_all(offered).map(Ok::<_, Error>),
-    )?;
-    for (index, lookup) in loaded.into_iter().flatten().chain(leased).chain(offered) {
+    let (loaded, mut leased) = futures::try_join!(futures::future::try_join_all(loads), leased)?;
+    if loading {
+        // Leases kept while the loads ran may have been voided meanwhile.
+        leased.drop_lapsed().await;
+    }
+    // Tokens are made only here, where nothing in the read can fail any more.
+    for (index, lookup) in loaded.into_iter().flatten().chain(leased.hand_out()) {
         answers[index] = Some(lookup);
     }
     Ok(settle(answers))
@@ -220,8 +222,9 @@ fn judge(
             if let (Some(near), Some(sequence), Some(cap)) =
                 (&core.near, near_sequence, policy.near_cache_ttl)
             {
-                near.insert(key, &entry, cap, sequence);
+                near.insert(key, &entry, cap, sequence, policy.near_cache_strict);
             }
+            sample_hit(core, policy, key, &entry);
             Verdict::Answer(Lookup::found_or_negative(&entry, Source::Hit))
         }
         Some(stale)

@@ -5,10 +5,12 @@
 
 use super::encryption::Keyring;
 use super::entry::{Entry, Envelope};
+use super::fill_watch::FillWatches;
 use super::near::NearCache;
 use super::pattern_runs::PatternRuns;
 use super::policy::Policies;
 use super::redact::Redaction;
+use super::sampler::Sampler;
 use super::sensitive::SensitiveData;
 use super::singleflight::Flights;
 use super::stats::Stats;
@@ -30,11 +32,15 @@ pub(super) struct Core {
     pub(super) invalidation: InvalidationConfig,
     pub(super) read_through: ReadThroughConfig,
     pub(super) flights: Flights,
+    /// Callers waiting here for other callers' fills, one watcher per key.
+    pub(super) fill_watches: FillWatches,
     /// Pattern invalidations running here, one per pattern.
     pub(super) pattern_runs: PatternRuns,
     /// The near-cache, when `near_cache.max_bytes` is set.
     pub(super) near: Option<Arc<NearCache>>,
     pub(super) stats: Stats,
+    /// The staleness sampler's budget (rate and concurrency of its checks).
+    pub(super) sampler: Sampler,
     pub(super) sensitive: SensitiveData,
     /// How keys of sensitive policies appear in logs and spans.
     pub(super) redaction: Redaction,
@@ -56,19 +62,23 @@ impl Core {
             ),
             _ => None,
         };
+        let policies =
+            Policies::from_config(config).map_err(|e| StartupError::unusable("policies", e))?;
+        let strict = policies.any_strict();
         Ok(Core {
             store,
             loaders,
-            policies: Policies::from_config(config)
-                .map_err(|e| StartupError::unusable("policies", e))?,
+            policies,
             limits: config.limits.clone(),
             invalidation: config.invalidation.clone(),
             read_through: config.read_through.clone(),
             flights: Flights::default(),
+            fill_watches: FillWatches::default(),
             pattern_runs: PatternRuns::default(),
             near: (config.near_cache.max_bytes > 0)
-                .then(|| Arc::new(NearCache::new(&config.near_cache))),
+                .then(|| Arc::new(NearCache::new(&config.near_cache, strict))),
             stats: Stats::default(),
+            sampler: Sampler::new(&config.staleness_sampler),
             sensitive: SensitiveData::new(&config.sensitive_data.deny),
             redaction: Redaction::new(),
             keyring,
@@ -118,9 +128,24 @@ impl Core {
 
     /// The key's entry if the store holds a fresh one (errors count as none).
     pub(super) async fn fresh_entry(&self, key: &Key) -> Option<Entry> {
-        self.stored_entry(key)
+        self.fresh_entries(std::slice::from_ref(key))
             .await
-            .filter(|entry| entry.stale_for().is_none())
+            .pop()
+            .flatten()
+    }
+
+    /// Each key's entry if the store holds a fresh one, in order, read in one batch (errors count as none).
+    pub(super) async fn fresh_entries(&self, keys: &[Key]) -> Vec<Option<Entry>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let Ok(stored) = self.store.get_many(keys).await else {
+            return vec![None; keys.len()];
+        };
+        keys.iter()
+            .zip(stored)
+            .map(|(key, bytes)| self.fresh(key, bytes))
+            .collect()
     }
 
     /// The key's entry as the store holds it now, fresh or expired (errors count as none).

@@ -71,6 +71,71 @@ impl Source {
     }
 }
 
+/// What the staleness sampler made of one sampled hit (`cachecoord_consistency_checks_total{result}`). The
+/// first three are compared hits; the others are samples skipped before or during the check, and never count
+/// towards the staleness ratio.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckResult {
+    /// The source held what was served.
+    Fresh,
+    /// The source differed, and after the grace the cache still served the same entry while the source still
+    /// differed from it.
+    Stale,
+    /// The source differed, but within the grace the cache's entry changed (an invalidation or fill landed) or
+    /// the source came back to what was served.
+    InFlight,
+    /// Not checked: the sampler's concurrency or rate bound was reached (samples are dropped, never queued).
+    Dropped,
+    /// Not checked: the entity's loader route had its circuit breaker open.
+    BreakerOpen,
+    /// The loader failed while re-reading the source.
+    LoaderError,
+    /// Not checked: no loader route fills the entity's keys.
+    NoLoader,
+}
+
+impl CheckResult {
+    /// Every result, in a fixed order: the index of the per-entity counters.
+    pub(super) const ALL: [CheckResult; 7] = [
+        CheckResult::Fresh,
+        CheckResult::Stale,
+        CheckResult::InFlight,
+        CheckResult::Dropped,
+        CheckResult::BreakerOpen,
+        CheckResult::LoaderError,
+        CheckResult::NoLoader,
+    ];
+
+    /// The label used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            CheckResult::Fresh => "fresh",
+            CheckResult::Stale => "stale",
+            CheckResult::InFlight => "in_flight",
+            CheckResult::Dropped => "dropped",
+            CheckResult::BreakerOpen => "breaker_open",
+            CheckResult::LoaderError => "loader_error",
+            CheckResult::NoLoader => "no_loader",
+        }
+    }
+
+    /// Whether the hit was compared with the source (what the staleness ratio is over).
+    pub fn is_compared(self) -> bool {
+        matches!(
+            self,
+            CheckResult::Fresh | CheckResult::Stale | CheckResult::InFlight
+        )
+    }
+
+    /// Position in [`CheckResult::ALL`].
+    pub(super) fn index(self) -> usize {
+        CheckResult::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(0)
+    }
+}
+
 /// The answer for one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lookup {

@@ -171,10 +171,17 @@ pub(super) async fn invalidate_pattern(core: &Core, pattern: &str) -> Result<u64
     if let Some(near) = &core.near {
         // Even a failed call may have deleted some keys: tell the near-caches either way.
         near.evict_matching(&pattern);
-        let notice = Notice::Pattern(pattern.to_string());
-        let published = core.store.publish(&notice).await;
-        if deleted.is_ok() {
-            published?;
+        let raw = pattern.to_string();
+        if core.policies.any_strict() {
+            // A pattern may match keys of any policy: it waits as a strict write does.
+            let notice = |stamp| Notice::StrictPattern(stamp, raw);
+            near.announce_strict(core.store.as_ref(), notice, deleted.is_ok())
+                .await?;
+        } else {
+            let published = core.store.publish(&Notice::Pattern(raw)).await;
+            if deleted.is_ok() {
+                published?;
+            }
         }
     }
     deleted
@@ -185,13 +192,23 @@ pub(super) async fn invalidate_pattern(core: &Core, pattern: &str) -> Result<u64
 /// serve the old value, and the caller should retry (writes and invalidations are idempotent).
 /// `succeeded` says whether the store call did: a failed one may still have applied some keys, so it is
 /// announced too, but only a successful call's failed announcement is an error of its own.
+/// When a key's policy is strict, the call also waits until no member's near-cache can serve the older value.
 async fn announce(core: &Core, keys: &[Key], succeeded: bool) -> Result<()> {
     let Some(near) = &core.near else {
         return Ok(());
     };
     near.evict(keys);
-    let notice = Notice::Keys(keys.iter().map(Key::to_string).collect());
-    let published = core.store.publish(&notice).await;
+    let raw: Vec<String> = keys.iter().map(Key::to_string).collect();
+    if keys
+        .iter()
+        .any(|key| core.policies.for_key(key).near_cache_strict)
+    {
+        let notice = |stamp| Notice::StrictKeys(stamp, raw);
+        return near
+            .announce_strict(core.store.as_ref(), notice, succeeded)
+            .await;
+    }
+    let published = core.store.publish(&Notice::Keys(raw)).await;
     if succeeded { published } else { Ok(()) }
 }
 

@@ -91,6 +91,21 @@ pub struct NearCacheConfig {
     /// near-cache (it may be missing invalidations) until it hears one again, after flushing. Default 1000 ms.
     #[serde(rename = "deaf_after_ms", with = "millis")]
     pub deaf_after: Duration,
+    /// `member_lease_ms`: with a `near_cache = "strict"` policy, each replica is a near-cache member holding a
+    /// lease in the store, renewed every third of it. A strict write waits for every member's acknowledgement or
+    /// for its lease to lapse, so a paused or cut-off replica delays such writes by at most about this long.
+    /// Default 2000 ms.
+    #[serde(rename = "member_lease_ms", with = "millis")]
+    pub member_lease: Duration,
+    /// `member_lease_margin_ms`: a member stops serving strict keys this long before its lease ends, counted on
+    /// its own clock from when it sent the renewal (covers clock-rate drift between it and the store). Default
+    /// 200 ms; less than `member_lease_ms`.
+    #[serde(rename = "member_lease_margin_ms", with = "millis")]
+    pub member_lease_margin: Duration,
+    /// `strict_ack_timeout_ms`: how long a strict write waits for a member's acknowledgement before revoking its
+    /// membership and waiting out its lease instead (an acknowledgement still ends that wait). Default 100 ms.
+    #[serde(rename = "strict_ack_timeout_ms", with = "millis")]
+    pub strict_ack_timeout: Duration,
 }
 
 impl Default for NearCacheConfig {
@@ -99,7 +114,39 @@ impl Default for NearCacheConfig {
             max_bytes: 0,
             heartbeat: Duration::from_millis(200),
             deaf_after: Duration::from_secs(1),
+            member_lease: Duration::from_secs(2),
+            member_lease_margin: Duration::from_millis(200),
+            strict_ack_timeout: Duration::from_millis(100),
         }
+    }
+}
+
+impl NearCacheConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.member_lease_margin >= self.member_lease {
+            return ConfigError::fail(
+                "near_cache.member_lease_margin_ms must be less than near_cache.member_lease_ms",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How a policy's keys are kept coherent in the near-cache.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NearCacheMode {
+    /// Bounded staleness: another replica stops serving an invalidated value within the notice delay.
+    #[default]
+    Bounded,
+    /// An acknowledged write means no replica's near-cache serves the older value afterwards: writes wait for
+    /// every near-cache member's acknowledgement, or for its membership lease to lapse.
+    Strict,
+}
+
+impl NearCacheMode {
+    fn is_bounded(&self) -> bool {
+        *self == NearCacheMode::Bounded
     }
 }
 
@@ -235,6 +282,9 @@ pub struct PolicyConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub near_cache_ttl: Option<Duration>,
+    /// `near_cache`: `bounded` (default) or `strict` (see [`NearCacheMode`]); strict needs `near_cache_ttl_secs`.
+    #[serde(default, skip_serializing_if = "NearCacheMode::is_bounded")]
+    pub near_cache: NearCacheMode,
     /// Marks the entity's keys as sensitive: they are redacted from logs and traces. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sensitive: bool,
@@ -259,6 +309,11 @@ pub struct PolicyConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub lease_wait: Option<Duration>,
+    /// Fraction of this policy's cache hits (store and near-cache) the staleness sampler re-reads through the
+    /// entity's loader, in the background, to compare with what was served: 0 (the default) is off, 1 checks
+    /// every hit the sampler's bounds (`staleness_sampler`) let through. Needs a loader route for the keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staleness_sample_rate: Option<f64>,
 }
 
 impl PolicyConfig {
@@ -273,10 +328,12 @@ impl PolicyConfig {
             stale_if_error: None,
             xfetch_beta: None,
             near_cache_ttl: None,
+            near_cache: NearCacheMode::Bounded,
             sensitive: false,
             encrypt: false,
             lease_ttl: None,
             lease_wait: None,
+            staleness_sample_rate: None,
         }
     }
 
@@ -287,11 +344,66 @@ impl PolicyConfig {
         if self.ttl.is_zero() {
             return ConfigError::fail(format!("policy {:?}: ttl_secs must be positive", self.name));
         }
+        if self.near_cache == NearCacheMode::Strict && self.near_cache_ttl.is_none() {
+            return ConfigError::fail(format!(
+                "policy {:?}: near_cache = \"strict\" needs near_cache_ttl_secs",
+                self.name
+            ));
+        }
         if self.lease_ttl.is_some_and(|ttl| ttl.is_zero()) {
             return ConfigError::fail(format!(
                 "policy {:?}: lease_ttl_ms must be positive",
                 self.name
             ));
+        }
+        if self
+            .staleness_sample_rate
+            .is_some_and(|rate| !(0.0..=1.0).contains(&rate))
+        {
+            return ConfigError::fail(format!(
+                "policy {:?}: staleness_sample_rate must be between 0 and 1",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The staleness sampler's bounds, shared by every entity that opts in (`staleness_sample_rate` in its policy):
+/// sampling must never cost the loaders more than this, whatever the hit rate.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StalenessSamplerConfig {
+    /// Checks running at once on this replica, a mismatch's wait for its grace included; a sampled hit that
+    /// finds them all taken is dropped (counted `dropped`), never queued. Default 4.
+    pub max_in_flight: u32,
+    /// Checks started per second on this replica (a token bucket holding one second's worth); a sampled hit
+    /// over the rate is dropped. Default 50.
+    pub max_checks_per_sec: u32,
+    /// `grace_ms`: how long a value that differs from the source may still be served before it counts as
+    /// stale: a mismatch is checked again after this long, and counts `stale` only if the cache still serves
+    /// the same entry and the source still differs; otherwise `in_flight` (an invalidation or fill was on its
+    /// way). Keep it above the near-cache's `deaf_after_ms` when sampling near-cached entities. Default 2000 ms.
+    #[serde(rename = "grace_ms", with = "millis")]
+    pub grace: Duration,
+}
+
+impl Default for StalenessSamplerConfig {
+    fn default() -> Self {
+        StalenessSamplerConfig {
+            max_in_flight: 4,
+            max_checks_per_sec: 50,
+            grace: Duration::from_secs(2),
+        }
+    }
+}
+
+impl StalenessSamplerConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_in_flight == 0 || self.max_checks_per_sec == 0 {
+            return ConfigError::fail(
+                "staleness_sampler.max_in_flight and max_checks_per_sec must be positive",
+            );
         }
         Ok(())
     }

@@ -12,6 +12,7 @@
 mod cache;
 mod cli;
 mod duration;
+mod env;
 mod loader;
 mod secrets;
 mod service;
@@ -20,8 +21,8 @@ mod settings_schema;
 mod store;
 
 pub use cache::{
-    EncryptionConfig, InvalidationConfig, NearCacheConfig, PolicyConfig, PolicyDefaults,
-    ReadThroughConfig, SensitiveDataConfig,
+    EncryptionConfig, InvalidationConfig, NearCacheConfig, NearCacheMode, PolicyConfig,
+    PolicyDefaults, ReadThroughConfig, SensitiveDataConfig, StalenessSamplerConfig,
 };
 pub use cli::{Cli, Command};
 pub use loader::{LoaderConfig, LoaderKind, OutboxConfig, OutboxTable, PostgresConfig};
@@ -31,7 +32,7 @@ pub use service::{
 pub use store::StoreConfig;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -68,6 +69,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// The per-replica in-process near-cache.
     pub near_cache: NearCacheConfig,
+    /// Bounds of the staleness sampler (entities opt in with `staleness_sample_rate`).
+    pub staleness_sampler: StalenessSamplerConfig,
     /// Logs, metrics and traces.
     pub telemetry: TelemetryConfig,
     /// How the server stops.
@@ -98,6 +101,7 @@ impl Default for Config {
             read_through: ReadThroughConfig::default(),
             outbox: OutboxConfig::default(),
             near_cache: NearCacheConfig::default(),
+            staleness_sampler: StalenessSamplerConfig::default(),
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig::default(),
             sensitive_data: SensitiveDataConfig::default(),
@@ -120,7 +124,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        for (key, text) in environment()? {
+        for (key, text) in env::variables(&Config::default())? {
             figment = figment.merge(Serialized::default(&key, text));
         }
         if let Some(addr) = cli.listen_addr {
@@ -141,7 +145,7 @@ impl Config {
         if let Some(addr) = cli.metrics_addr {
             figment = figment.merge(Serialized::default("telemetry.metrics_addr", addr));
         }
-        // Lossy: environment values arrive as text, and "5" must still fill a number (see `environment`).
+        // Lossy: environment values arrive as text, and "5" must still fill a number (see `env`).
         let mut config: Config = figment
             .extract_lossy()
             .map_err(|e| ConfigError(e.to_string()))?;
@@ -237,9 +241,11 @@ impl Config {
         self.connections.validate()?;
         self.policy_defaults.validate()?;
         self.read_through.validate()?;
+        self.staleness_sampler.validate()?;
         self.telemetry.validate()?;
         self.auth.validate()?;
         self.tls.validate()?;
+        self.near_cache.validate()?;
         let max_key_bytes = self.limits.max_key_bytes;
         for policy in &self.policies {
             policy.validate(max_key_bytes)?;
@@ -260,56 +266,6 @@ impl Config {
             );
         }
         Ok(())
-    }
-}
-
-/// The `CACHECOORD_*` variables, as text, without Kubernetes' service links: for a Service named `cachecoord`
-/// (or `cachecoord-*`) Kubernetes injects `CACHECOORD_SERVICE_HOST`, `CACHECOORD_PORT`, … and those must not stop
-/// start-up. Only a name that matches no setting *and* has a service link's shape is skipped; every other unknown
-/// name is still refused at start-up, so a misspelt setting (`CACHECOORD_STORE_REDIS_URL` with one underscore)
-/// can never be silently ignored. Values stay text exactly as given (a password `123456`, `true` or with leading
-/// spaces stays that string); numbers and booleans are read from text by the lossy extraction.
-fn environment() -> Result<Vec<(String, String)>, ConfigError> {
-    let known = match figment::value::Value::serialize(Config::default()) {
-        Ok(figment::value::Value::Dict(_, dict)) => dict.into_keys().collect::<Vec<String>>(),
-        _ => return ConfigError::fail("the configuration's own defaults do not serialize"),
-    };
-    let variables = Env::prefixed("CACHECOORD_")
-        .ignore(&["config"])
-        .split("__")
-        .filter(move |key| {
-            let section = key.as_str().split('.').next().unwrap_or_default();
-            known.iter().any(|k| k.eq_ignore_ascii_case(section))
-                || !is_service_link(&section.to_ascii_lowercase())
-        });
-    Ok(variables
-        .iter()
-        .map(|(key, text)| (key.as_str().to_owned(), text))
-        .collect())
-}
-
-/// Whether `name` (after the `CACHECOORD_` prefix, lower case) has the shape of a variable Kubernetes injects for
-/// a Service: `[NAME_]SERVICE_HOST`, `[NAME_]SERVICE_PORT[_PORTNAME]`, `[NAME_]PORT`, or
-/// `[NAME_]PORT_<number>_<TCP|UDP|SCTP>[_PROTO|_PORT|_ADDR]`.
-fn is_service_link(name: &str) -> bool {
-    let parts: Vec<&str> = name.split('_').collect();
-    if parts
-        .windows(2)
-        .any(|pair| pair[0] == "service" && matches!(pair[1], "host" | "port"))
-    {
-        return true;
-    }
-    let Some(at) = parts.iter().rposition(|part| *part == "port") else {
-        return false;
-    };
-    match &parts[at + 1..] {
-        [] => true,
-        [number, protocol, rest @ ..] => {
-            number.chars().all(|c| c.is_ascii_digit())
-                && matches!(*protocol, "tcp" | "udp" | "sctp")
-                && matches!(rest, [] | ["proto" | "port" | "addr"])
-        }
-        _ => false,
     }
 }
 
@@ -355,32 +311,6 @@ mod tests {
             config: Some(path.into()),
             ..Cli::default()
         })
-    }
-
-    #[test]
-    fn service_links_are_recognised_and_settings_are_not() {
-        for link in [
-            "service_host",
-            "service_port",
-            "service_port_grpc",
-            "port",
-            "port_50051_tcp",
-            "port_50051_tcp_proto",
-            "port_50051_tcp_addr",
-            "redis_service_host",
-            "redis_port_6379_tcp_port",
-        ] {
-            assert!(is_service_link(link), "{link}");
-        }
-        for setting in [
-            "store_redis_url",
-            "stor",
-            "listen_addr",
-            "port_x",
-            "auth_enabled",
-        ] {
-            assert!(!is_service_link(setting), "{setting}");
-        }
     }
 
     #[test]

@@ -137,7 +137,8 @@ impl LimitsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ConnectionsConfig {
     /// `max_age_secs`: a connection is asked to go away (GOAWAY) this long after it was accepted. Default 300 s;
-    /// 0 turns the limit off (connections live until the client or a failure closes them).
+    /// 0 turns the limit off (connections live until the client or a failure closes them). Each connection's
+    /// age is drawn uniformly within ±10 % of it, so clients that connected together do not reconnect together.
     #[serde(rename = "max_age_secs", with = "super::duration::secs")]
     pub max_age: Duration,
     /// `max_age_grace_secs`: how long the calls in flight on an aged-out connection may still run before it is

@@ -56,6 +56,12 @@ pub trait Loader: Send + Sync {
 
     /// Loads several keys (all matched by this loader's route) in one call; one answer per key, in order.
     async fn load_many(&self, keys: &[Key]) -> Result<Vec<Loaded>>;
+
+    /// Whether a call would reach the source now: false while the route's circuit breaker is open. Work that
+    /// may be skipped (the staleness sampler) asks first, so it never spends the probe a caller's load needs.
+    fn available(&self) -> bool {
+        true
+    }
 }
 
 /// The parts a loader is told about: entity, id, and the field (everything after the id).
@@ -198,6 +204,10 @@ impl Loader for Metered {
             self.within_limit(key, one)?;
         }
         Ok(loaded)
+    }
+
+    fn available(&self) -> bool {
+        !self.breaker.is_open()
     }
 }
 

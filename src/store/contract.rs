@@ -47,6 +47,42 @@ pub enum Notice {
     Pattern(String),
     /// A replica's liveness probe of its own subscription: (replica id, sequence number).
     Heartbeat(u64, u64),
+    /// A strict write's keys: applied as `Keys`, then acknowledged to the writer by every member.
+    StrictKeys(Stamp, Vec<String>),
+    /// A strict write's pattern: applied as `Pattern`, then acknowledged to the writer by every member.
+    StrictPattern(Stamp, String),
+    /// A near-cache member confirms it applied these strict notices of one writer.
+    Acks(Acks),
+}
+
+/// Names one strict notice: the writing replica and the notice's sequence number there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Stamp {
+    /// The writer's replica id.
+    pub writer: u64,
+    /// The writer's sequence number for this notice.
+    pub seq: u64,
+}
+
+/// The near-cache membership as a strict writer must see it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Members {
+    /// Members whose lease runs: each acknowledges a notice, or is revoked.
+    pub live: Vec<u64>,
+    /// Members a writer revoked while their lease still ran, with what it still runs: they may serve until then,
+    /// so a writer waits for their acknowledgement or that long.
+    pub revoked: Vec<(u64, Duration)>,
+}
+
+/// What a member applied, batched per writer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acks {
+    /// The acknowledging member's replica id.
+    pub member: u64,
+    /// The writer the acknowledged notices came from.
+    pub writer: u64,
+    /// The sequence numbers applied.
+    pub seqs: Vec<u64>,
 }
 
 /// What a replica hears on the notice channel.
@@ -56,6 +92,9 @@ pub enum Heard {
     Notice(Notice),
     /// The subscription was lost: notices may have been missed until it is back.
     Lost,
+    /// How long the notice about to be heard took from its sender (when the wire says), for the near-cache's
+    /// notice-delay figures.
+    Delay(Duration),
 }
 
 /// One Redis node as its last `INFO` described it, for operators (Stats).
@@ -124,11 +163,34 @@ pub trait Store: Send + Sync {
     /// Keys whose lease was just filled or released, on any replica. Lossy under overload: waiters also poll.
     fn lease_events(&self) -> broadcast::Receiver<Arc<str>>;
 
-    /// Sends `notice` to every replica's near-cache.
+    /// Sends `notice` to every replica's near-cache (acknowledgements: to their writer's).
     async fn publish(&self, notice: &Notice) -> Result<()>;
 
     /// Notices from every replica, and word when the subscription is lost.
     fn notices(&self) -> broadcast::Receiver<Heard>;
+
+    /// From now on also hears, in `notices`, the acknowledgements addressed to strict writer `writer` (this
+    /// replica): a store that sends each acknowledgement to its writer only must be told who listens for which.
+    /// A store that delivers every notice to every replica needs nothing.
+    fn hear_acks(&self, writer: u64) {
+        let _ = writer;
+    }
+
+    /// Joins (`join`) or renews the near-cache membership of replica `member`, for `lease` from when the store
+    /// applies it. A renewal answers false when the member is gone (its lease lapsed, or a writer revoked it): it
+    /// must flush what it holds and join again. Answers only once the change would survive a failover of the
+    /// store (on Redis, once the members set's replicas hold it), so the member may count on it.
+    async fn renew_membership(&self, member: u64, lease: Duration, join: bool) -> Result<bool>;
+
+    /// Removes `member` from the near-cache membership (a replica leaving).
+    async fn leave_membership(&self, member: u64) -> Result<()>;
+
+    /// The near-cache members whose lease has not lapsed, and those revoked while it ran, until it lapses.
+    async fn members(&self) -> Result<Members>;
+
+    /// Removes `member` so it can no longer renew, listing it in [`Members::revoked`] until its lease ends;
+    /// answers how long its lease still ran when it was removed (zero when it had lapsed or left). Answers only once the removal would survive a failover of the store.
+    async fn revoke_member(&self, member: u64) -> Result<Duration>;
 
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<()>;

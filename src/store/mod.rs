@@ -16,7 +16,9 @@ mod memory;
 mod metered;
 mod redis;
 
-pub use contract::{Filled, Heard, LeaseToken, NodeHealth, Notice, Store, StoreWrite};
+pub use contract::{
+    Acks, Filled, Heard, LeaseToken, Members, NodeHealth, Notice, Stamp, Store, StoreWrite,
+};
 pub use memory::MemoryStore;
 pub use metered::MeteredStore;
 pub use redis::RedisStore;

@@ -4,13 +4,15 @@
 //! tokens). The database is a counting in-memory map with a configurable read delay.
 
 use crate::support::cluster::RedisCluster;
+use crate::support::loader::{TestLoader, grpc_loader};
 use crate::support::process::ServerProcess;
 use crate::support::{Backend, Client, TestServer, assert_error, cached, set_request, unique};
 use cachecoord::auth::hash_token;
 use cachecoord::config::{Config, PolicyConfig};
 use cachecoord::proto::{
-    BatchGetRequest, BatchSetRequest, GetRequest, GetResponse, InvalidatePatternRequest,
-    InvalidateRequest, ReleaseLeaseRequest, RenewLeaseRequest, SetRequest, Source,
+    BatchGetRequest, BatchGetResult, BatchSetRequest, GetRequest, GetResponse,
+    InvalidatePatternRequest, InvalidateRequest, ReleaseLeaseRequest, RenewLeaseRequest,
+    SetRequest, Source,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -202,9 +204,9 @@ async fn a_leased_stampede_over_three_processes_calls_the_database_once() {
 
 /// Answers how many of `rounds` races left a stale value cached, and how many fills were refused. Each round, on
 /// one of 50 keys: a reader runs the cache-aside loop (leased, or ignoring the token with a plain Set when
-/// `honour_lease` is false) through one replica with a slow database read; once its query has read the old row, a
-/// writer updates the row and Invalidates the key through the other replica. After both finish, the cache must
-/// hold nothing but the new row.
+/// `honour_lease` is false) through one replica; once its query has read the old row, a writer updates the row
+/// and Invalidates the key through the other replica, and only then does the query answer. After both finish,
+/// the cache must hold nothing but the new row.
 async fn race(backend: Backend, honour_lease: bool, rounds: usize) -> (usize, usize) {
     race_by(backend, honour_lease, rounds, Invalidation::Key).await
 }
@@ -301,18 +303,14 @@ async fn race_on(
             // A wildcard in the id sends the pattern down the cross-group SCAN path.
             Invalidation::ScanPattern => Some(format!("product:?{}x{k}:pr*", &id[1..])),
         };
-        // A SCAN of every primary of the shared cluster takes longer than a group's script: a slower query keeps
-        // the race open.
-        let delay = match how {
-            Invalidation::ScanPattern => Duration::from_millis(600),
-            Invalidation::Key | Invalidation::GroupPattern => Duration::from_millis(20),
-        };
         tokio::spawn(async move {
             for round in 0..rounds.div_ceil(PARALLEL_KEYS) {
                 let (old, new) = (format!("v{}", 2 * round), format!("v{}", 2 * round + 1));
-                let db = Database::with_delay(delay);
+                let db = Database::default();
                 db.put(&key, old.as_bytes());
                 let (read_taken, row_read) = tokio::sync::oneshot::channel();
+                // The query answers only once the invalidation is acknowledged: the race, every round.
+                let (acknowledged, invalidated) = tokio::sync::oneshot::channel::<()>();
                 let read = {
                     let (db, key) = (db.clone(), key.clone());
                     let mut reader = reader.clone();
@@ -324,7 +322,7 @@ async fn race_on(
                         );
                         let value = db.row(&key);
                         let _ = read_taken.send(());
-                        tokio::time::sleep(db.delay).await;
+                        let _ = invalidated.await;
                         let token = if honour_lease {
                             answer.lease_token.to_vec()
                         } else {
@@ -346,6 +344,7 @@ async fn race_on(
                         writer.invalidate_pattern(request).await.unwrap();
                     }
                 }
+                let _ = acknowledged.send(());
                 if let Err(status) = read.await.unwrap() {
                     assert_error(&status, Code::FailedPrecondition, "LEASE_LOST");
                     lost.fetch_add(1, Ordering::Relaxed);
@@ -776,7 +775,306 @@ async fn batches_lease_per_key(backend: Backend) {
     assert!(!cached(&mut client, &keys[3]).await.found);
 }
 
+/// Two leased BatchGets over the same cold keys, sent together (one in reverse order) on two replicas, never wait
+/// on each other: each caller fills what it leased, and every key of both answers is either a value or a lease.
+/// A key answered with neither is a lease wait that ran out (5 s here) because each batch held some of the keys
+/// and waited for the rest, which the other held: a deadlock only `lease_wait` broke.
+async fn overlapping_leased_batches_never_wait_on_each_other(backend: Backend) {
+    let replicas = Replicas::start(backend.config()).await;
+    let clients = [replicas.client(0).await, replicas.client(1).await];
+    let (rounds, mut stuck) = (30, 0);
+    for _ in 0..rounds {
+        let id = unique("overlap");
+        let keys: Vec<String> = (0..8).map(|k| format!("product:{id}x{k}")).collect();
+        let callers = clients.iter().enumerate().map(|(c, client)| {
+            let (mut client, mut keys) = (client.clone(), keys.clone());
+            if c == 1 {
+                keys.reverse();
+            }
+            async move {
+                let request = BatchGetRequest {
+                    keys,
+                    cache_only: false,
+                    lease: true,
+                };
+                let results = client
+                    .batch_get(request)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .results;
+                let entries: Vec<SetRequest> = results
+                    .iter()
+                    .filter(|r| !r.lease_token.is_empty())
+                    .map(|r| fill(&r.key, r.key.as_bytes(), &r.lease_token))
+                    .collect();
+                if !entries.is_empty() {
+                    client.batch_set(BatchSetRequest { entries }).await.unwrap();
+                }
+                results
+                    .iter()
+                    .filter(|r| !r.found && r.lease_token.is_empty())
+                    .count()
+            }
+        });
+        stuck += futures::future::join_all(callers)
+            .await
+            .into_iter()
+            .sum::<usize>();
+    }
+    println!(
+        "{backend:?}: {rounds} rounds of two overlapping leased batches of 8 keys: {stuck} keys answered after a lease wait ran out"
+    );
+    assert_eq!(stuck, 0, "overlapping leased batches waited on each other");
+}
+
+/// A leased BatchGet of 1,000 cold keys whose lowest key another caller holds, with a 2 s deadline (the
+/// entity waits up to 5 s): the read waits for that key until shortly before its deadline, then takes every
+/// other key's lease in one last round. It answers (not DEADLINE_EXCEEDED), with a lease on each of the 999 free
+/// keys, and every one of those tokens fills.
+async fn a_big_leased_batch_behind_a_held_key_answers_within_its_deadline(backend: Backend) {
+    let mut config = backend.config();
+    config.policies.insert(
+        0,
+        PolicyConfig {
+            lease_ttl: Some(Duration::from_secs(60)),
+            lease_wait: Some(Duration::from_secs(5)),
+            ..PolicyConfig::new("patient", "patient:*", Duration::from_secs(3600))
+        },
+    );
+    let replicas = Replicas::start(config).await;
+    let (mut holder, mut reader) = (replicas.client(0).await, replicas.client(1).await);
+    let id = unique("big");
+    let keys: Vec<String> = (0..1000).map(|k| format!("patient:{id}a{k:03}")).collect();
+    assert!(
+        !get_leased(&mut holder, &keys[0])
+            .await
+            .lease_token
+            .is_empty()
+    );
+    let mut request = Request::new(BatchGetRequest {
+        keys: keys.clone(),
+        cache_only: false,
+        lease: true,
+    });
+    request.set_timeout(Duration::from_secs(2));
+    let results = reader
+        .batch_get(request)
+        .await
+        .expect("a leased batch answers within its deadline")
+        .into_inner()
+        .results;
+    let leased: Vec<&BatchGetResult> = results
+        .iter()
+        .filter(|r| !r.lease_token.is_empty())
+        .collect();
+    println!(
+        "{backend:?}: a leased batch of 1000 behind a held key: {} leases handed out",
+        leased.len()
+    );
+    assert!(!results[0].found && results[0].lease_token.is_empty());
+    assert_eq!(leased.len(), 999, "every free key's lease is handed out");
+    let entries = leased
+        .iter()
+        .map(|r| fill(&r.key, b"filled", &r.lease_token))
+        .collect();
+    let outcome = reader
+        .batch_set(BatchSetRequest { entries })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        outcome.written, 999,
+        "every token handed out holds its lease"
+    );
+}
+
+/// A batch keeps a lease while it waits for another key; an invalidation voids the kept lease meanwhile, and a
+/// third caller takes the key's lease anew. When the batch answers, it hands out no token for the voided lease:
+/// two callers holding tokens for one key would both load it.
+async fn a_lease_voided_while_the_batch_waits_is_not_handed_out(backend: Backend) {
+    let replicas = Replicas::start(lapse_and_patient(backend)).await;
+    let (mut holder, mut third) = (replicas.client(0).await, replicas.client(0).await);
+    let id = unique("void");
+    let (kept, waited) = (format!("lapse:{id}y"), format!("patient:{id}x"));
+    let held = get_leased(&mut holder, &waited).await;
+    assert!(!held.lease_token.is_empty());
+    let mut reader = replicas.client(1).await;
+    let keys = vec![kept.clone(), waited.clone()];
+    let batch = tokio::spawn(async move {
+        let request = BatchGetRequest {
+            keys,
+            cache_only: false,
+            lease: true,
+        };
+        reader
+            .batch_get(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .results
+    });
+    // Sequencing only: the batch takes `kept` and starts waiting for `waited`.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        get_leased(&mut third, &kept).await.lease_token.is_empty(),
+        "the waiting batch holds the lower key"
+    );
+    third
+        .invalidate(InvalidateRequest {
+            keys: vec![kept.clone()],
+        })
+        .await
+        .unwrap();
+    let anew = get_leased(&mut third, &kept).await;
+    assert!(
+        !anew.lease_token.is_empty(),
+        "the voided lease is free again"
+    );
+    holder
+        .release_lease(ReleaseLeaseRequest {
+            key: waited.clone(),
+            lease_token: held.lease_token,
+        })
+        .await
+        .unwrap();
+    let results = batch.await.unwrap();
+    println!(
+        "{backend:?}: the batch's token for the voided key: {} bytes; for the released key: {} bytes",
+        results[0].lease_token.len(),
+        results[1].lease_token.len()
+    );
+    assert!(
+        results[0].lease_token.is_empty(),
+        "a voided lease was handed out while another caller holds the key's lease"
+    );
+    assert!(!results[1].lease_token.is_empty());
+}
+
+/// A leased BatchGet whose loader-filled key is slow runs out of its deadline after the caller-filled key's lease
+/// was taken: the lease goes back with the failed call, so the next caller gets it at once instead of waiting out
+/// its TTL.
+async fn a_read_that_fails_after_taking_a_lease_gives_it_back(backend: Backend) {
+    let loader = TestLoader::start().await;
+    loader.source.set_delay(Duration::from_secs(3));
+    let mut config = short_leases(backend);
+    config
+        .loaders
+        .push(grpc_loader("user:*", &format!("http://{}", loader.addr)));
+    let replicas = Replicas::start(config).await;
+    let (mut reader, mut next) = (replicas.client(0).await, replicas.client(1).await);
+    let id = unique("fails");
+    let leased = format!("long:{id}");
+    let mut request = Request::new(BatchGetRequest {
+        keys: vec![format!("user:{id}"), leased.clone()],
+        cache_only: false,
+        lease: true,
+    });
+    request.set_timeout(Duration::from_millis(500));
+    // DEADLINE_EXCEEDED from the server, or CANCELLED when the client's own timer fires first.
+    let failed = reader.batch_get(request).await.unwrap_err();
+    println!(
+        "{backend:?}: the read ran out of its deadline: {:?}",
+        failed.code()
+    );
+    // The give-back runs in the background of the failed call: the next leased Get gets the lease within the
+    // lease TTL (60 s) only if it went back; its own wait (300 ms) may see the release land.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if !get_leased(&mut next, &leased).await.lease_token.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease taken by the failed read was stranded"
+        );
+    }
+}
+
+/// Policies `lapse:*` (lease wait 300 ms) and `patient:*` (5 s), both with 60 s leases, on `backend`.
+fn lapse_and_patient(backend: Backend) -> Config {
+    let mut config = backend.config();
+    for (name, wait_ms) in [("lapse", 300), ("patient", 5000)] {
+        config.policies.insert(
+            0,
+            PolicyConfig {
+                lease_ttl: Some(Duration::from_secs(60)),
+                lease_wait: Some(Duration::from_millis(wait_ms)),
+                ..PolicyConfig::new(name, &format!("{name}:*"), Duration::from_secs(3600))
+            },
+        );
+    }
+    config
+}
+
+/// A leased BatchGet whose answer is refused as too large gives back the lease it took: the next caller's leased
+/// Get (which waits 300 ms) takes it, instead of waiting out a 60 s lease nobody will fill.
+async fn a_refused_answer_gives_its_leases_back(backend: Backend) {
+    let mut config = lapse_and_patient(backend);
+    config.limits.max_response_bytes = 4096;
+    config.limits.max_value_bytes = 4096;
+    let replicas = Replicas::start(config).await;
+    let (mut reader, mut next) = (replicas.client(0).await, replicas.client(1).await);
+    let id = unique("refused");
+    let big: Vec<String> = (0..2).map(|i| format!("product:{id}big{i}")).collect();
+    for key in &big {
+        reader.set(set_request(key, &[7; 3000])).await.unwrap();
+    }
+    let leased = format!("lapse:{id}");
+    let request = BatchGetRequest {
+        keys: vec![big[0].clone(), big[1].clone(), leased.clone()],
+        cache_only: false,
+        lease: true,
+    };
+    let refused = reader.batch_get(request).await.unwrap_err();
+    assert_error(&refused, Code::ResourceExhausted, "RESPONSE_TOO_LARGE");
+    let answer = get_leased(&mut next, &leased).await;
+    assert!(
+        !answer.lease_token.is_empty(),
+        "the refused answer's lease was stranded"
+    );
+}
+
+/// A leased BatchGet holds a lower key's lease while it waits (up to 5 s) for a key another caller holds; its
+/// loader-filled key fails at once, and so does the read. The task settling its leases stops waiting with it and
+/// gives the lower key back: the next caller's leased Get (which waits 300 ms) takes it.
+async fn a_failed_read_stops_waiting_and_gives_its_leases_back(backend: Backend) {
+    let loader = TestLoader::start().await;
+    loader.source.set_failing(true);
+    let mut config = lapse_and_patient(backend);
+    config
+        .loaders
+        .push(grpc_loader("user:*", &format!("http://{}", loader.addr)));
+    let replicas = Replicas::start(config).await;
+    let (mut holder, mut reader, mut next) = (
+        replicas.client(0).await,
+        replicas.client(1).await,
+        replicas.client(0).await,
+    );
+    let id = unique("gone");
+    let (lower, held) = (format!("lapse:{id}"), format!("patient:{id}"));
+    assert!(!get_leased(&mut holder, &held).await.lease_token.is_empty());
+    let request = BatchGetRequest {
+        keys: vec![format!("user:{id}"), lower.clone(), held.clone()],
+        cache_only: false,
+        lease: true,
+    };
+    let failed = reader.batch_get(request).await.unwrap_err();
+    println!("{backend:?}: the read failed: {:?}", failed.code());
+    let answer = get_leased(&mut next, &lower).await;
+    assert!(
+        !answer.lease_token.is_empty(),
+        "the failed read's settling task kept the lower key's lease while it waited"
+    );
+}
+
 on_both_stores!(
+    a_refused_answer_gives_its_leases_back,
+    a_failed_read_stops_waiting_and_gives_its_leases_back,
+    a_lease_voided_while_the_batch_waits_is_not_handed_out,
+    a_read_that_fails_after_taking_a_lease_gives_it_back,
+    a_big_leased_batch_behind_a_held_key_answers_within_its_deadline,
+    overlapping_leased_batches_never_wait_on_each_other,
     a_dead_holder_is_replaced_after_the_lease_ttl,
     release_hands_the_lease_to_a_waiter,
     waiters_get_the_fill_and_a_voided_lease_passes_on,

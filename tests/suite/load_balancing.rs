@@ -236,7 +236,10 @@ async fn aging_out_a_connection_fails_no_call_of_a_grpcio_client() {
 async fn a_call_outlasting_the_grace_is_cut_with_its_connection() {
     let loader = TestLoader::start().await;
     loader.source.set_delay(Duration::from_secs(30));
-    let server = ServerProcess::start(&config(1, 1, &loader.route_toml("user:*"))).await;
+    // The load may take 8 s (under the 10 s lease), far past the cut at about 2 s (age 0.9-1.1 s plus 1 s of
+    // grace): with the default 2 s loader timeout the call could end with LOADER_FAILED before its cut.
+    let route = format!("{}timeout_ms = 8000\n", loader.route_toml("user:*"));
+    let server = ServerProcess::start(&config(1, 1, &route)).await;
     let mut client = CacheServiceClient::connect(server.uri()).await.unwrap();
     let request = GetRequest {
         key: format!("{}:slow", unique("user:")),
@@ -245,6 +248,10 @@ async fn a_call_outlasting_the_grace_is_cut_with_its_connection() {
     };
     let status = client.get(request).await.unwrap_err();
     println!("a 30 s call on a connection with max age 1 s, grace 1 s: {status:?}");
+    assert!(
+        status.details().is_empty(),
+        "the server answered the call before its connection was cut: {status:?}"
+    );
     assert_eq!(cut(&server).await, 1.0);
 }
 

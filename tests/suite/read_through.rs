@@ -73,14 +73,6 @@ async fn stale_values_after_racing_invalidations(leases: bool, rounds: usize) ->
 
 async fn stale_values_after_racing(leases: bool, rounds: usize, how: Invalidation) -> usize {
     let loader = TestLoader::start().await;
-    // The load must outlast the invalidation for the race to be observable without leases. A cross-group
-    // pattern SCANs every primary of the shared cluster (which the other tests fill in parallel), so it gets
-    // a wider window than a group pattern.
-    let load_time = match how {
-        Invalidation::ScanPattern => Duration::from_millis(150),
-        Invalidation::Key | Invalidation::GroupPattern => Duration::from_millis(20),
-    };
-    loader.source.set_delay(load_time);
     let mut config = Backend::Cluster.config();
     config.read_through.leases = leases;
     loader.route(&mut config, "user:*");
@@ -105,6 +97,8 @@ async fn stale_values_after_racing(leases: bool, rounds: usize, how: Invalidatio
             for round in 0..rounds / PARALLEL_KEYS {
                 let (old, new) = (format!("v{}", 2 * round), format!("v{}", 2 * round + 1));
                 source.put(&key, old.as_bytes());
+                // The load answers only once the invalidation is acknowledged: the race, every round.
+                let answer_load = source.hold_next_read(&key);
                 let mut reads = source.subscribe_reads();
                 let mut reader = client.clone();
                 let reader_key = key.clone();
@@ -123,6 +117,7 @@ async fn stale_values_after_racing(leases: bool, rounds: usize, how: Invalidatio
                         client.invalidate_pattern(request).await.unwrap();
                     }
                 }
+                let _ = answer_load.send(());
                 read.await.unwrap();
                 let after = cached(&mut client, &key).await;
                 if after.found && after.value != new.as_bytes() {

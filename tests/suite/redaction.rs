@@ -15,7 +15,9 @@ use cachecoord::cache::{Coordinator, ReadOptions};
 use cachecoord::config::{Config, PolicyConfig};
 use cachecoord::keys::{Key, Pattern};
 use cachecoord::loader::{Loaded, Loader, Loaders};
-use cachecoord::store::{Filled, Heard, LeaseToken, MemoryStore, Notice, Store, StoreWrite};
+use cachecoord::store::{
+    Filled, Heard, LeaseToken, Members, MemoryStore, Notice, Store, StoreWrite,
+};
 use cachecoord::{Error, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,6 +105,18 @@ impl Store for Flaky {
     }
     fn notices(&self) -> broadcast::Receiver<Heard> {
         self.inner.notices()
+    }
+    async fn renew_membership(&self, member: u64, lease: Duration, join: bool) -> Result<bool> {
+        self.inner.renew_membership(member, lease, join).await
+    }
+    async fn leave_membership(&self, member: u64) -> Result<()> {
+        self.inner.leave_membership(member).await
+    }
+    async fn members(&self) -> Result<Members> {
+        self.inner.members().await
+    }
+    async fn revoke_member(&self, member: u64) -> Result<Duration> {
+        self.inner.revoke_member(member).await
     }
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await

@@ -100,8 +100,26 @@ impl RedisCluster {
         RedisCluster::start_async(&["--requirepass", password, "--masterauth", password]).await
     }
 
+    /// Starts one more redis-server with this cluster's arguments, not yet part of the cluster (see
+    /// `support::reshard`, which joins it); it is stopped with the others. Answers its port.
+    pub fn start_node(&mut self) -> u16 {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        loop {
+            let port = free_port_with_offset(10_000);
+            let node_dir = self.dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let pidfile = start_redis(&node_dir, port, &args);
+            if answers_ping(port, self.password.as_deref(), Duration::from_secs(5)) {
+                on_process_exit(&stop_script(&[pidfile], &node_dir));
+                self.ports.push(port);
+                return port;
+            }
+            eprintln!("redis-server did not come up on {port}; trying another port");
+        }
+    }
+
     /// redis-cli against the node on `port`, authenticated when the cluster has a password.
-    fn cli(&self, port: u16, args: &[&str]) -> String {
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
         redis_cli_as(port, self.password.as_deref(), args)
     }
 

@@ -31,6 +31,31 @@ pub struct SourceOfTruth {
     batches: Mutex<Vec<Vec<String>>>,
     reads: Option<broadcast::Sender<String>>,
     traceparents: Mutex<Vec<String>>,
+    /// Load and BatchLoad calls being answered now, and the most seen at once.
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+    /// While closed, every call waits at the gate (after it is counted in flight) until it opens.
+    gate_closed: AtomicBool,
+    gate_opened: tokio::sync::Notify,
+    /// Keys whose next Load, once it has read its row, waits until the test lets it answer.
+    held_after_read: Mutex<HashMap<String, tokio::sync::oneshot::Receiver<()>>>,
+}
+
+/// One call counted in flight until dropped.
+struct InFlight<'a>(&'a SourceOfTruth);
+
+impl<'a> InFlight<'a> {
+    fn enter(source: &'a SourceOfTruth) -> InFlight<'a> {
+        let now = source.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        source.most_in_flight.fetch_max(now, Ordering::AcqRel);
+        InFlight(source)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl SourceOfTruth {
@@ -86,6 +111,44 @@ impl SourceOfTruth {
         self.batches.lock().unwrap().clone()
     }
 
+    /// The most Load and BatchLoad calls answered at once since the start or the last reset.
+    pub fn most_in_flight(&self) -> usize {
+        self.most_in_flight.load(Ordering::Acquire)
+    }
+
+    /// Starts counting [`SourceOfTruth::most_in_flight`] afresh from the calls in flight now.
+    pub fn reset_most_in_flight(&self) {
+        self.most_in_flight
+            .store(self.in_flight.load(Ordering::Acquire), Ordering::Release);
+    }
+
+    /// Holds every call from now on until [`SourceOfTruth::open_gate`]: a loader that answers nothing, without a
+    /// timing assumption.
+    pub fn close_gate(&self) {
+        self.gate_closed.store(true, Ordering::Release);
+    }
+
+    /// Lets held and later calls through.
+    pub fn open_gate(&self) {
+        self.gate_closed.store(false, Ordering::Release);
+        self.gate_opened.notify_waiters();
+    }
+
+    /// Load and BatchLoad calls being answered (or held at the gate) now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    async fn pass_gate(&self) {
+        loop {
+            let opened = self.gate_opened.notified();
+            if !self.gate_closed.load(Ordering::Acquire) {
+                return;
+            }
+            opened.await;
+        }
+    }
+
     /// The W3C `traceparent` headers of the Load calls received, in order.
     pub fn traceparents(&self) -> Vec<String> {
         self.traceparents.lock().unwrap().clone()
@@ -98,8 +161,23 @@ impl SourceOfTruth {
 
     async fn read(&self, key: &str) -> Result<Option<Row>, Status> {
         let value = self.read_now(key)?;
+        let held = self.held_after_read.lock().unwrap().remove(key);
+        if let Some(answer) = held {
+            let _ = answer.await;
+        }
         self.wait_delay().await;
         Ok(value)
+    }
+
+    /// Holds the next Load of `key` after it has read its row (and announced the read), until the returned sender
+    /// is used or dropped: the test decides what happens between a load's read and its answer.
+    pub fn hold_next_read(&self, key: &str) -> tokio::sync::oneshot::Sender<()> {
+        let (answer, held) = tokio::sync::oneshot::channel();
+        self.held_after_read
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), held);
+        answer
     }
 
     /// Reads `key`'s row from the source, counting and announcing the read, without the delay.
@@ -131,6 +209,8 @@ struct Service(Arc<SourceOfTruth>);
 impl LoaderService for Service {
     async fn load(&self, request: Request<LoadRequest>) -> Result<Response<LoadResponse>, Status> {
         self.0.loads.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight::enter(&self.0);
+        self.0.pass_gate().await;
         if let Some(traceparent) = request.metadata().get("traceparent") {
             let traceparent = traceparent.to_str().unwrap_or_default().to_owned();
             self.0.traceparents.lock().unwrap().push(traceparent);
@@ -152,6 +232,8 @@ impl LoaderService for Service {
         request: Request<BatchLoadRequest>,
     ) -> Result<Response<BatchLoadResponse>, Status> {
         self.0.batch_loads.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight::enter(&self.0);
+        self.0.pass_gate().await;
         let keys: Vec<String> = request
             .into_inner()
             .requests

@@ -23,12 +23,14 @@ macro_rules! on_both_stores {
 pub mod calls;
 pub mod cluster;
 pub mod dns;
+pub mod drill;
 pub mod loader;
 pub mod pki;
 pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod raw_http2;
+pub mod reshard;
 pub mod server;
 
 #[allow(unused_imports)]

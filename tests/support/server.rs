@@ -52,12 +52,18 @@ impl TestServer {
 
     /// Starts a server with `config` (its listen address is replaced by a free loopback port).
     pub async fn start_with(config: Config) -> TestServer {
+        TestServer::start_on(config, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts a server with `config` listening on `addr`: a stopped server's address, to restart it where its
+    /// clients keep calling.
+    pub async fn start_on(config: Config, addr: SocketAddr) -> TestServer {
         // RUST_LOG=cachecoord=debug shows the servers' logs in a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -13,15 +13,18 @@
 
 use super::errors::{backend_error, unavailable};
 use super::layout::{self, Found};
+use super::migrations::{self, Whereabouts};
 use super::nodes::{Node, Nodes, all};
+use super::redirect;
 use super::scripts;
 use crate::keys::Pattern;
 use crate::{Error, Result};
-use fred::interfaces::SetsInterface;
-use fred::prelude::{ClientLike, Error as FredError, KeysInterface, LuaInterface, ServerInterface};
+use fred::prelude::{ClientLike, Error as FredError, LuaInterface, ServerInterface};
 use fred::types::config::Options;
+use fred::types::config::Server;
 use fred::types::scan::{ScanResult, Scanner};
 use futures::{Stream, StreamExt};
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +46,10 @@ pub(super) struct InvalidationSettings {
     /// How long any other command may take (the fence write; added to the wait's own timeout).
     pub(super) command_timeout: Duration,
 }
+
+/// Passes of a cross-group pattern (the first over every primary, the others over the primaries keys may have
+/// moved to during the one before) before it gives up with UNAVAILABLE while slots keep moving.
+const MAX_SCAN_PASSES: usize = 6;
 
 /// Keys per delete script of a group pattern: bounds how long one script holds the primary.
 const DELETE_CHUNK: usize = 256;
@@ -85,14 +92,20 @@ impl Invalidator {
         let deletes = slots.iter().map(|(&slot, indices)| {
             let call = scripts::delete(indices.iter().map(|&i| keys[i]));
             async move {
-                let node = self.nodes.for_slot(slot)?;
-                let deleted = call.run::<u64>(&node.client).await;
-                let deleted = self.nodes.observe(&node, deleted)?;
+                let (deleted, node) = self.run(slot, &call).await?;
                 Ok::<_, Error>((deleted, (node, slot)))
             }
         });
         let (counts, touched): (Vec<u64>, Touched) = all(deletes).await?.into_iter().unzip();
         Ok((counts.into_iter().sum(), touched))
+    }
+
+    /// Runs `call` in `slot`, following redirections (`redirect`); answers its number and the node that ran it.
+    async fn run(&self, slot: u16, call: &scripts::Call) -> Result<(u64, Arc<Node>)> {
+        redirect::in_slot(&self.nodes, slot, |client| async move {
+            call.run::<u64>(&client).await
+        })
+        .await
     }
 
     /// Fences each node of `touched` once, concurrently, with its fence key in a slot its deletes used.
@@ -119,7 +132,7 @@ impl Invalidator {
     /// reached the primary but might not survive its failover, so the caller should retry (invalidations are
     /// idempotent). The count wanted is the configured one, never lowered to the replicas the slot map lists: a
     /// young or degraded cluster may list none while a lagging replica can still be promoted.
-    async fn replicate(&self, node: &Node, slot: u16) -> Result<()> {
+    pub(super) async fn replicate(&self, node: &Node, slot: u16) -> Result<()> {
         if self.settings.replica_acks == 0 {
             return Ok(());
         }
@@ -147,10 +160,39 @@ impl Invalidator {
             self.nodes.refresh_soon();
             format!("{}: {error}; retry", node.name())
         };
-        client
-            .eval::<(), _, _, _>(scripts::FENCE, layout::fence_key(slot), FENCE_TTL_MS)
-            .await
-            .map_err(failed)?;
+        // The fence key must be in a slot the node serves: the caller's slot may have moved on (or been asked
+        // for: an importing slot), so try the slots the map gives the node next.
+        let mut slots = vec![slot];
+        slots.extend(
+            self.nodes
+                .slots_of(node)
+                .into_iter()
+                .filter(|s| *s != slot)
+                .take(3),
+        );
+        let mut written = Err(None);
+        for fence_slot in slots {
+            match client
+                .eval::<(), _, _, _>(scripts::FENCE, layout::fence_key(fence_slot), FENCE_TTL_MS)
+                .await
+            {
+                Ok(()) => {
+                    written = Ok(());
+                    break;
+                }
+                Err(error) if redirect::redirect_of(&error, &node.server).is_some() => {
+                    written = Err(Some(error));
+                }
+                Err(error) => return Err(failed(error)),
+            }
+        }
+        if let Err(error) = written {
+            self.nodes.refresh_soon();
+            return Err(match error {
+                Some(error) => failed(error),
+                None => format!("{}: no slot to fence in; retry", node.name()),
+            });
+        }
         let timeout_ms = i64::try_from(replica_ack_timeout.as_millis()).unwrap_or(i64::MAX);
         let wanted_i64 = i64::try_from(wanted).unwrap_or(i64::MAX);
         let acked: i64 = client.wait(wanted_i64, timeout_ms).await.map_err(failed)?;
@@ -173,11 +215,14 @@ impl Invalidator {
     /// (linear in the group's size, no matching), then short scripts of at most one chunk each.
     async fn delete_in_group(&self, pattern: &Pattern, group: &str) -> Result<u64> {
         let slot = self.nodes.slot_of(group);
-        let node = self.nodes.for_slot(slot)?;
-        let members = scripts::group_members(group)
-            .run::<Vec<String>>(&node.client)
-            .await;
-        let members = self.nodes.observe(&node, members)?;
+        let read = scripts::group_members(group);
+        let read = &read;
+        // While the slot migrates, each step runs wherever Redis sends it: every node that ran one is fenced.
+        let (members, node) = redirect::in_slot(&self.nodes, slot, |client| async move {
+            read.run::<Vec<String>>(&client).await
+        })
+        .await?;
+        let mut touched: Touched = vec![(node, slot)];
         let (pattern, prefix) = (pattern.clone(), group.to_owned());
         let matching = tokio::task::spawn_blocking(move || {
             let mut keys: Vec<String> = members
@@ -196,42 +241,86 @@ impl Invalidator {
         let mut deleted = 0;
         for chunk in matching.chunks(DELETE_CHUNK) {
             let call = scripts::delete(chunk.iter().map(String::as_str));
-            deleted += self
-                .nodes
-                .observe(&node, call.run::<u64>(&node.client).await)?;
+            let (count, node) = self.run(slot, &call).await?;
+            deleted += count;
+            touched.push((node, slot));
         }
-        let renewed = scripts::renew_unindexed_epoch(group)
-            .run::<i64>(&node.client)
-            .await;
-        self.nodes.observe(&node, renewed)?;
-        self.replicate(&node, slot).await?;
+        let (_, node) = self
+            .run(slot, &scripts::renew_unindexed_epoch(group))
+            .await?;
+        touched.push((node, slot));
+        self.replicate_all(touched).await?;
         Ok(deleted)
     }
 
-    /// Pattern invalidation across groups: SCAN every primary (twice: leases first, so a fill racing the scan is
-    /// refused or deleted) and delete what matches. Cost: the keyspace of the pattern's entity.
+    /// Pattern invalidation across groups: SCAN every primary and delete what matches, then SCAN again the
+    /// primaries that may have received keys from a scanned one while it ran (slots migrating: `migrations`),
+    /// until a pass sees none arrive. Cost: the keyspace of the pattern's entity, plus `CLUSTER NODES` on every
+    /// primary before and after each pass, plus the receivers' keyspace again while slots move.
     async fn delete_by_scan(&self, pattern: &Pattern) -> Result<u64> {
-        let redis_pattern = layout::scan_pattern(pattern);
         // Where voids and deletes ran: those nodes are fenced, not whichever are primaries at the end.
         let touched: Mutex<Touched> = Mutex::new(Vec::new());
+        let mut deleted = 0;
+        let mut only: Option<BTreeSet<Server>> = None;
+        for _ in 0..MAX_SCAN_PASSES {
+            let before = Whereabouts::read(&self.nodes).await?;
+            let scanned: BTreeSet<Server> = match only.take() {
+                Some(receivers) => receivers,
+                None => self
+                    .nodes
+                    .primaries()
+                    .iter()
+                    .map(|node| node.server.clone())
+                    .chain(before.primaries.iter().cloned())
+                    .collect(),
+            };
+            deleted += self.scan_pass(pattern, &scanned, &touched).await?;
+            let after = Whereabouts::read(&self.nodes).await?;
+            let receivers = migrations::receivers(&before, &after, &scanned);
+            if receivers.is_empty() {
+                // One fence per node covers every page deleted on it.
+                self.replicate_all(touched.into_inner().unwrap_or_else(|e| e.into_inner()))
+                    .await?;
+                return Ok(deleted);
+            }
+            only = Some(receivers);
+        }
+        Err(unavailable(format!(
+            "slots kept moving during {MAX_SCAN_PASSES} scans of the pattern's keys; retry"
+        )))
+    }
+
+    /// One pass of a cross-group pattern over the primaries `scanned`: leases first, so a fill racing the scan is
+    /// refused or deleted, then values. Answers how many values it deleted.
+    async fn scan_pass(
+        &self,
+        pattern: &Pattern,
+        scanned: &BTreeSet<Server>,
+        touched: &Mutex<Touched>,
+    ) -> Result<u64> {
+        let redis_pattern = layout::scan_pattern(pattern);
         let touch = |more: Touched| {
             touched
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .extend(more)
         };
-        self.for_each_scan_page(redis_pattern.clone(), |page| async move {
-            for key in matching(&page, pattern, |found| match found {
-                Found::Lease(key) => Some(key),
-                _ => None,
-            }) {
-                touch(vec![self.void_lease(&key).await?]);
-            }
-            Ok(0)
-        })
-        .await?;
+        let voided = self
+            .for_each_scan_page(scanned, redis_pattern.clone(), |page| async move {
+                let mut deleted = 0;
+                for key in matching(&page, pattern, |found| match found {
+                    Found::Lease(key) => Some(key),
+                    _ => None,
+                }) {
+                    let (count, node) = self.void_lease(&key).await?;
+                    deleted += count;
+                    touch(vec![node]);
+                }
+                Ok(deleted)
+            })
+            .await?;
         let deleted = self
-            .for_each_scan_page(redis_pattern, |page| async move {
+            .for_each_scan_page(scanned, redis_pattern, |page| async move {
                 let keys = matching(&page, pattern, |found| match found {
                     Found::Value(key) => Some(key),
                     _ => None,
@@ -245,46 +334,42 @@ impl Invalidator {
                 Ok(deleted)
             })
             .await?;
-        // One fence per node covers every page deleted on it.
-        self.replicate_all(touched.into_inner().unwrap_or_else(|e| e.into_inner()))
-            .await?;
-        Ok(deleted)
+        Ok(voided + deleted)
     }
 
-    /// Voids `key`'s lease: deletes it and takes it out of its group's lease set; answers where that ran.
-    async fn void_lease(&self, key: &str) -> Result<(Arc<Node>, u16)> {
-        let (group, member) = layout::split(key);
-        let slot = self.nodes.slot_of(group);
-        let node = self.nodes.for_slot(slot)?;
-        let voided: Result<(), FredError> = async {
-            node.client.del::<(), _>(layout::lease_key(key)).await?;
-            node.client
-                .srem::<(), _, _>(layout::leases_key(group), member)
-                .await
-        }
-        .await;
-        self.nodes.observe(&node, voided)?;
-        Ok((node, slot))
+    /// Voids `key`'s lease, with the delete script (in one step, its value, which matches the pattern too, goes
+    /// with it); answers how many values that deleted and where it ran.
+    async fn void_lease(&self, key: &str) -> Result<(u64, (Arc<Node>, u16))> {
+        let slot = self.nodes.slot_of(layout::group(key));
+        let (deleted, node) = self.run(slot, &scripts::delete([key].into_iter())).await?;
+        Ok((deleted, (node, slot)))
     }
 
-    /// SCAN pages from every primary in turn. A primary that cannot be reached fails the scan.
-    fn scan(&self, pattern: String) -> ScanPages {
+    /// SCAN pages from each primary of `scanned` in turn. A primary that cannot be reached fails the scan.
+    async fn scan(&self, scanned: &BTreeSet<Server>, pattern: String) -> Result<ScanPages> {
         let count = Some(self.settings.scan_count);
-        let primaries = self.nodes.primaries();
-        Box::pin(
-            futures::stream::iter(primaries)
-                .flat_map(move |node| Box::pin(node.client.scan(pattern.clone(), count, None))),
-        )
+        let mut primaries = Vec::with_capacity(scanned.len());
+        for server in scanned {
+            primaries.push(self.nodes.redirected_to(server).await?);
+        }
+        Ok(Box::pin(futures::stream::iter(primaries).flat_map(
+            move |node| Box::pin(node.client.scan(pattern.clone(), count, None)),
+        )))
     }
 
     /// Runs `apply` on every page of Redis keys matching `pattern`, on every primary; answers the sum.
-    async fn for_each_scan_page<F, Fut>(&self, pattern: String, apply: F) -> Result<u64>
+    async fn for_each_scan_page<F, Fut>(
+        &self,
+        scanned: &BTreeSet<Server>,
+        pattern: String,
+        apply: F,
+    ) -> Result<u64>
     where
         F: Fn(Vec<String>) -> Fut,
         Fut: Future<Output = Result<u64>>,
     {
         let within = self.settings.page_timeout;
-        let mut pages = self.scan(pattern);
+        let mut pages = self.scan(scanned, pattern).await?;
         let mut total = 0;
         // fred's SCAN stream does not apply the command timeout and stalls while Redis is down: bound each page.
         while let Some(page) = tokio::time::timeout(within, pages.next())

@@ -14,6 +14,8 @@
 //! | `{user:123}#leases`     | set of members with a lease out, so a pattern can void them        |
 //! | `{user:123}#version:posts` | highest version written to `user:123:posts`, kept for the version retention window after the value is gone |
 //! | `{f12}#fence`           | written before each `WAIT` of an invalidation (one per node, see `fence_key`) |
+//! | `{cachecoord:near}#members` | near-cache members (sorted set: replica id → lease end in that node's ms), see `members_key` |
+//! | `{cachecoord:near}#revoked` | members revoked while their lease ran (same scores), until it lapses, see `revoked_key` |
 //!
 //! Keys never contain braces, and a key's member (its remainder after the group) is empty or starts with `:`, so
 //! `#…` bookkeeping names can never collide with a caller's key.
@@ -90,6 +92,34 @@ pub(super) fn version_key(key: &str) -> String {
 /// the node made before it in the replication stream.
 pub(super) fn fence_key(slot: u16) -> String {
     format!("{{{}}}{FENCE_SUFFIX}", fence_tags()[usize::from(slot)])
+}
+
+/// The near-cache membership of strict mode: one sorted set, on one slot, so its scripts see every member.
+/// (`#members` is no group's bookkeeping suffix, so the name cannot collide with a caller's group.)
+pub(super) fn members_key() -> &'static str {
+    "{cachecoord:near}#members"
+}
+
+/// Members revoked while their lease still ran, scored by its end: writers wait those out too (the revoked member
+/// may serve until then), so a revocation by one writer does not let another acknowledge at once.
+pub(super) fn revoked_key() -> &'static str {
+    "{cachecoord:near}#revoked"
+}
+
+/// The sharded pub/sub channel carrying near-cache notices for the slot range starting at `first_slot`: hash-tagged
+/// into that slot, so it lives on the range's primary and a notice never crosses the cluster bus.
+pub(super) fn notice_channel(first_slot: u16) -> String {
+    format!(
+        "{{{}}}cachecoord:notices",
+        fence_tags()[usize::from(first_slot)]
+    )
+}
+
+/// The sharded pub/sub channel carrying the acknowledgements addressed to strict writer `writer`: hash-tagged by
+/// the writer, so it lives on one primary, and only that writer subscribes to it (a member's acknowledgement costs
+/// one message to one replica, not one to every replica).
+pub(super) fn ack_channel(writer: u64) -> String {
+    format!("{{cachecoord:acks:{writer}}}")
 }
 
 /// For each of the 16384 hash slots, a short hash tag landing in it: found once by trying `f0`, `f1`, ….

@@ -2,8 +2,9 @@
 //!
 //! Commands go to the node owning their hash slot through that node's own client (`nodes`), so one failed or
 //! paused primary cannot stall the others. Multi-key commands must stay inside one hash slot, so batches are
-//! grouped by slot and the per-slot commands are sent concurrently; each node's client pipelines them on its
-//! connection, so a batch costs about one round trip per primary.
+//! grouped by slot; a read sends each primary its slots' MGETs as one pipeline (`read`), and writes and deletes
+//! send their per-slot scripts concurrently, which the node's client pipelines on its connection, so a batch
+//! costs about one round trip per primary.
 //!
 //! Keys are laid out by group (`layout`, the one place naming Redis keys): a group's values, its index of keys,
 //! its epoch and its leases share one hash slot, so the Lua scripts (`scripts`) change them atomically. Each
@@ -20,27 +21,39 @@
 //! missing starts a new epoch (so values the lost index knew of are dropped), and so does a pattern invalidation
 //! that finds the index missing.
 //!
-//! Dependencies point one way: this file uses the others and none uses it. `read` uses `nodes`, `layout` and
-//! `record`; `invalidation` uses `nodes`, `layout` and `scripts` (which uses `layout` and `record`); `pubsub` uses
-//! `nodes`; `health` uses `nodes`; `settings` fills the settings types of `nodes` and `invalidation`; `nodes` uses `slot_map` and `fence`; `errors`,
-//! `layout` and `record` use nothing here.
+//! Slots move while cachecoord runs (resharding, rebalancing): `redirect` follows `MOVED` and `ASK` and waits out
+//! `TRYAGAIN` for every command sent to one slot, and `migrations` finds the primaries a cross-group pattern must
+//! scan again because slots moved to them while it scanned.
+//!
+//! Dependencies point one way: this file uses the others and none uses it. `read` uses `nodes`, `redirect`,
+//! `layout` and `record`; `invalidation` uses `nodes`, `redirect`, `migrations`, `layout` and `scripts` (which
+//! uses `layout` and `record`); `redirect` and `migrations` use `nodes`; `pubsub` uses `nodes` and `notices` (the
+//! wire format); `notices` uses `nodes`, `redirect` and `layout`; `health` uses `nodes`; `membership` uses
+//! `nodes` and `scripts`; `settings` fills the settings types of `nodes` and `invalidation`; `nodes` uses
+//! `slot_map` and `fence`; `errors`, `layout` and `record` use nothing here.
 
 mod errors;
 mod fence;
 mod health;
 mod invalidation;
 mod layout;
+mod membership;
+mod migrations;
 mod nodes;
+mod notices;
 mod pubsub;
 mod read;
 mod record;
+mod redirect;
 mod scripts;
 mod settings;
 mod slot_map;
 
 use crate::config::StoreConfig;
 use crate::keys::{Key, Pattern};
-use crate::store::contract::{Filled, Heard, LeaseToken, NodeHealth, Notice, Store, StoreWrite};
+use crate::store::contract::{
+    Filled, Heard, LeaseToken, Members, NodeHealth, Notice, Store, StoreWrite,
+};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -53,11 +66,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
+/// Notices buffered for a slow near-cache before the oldest are dropped (it then hears that it lost some).
+const NOTICE_BUFFER: usize = 4096;
+
 /// A Redis server or cluster.
 pub struct RedisStore {
     nodes: Arc<Nodes>,
     invalidator: Invalidator,
     subscription: Subscription,
+    /// Near-cache notices over sharded pub/sub.
+    notices: notices::Notices,
     version_retention: Duration,
     /// Every node's last `INFO` poll (`health`).
     health: health::Snapshot,
@@ -79,21 +97,18 @@ impl RedisStore {
             health_every,
         } = RedisSettings::new(url, config)?;
         let (connect_timeout, command_timeout) = (nodes.connect_timeout, nodes.command_timeout);
-        let nodes = Nodes::connect(fred.clone(), nodes).await?;
-        let mut subscriber = fred;
-        if let Some(only) = nodes.sole_cluster_primary() {
-            // fred's cluster client cannot follow a one-node cluster that reports its own address as empty (no
-            // cluster-announce-ip); classic pub/sub works from any node, and here there is one.
-            subscriber.server = fred::prelude::ServerConfig::Centralized { server: only };
-        }
-        let subscription =
-            Subscription::connect(subscriber, connect_timeout, command_timeout).await?;
+        let nodes = Nodes::connect(fred, nodes).await?;
+        let timeouts = (connect_timeout, command_timeout);
+        let (heard, _) = broadcast::channel(NOTICE_BUFFER);
+        let notices = notices::Notices::start(&nodes, heard.clone(), timeouts);
+        let subscription = Subscription::connect(&nodes, heard, timeouts).await?;
         let health = health::start(&nodes, health_every).await;
         Ok(RedisStore {
             health,
             invalidator: Invalidator::new(nodes.clone(), invalidation),
             nodes,
             subscription,
+            notices,
             version_retention,
         })
     }
@@ -104,11 +119,24 @@ impl RedisStore {
         Ok(self.run_coded(key, call).await? == 1)
     }
 
+    /// Announces that `key`'s lease was filled or released, in the background: the announcement only wakes
+    /// waiters early (they poll as well), so the caller does not wait for its round trip.
+    fn announce_lease(&self, key: &Key) {
+        tokio::spawn(pubsub::announce_lease(
+            self.nodes.clone(),
+            key.as_str().to_owned(),
+        ));
+    }
+
     /// Runs a script as [`RedisStore::run_for`] does; answers the number it returned.
     async fn run_coded(&self, key: &Key, call: scripts::Call) -> Result<i64> {
-        let node = self.nodes.for_group(layout::group(key.as_str()))?;
-        let outcome = call.run::<i64>(&node.client).await;
-        self.nodes.observe(&node, outcome)
+        let slot = self.nodes.slot_of(layout::group(key.as_str()));
+        let call = &call;
+        let (coded, _) = redirect::in_slot(&self.nodes, slot, |client| async move {
+            call.run::<i64>(&client).await
+        })
+        .await?;
+        Ok(coded)
     }
 }
 
@@ -147,7 +175,7 @@ impl Store for RedisStore {
             _ => Filled::Voided,
         };
         if filled != Filled::Voided {
-            pubsub::announce_lease(&self.nodes, write.key.as_str()).await;
+            self.announce_lease(&write.key);
         }
         Ok(filled)
     }
@@ -157,7 +185,7 @@ impl Store for RedisStore {
             .run_for(key, scripts::release_lease(key, token))
             .await?;
         if released {
-            pubsub::announce_lease(&self.nodes, key.as_str()).await;
+            self.announce_lease(key);
         }
         Ok(released)
     }
@@ -172,11 +200,44 @@ impl Store for RedisStore {
     }
 
     async fn publish(&self, notice: &Notice) -> Result<()> {
-        pubsub::publish_notice(&self.nodes, notice).await
+        self.notices.publish(&self.nodes, notice).await
     }
 
     fn notices(&self) -> broadcast::Receiver<Heard> {
-        self.subscription.notices()
+        self.notices.subscribe()
+    }
+
+    fn hear_acks(&self, writer: u64) {
+        self.notices.hear_acks(writer);
+    }
+
+    async fn renew_membership(&self, member: u64, lease: Duration, join: bool) -> Result<bool> {
+        let (renewed, node) = membership::renew(&self.nodes, member, lease, join).await?;
+        if renewed {
+            // A renewal the promoted replica would not hold must not extend what the member serves.
+            self.invalidator
+                .replicate(&node, membership::slot(&self.nodes))
+                .await?;
+        }
+        Ok(renewed)
+    }
+
+    async fn leave_membership(&self, member: u64) -> Result<()> {
+        membership::leave(&self.nodes, member).await
+    }
+
+    async fn members(&self) -> Result<Members> {
+        membership::members(&self.nodes).await
+    }
+
+    async fn revoke_member(&self, member: u64) -> Result<Duration> {
+        let (left, node) = membership::revoke(&self.nodes, member).await?;
+        // A revocation the promoted replica would not hold would let the member renew and serve on (and writers
+        // that read it revoked would not wait for it there).
+        self.invalidator
+            .replicate(&node, membership::slot(&self.nodes))
+            .await?;
+        Ok(left)
     }
 
     async fn ping(&self) -> Result<()> {

@@ -17,12 +17,12 @@
 
 use super::errors::{Refusal, backend_error, refusal, unavailable};
 use super::fence::Fence;
-use super::slot_map::{self, View};
+use super::slot_map::{self, Report, View};
 use crate::breaker::Breaker;
 use crate::{Error, Result};
 use fred::clients::Client;
 use fred::prelude::{
-    Builder, ClientLike, ClusterInterface, Config as FredConfig, Error as FredError,
+    Builder, ClientLike, ClusterInterface, Config as FredConfig, Error as FredError, ErrorKind,
     ReconnectPolicy, ServerConfig,
 };
 use fred::types::Value;
@@ -50,13 +50,16 @@ pub(super) struct NodeSettings {
 
 /// One Redis node: its clients and its breaker.
 pub(super) struct Node {
-    server: Server,
+    pub(super) server: Server,
     /// The node's own client; reads, writes, leases and fills run on it.
     pub(super) client: Client,
     /// A second connection for invalidation fences: `WAIT` blocks its connection until replicas acknowledge.
     pub(super) invalidator: Client,
     /// Shares one fence among the invalidations running at once on this node.
     pub(super) fence: Fence,
+    /// A third connection, opened at the first `ASK` redirection to this node (`redirect`) and held for
+    /// `ASKING` and the asked command together, so no other command takes the `ASKING` flag in between.
+    asking: tokio::sync::Mutex<Option<Client>>,
     breaker: Breaker,
     /// OOM and BUSY answers seen from this node since start-up (for Stats; the metric counts them too).
     oom_refusals: AtomicU64,
@@ -77,6 +80,42 @@ impl Node {
         )
     }
 
+    /// Sends `ASKING`, then `command`, on this node's asking connection (opened on first use).
+    pub(super) async fn asking<T, F, Fut>(&self, command: &F) -> Result<T, FredError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, FredError>>,
+    {
+        let mut asking = self.asking.lock().await;
+        let client = match asking.as_ref() {
+            Some(client) => client.clone(),
+            None => {
+                let client = self.client.clone_new();
+                client.connect();
+                tokio::time::timeout(Duration::from_secs(1), client.wait_for_connect())
+                    .await
+                    .map_err(|_| {
+                        FredError::new(ErrorKind::Timeout, "connecting for ASK timed out")
+                    })??;
+                *asking = Some(client.clone());
+                client
+            }
+        };
+        client
+            .custom::<Value, Value>(fred::cmd!("ASKING"), vec![])
+            .await?;
+        command(client).await
+    }
+
+    /// Every client of this node (the asking one only if it is not in use).
+    fn clients(&self) -> Vec<Client> {
+        let mut clients = vec![self.client.clone(), self.invalidator.clone()];
+        if let Ok(asking) = self.asking.try_lock() {
+            clients.extend(asking.clone());
+        }
+        clients
+    }
+
     /// Counts an OOM or BUSY answer of this node.
     fn count_refusal(&self, refusal: Refusal) {
         let count = match refusal {
@@ -89,10 +128,23 @@ impl Node {
     }
 }
 
+/// Slots (each with what the caller keeps for it) and the primary serving them (`None`: no node does).
+pub(super) type NodeSlots<T> = (Option<Arc<Node>>, Vec<(u16, T)>);
+
 /// Which node serves which slots, and how many replicas each primary has.
 struct Topology {
-    /// (first slot, last slot, primary, replicas known for it), sorted by slot.
-    ranges: Vec<(u16, u16, Arc<Node>, usize)>,
+    /// (first slot, last slot, primary, its replicas), sorted by slot.
+    ranges: Vec<(u16, u16, Arc<Node>, Vec<Server>)>,
+}
+
+impl Topology {
+    /// The primary serving `slot`.
+    fn owner(&self, slot: u16) -> Option<Arc<Node>> {
+        self.ranges
+            .iter()
+            .find(|(first, last, _, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, node, _)| node.clone())
+    }
 }
 
 /// The nodes of one Redis deployment and the current slot map.
@@ -101,7 +153,9 @@ pub(super) struct Nodes {
     template: FredConfig,
     settings: NodeSettings,
     topology: RwLock<Arc<Topology>>,
-    /// Every node ever seen, by address: a node that comes back keeps its client.
+    /// The nodes of the installed slot map (its primaries and their replicas), by address, with the seeds until
+    /// the first map is installed. A node that leaves the map (emptied and removed, or a pod gone with its IP)
+    /// is dropped and its clients closed; if it comes back it gets new ones.
     known: Mutex<HashMap<Server, Arc<Node>>>,
     refresh: Notify,
 }
@@ -209,6 +263,7 @@ impl Nodes {
             client: connect()?,
             invalidator: connect()?,
             fence: Fence::new(),
+            asking: tokio::sync::Mutex::new(None),
             breaker: Breaker::new(
                 format!("redis {}:{}", server.host, server.port),
                 settings.breaker_failures,
@@ -219,6 +274,11 @@ impl Nodes {
         });
         known.insert(server.clone(), node.clone());
         Ok(node)
+    }
+
+    /// Whether this is a Redis Cluster (not a standalone server).
+    pub(super) fn is_clustered(&self) -> bool {
+        self.clustered
     }
 
     /// The hash slot of `group`, the hash tag of its keys (0 on a standalone server, where one node owns all).
@@ -242,25 +302,42 @@ impl Nodes {
         slots
     }
 
-    /// The primary serving `group`'s slot, as [`Nodes::for_slot`] answers it.
-    pub(super) fn for_group(&self, group: &str) -> Result<Arc<Node>> {
-        self.for_slot(self.slot_of(group))
-    }
-
     /// The primary serving `slot` (0 on a standalone server), if it can take a command now: connected, and its
     /// breaker closed (or this call is the breaker's probe). Otherwise UNAVAILABLE at once, and a slot-map refresh
     /// is asked for (the slot may have moved to a promoted replica).
     pub(super) fn for_slot(&self, slot: u16) -> Result<Arc<Node>> {
-        let topology = self
-            .topology
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let node = topology
-            .ranges
-            .iter()
-            .find(|(first, last, _, _)| (*first..=*last).contains(&slot))
-            .map(|(_, _, node, _)| node.clone());
+        let node = self.topology().owner(slot);
+        self.admit(node, slot)
+    }
+
+    /// `slots` (each with what the caller keeps for it) grouped by the primary serving them, from one look at
+    /// the slot map, so each primary's slots can go in one pipeline. Each group's node is admitted (or refused)
+    /// by [`Nodes::admit`] when its commands are about to be sent.
+    pub(super) fn by_node<T>(
+        &self,
+        slots: impl IntoIterator<Item = (u16, T)>,
+    ) -> Vec<NodeSlots<T>> {
+        let topology = self.topology();
+        let mut groups: Vec<NodeSlots<T>> = Vec::new();
+        for (slot, item) in slots {
+            let node = topology.owner(slot);
+            let same = |(held, _): &&mut (Option<Arc<Node>>, _)| match (held, &node) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            match groups.iter_mut().find(same) {
+                Some((_, items)) => items.push((slot, item)),
+                None => groups.push((node, vec![(slot, item)])),
+            }
+        }
+        groups
+    }
+
+    /// `node` (the owner of `slot`, as [`Nodes::by_node`] found it) if it can take a command now: connected, and
+    /// its breaker closed (or this call is the breaker's probe). Otherwise UNAVAILABLE at once, and a slot-map
+    /// refresh is asked for (the slot may have moved to a promoted replica).
+    pub(super) fn admit(&self, node: Option<Arc<Node>>, slot: u16) -> Result<Arc<Node>> {
         let Some(node) = node else {
             self.refresh.notify_one();
             return Err(unavailable(format!("no node serves slot {slot}")));
@@ -280,13 +357,17 @@ impl Nodes {
         Ok(node)
     }
 
-    /// The current primaries (each once), for commands every primary must run (SCAN, WAIT after a pattern).
-    pub(super) fn primaries(&self) -> Vec<Arc<Node>> {
-        let topology = self
-            .topology
+    /// A snapshot of the slot map now (every reader of the map takes one, so it sees one map throughout).
+    fn topology(&self) -> Arc<Topology> {
+        self.topology
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .clone()
+    }
+
+    /// The current primaries (each once), for commands every primary must run (SCAN, WAIT after a pattern).
+    pub(super) fn primaries(&self) -> Vec<Arc<Node>> {
+        let topology = self.topology();
         let mut primaries: Vec<Arc<Node>> = Vec::new();
         for (_, _, node, _) in &topology.ranges {
             if !primaries.iter().any(|p| Arc::ptr_eq(p, node)) {
@@ -296,28 +377,75 @@ impl Nodes {
         primaries
     }
 
+    /// The slot map's ranges as (first slot, last slot, primary's address): near-cache notices have one sharded
+    /// channel per range (`notices`).
+    pub(super) fn shards(&self) -> Vec<(u16, u16, Server)> {
+        let topology = self.topology();
+        topology
+            .ranges
+            .iter()
+            .map(|(first, last, node, _)| (*first, *last, node.server.clone()))
+            .collect()
+    }
+
+    /// The client configuration for a connection of our own to `server` (a subscriber), as its node's clients
+    /// are configured: credentials, TLS, one server.
+    pub(super) fn config_for(&self, server: &Server) -> FredConfig {
+        let mut config = self.template.clone();
+        if self.clustered {
+            config.server = ServerConfig::Centralized {
+                server: server.clone(),
+            };
+        }
+        config
+    }
+
     /// Replicas the slot map lists for `node` (0 for an unknown node): for messages only, since a young or
     /// degraded cluster lists fewer replicas than it has.
     pub(super) fn replicas_of(&self, node: &Node) -> usize {
-        let topology = self
-            .topology
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let topology = self.topology();
         topology
             .ranges
             .iter()
             .find(|(_, _, primary, _)| primary.server == node.server)
-            .map_or(0, |(_, _, _, replicas)| *replicas)
+            .map_or(0, |(_, _, _, replicas)| replicas.len())
     }
 
-    /// The address of the only primary of a one-node cluster (None for a standalone server or a larger cluster).
-    pub(super) fn sole_cluster_primary(&self) -> Option<Server> {
-        let primaries = self.primaries();
-        match primaries.as_slice() {
-            [only] if self.clustered => Some(only.server.clone()),
-            _ => None,
+    /// The first slot of each range the slot map gives `node` (for a fence write in a slot it serves).
+    pub(super) fn slots_of(&self, node: &Node) -> Vec<u16> {
+        let topology = self.topology();
+        topology
+            .ranges
+            .iter()
+            .filter(|(_, _, primary, _)| primary.server == node.server)
+            .map(|(first, _, _, _)| *first)
+            .collect()
+    }
+
+    /// A redirection from `node` is an answer: its breaker counts a success.
+    pub(super) fn answered(&self, node: &Node) {
+        node.breaker.record_success();
+    }
+
+    /// The node a `MOVED` or `ASK` names, once connected (within the command timeout) and its breaker allowing:
+    /// a primary that just joined may not have a connected client yet.
+    pub(super) async fn redirected_to(&self, server: &Server) -> Result<Arc<Node>> {
+        let node = self.node(server)?;
+        if !node.client.is_connected() {
+            let within = self.settings.command_timeout;
+            let connected = tokio::time::timeout(within, node.client.wait_for_connect()).await;
+            if !matches!(connected, Ok(Ok(()))) {
+                self.refresh.notify_one();
+                return Err(unavailable(format!("{} is not connected", node.name())));
+            }
         }
+        if !node.breaker.allow() {
+            return Err(unavailable(format!(
+                "{} keeps failing: its circuit breaker is open",
+                node.name()
+            )));
+        }
+        Ok(node)
     }
 
     /// Asks for a slot-map refresh soon (debounced): something answered as if the map had moved.
@@ -325,11 +453,15 @@ impl Nodes {
         self.refresh.notify_one();
     }
 
-    /// Any connected primary: for PUBLISH (which a cluster broadcasts from any node) and PING.
+    /// Any connected primary, the first in slot order: for PUBLISH (which a cluster broadcasts from any node) and
+    /// PING.
     pub(super) fn any(&self) -> Result<Arc<Node>> {
-        self.primaries()
-            .into_iter()
+        self.topology()
+            .ranges
+            .iter()
+            .map(|(_, _, node, _)| node)
             .find(|node| node.client.is_connected() && !node.breaker.is_open())
+            .cloned()
             .ok_or_else(|| unavailable("no Redis primary is connected"))
     }
 
@@ -357,9 +489,8 @@ impl Nodes {
         }
     }
 
-    /// The slot map as `node` sees it. Replicas it lists are connected ahead of a failover, so a promoted one
-    /// takes traffic at once.
-    async fn view_of(&self, node: &Arc<Node>) -> Result<View> {
+    /// The slot map as `node` sees it, and whether `node` votes (`slot_map`).
+    async fn view_of(&self, node: &Arc<Node>) -> Result<Report> {
         let within = self.settings.command_timeout;
         if !self.clustered {
             let role = tokio::time::timeout(
@@ -370,33 +501,68 @@ impl Nodes {
             .await
             .map_err(|_| unavailable(format!("ROLE timed out on {}", node.name())))?
             .map_err(backend_error)?;
-            return Ok(slot_map::standalone(node.server.clone(), &role));
+            let view = slot_map::standalone(node.server.clone(), &role);
+            return Ok(Report::of(&node.server, view, 0));
         }
-        let slots = tokio::time::timeout(within, node.client.cluster_slots::<Value>())
-            .await
-            .map_err(|_| unavailable(format!("CLUSTER SLOTS timed out on {}", node.name())))?
-            .map_err(backend_error)?;
-        let (view, replicas) = slot_map::from_cluster_slots(slots, &node.server)?;
-        for replica in &replicas {
-            self.node(replica)?;
-        }
-        Ok(view)
+        let (slots, info) = tokio::time::timeout(within, async {
+            let slots = node.client.cluster_slots::<Value>().await?;
+            let info = node.client.cluster_info::<String>().await?;
+            Ok::<_, FredError>((slots, info))
+        })
+        .await
+        .map_err(|_| unavailable(format!("CLUSTER SLOTS timed out on {}", node.name())))?
+        .map_err(backend_error)?;
+        let view = slot_map::from_cluster_slots(slots, &node.server)?;
+        Ok(Report::of(
+            &node.server,
+            view,
+            slot_map::current_epoch(&info),
+        ))
     }
 
-    /// Makes `view` the slot map.
+    /// Makes `view` the slot map. Its replicas are connected ahead of a failover, so a promoted one takes traffic
+    /// at once; nodes it no longer names are dropped and their clients closed.
     fn install(&self, view: View) -> Result<()> {
         let mut ranges = Vec::with_capacity(view.len());
+        let mut members = Vec::new();
         for (first, last, primary, replicas) in view {
+            // A standalone server's replicas (from ROLE) are never routed to: no clients for them.
+            for replica in replicas.iter().filter(|_| self.clustered) {
+                self.node(replica)?;
+                members.push(replica.clone());
+            }
+            members.push(primary.clone());
             ranges.push((first, last, self.node(&primary)?, replicas));
         }
         *self.topology.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Topology { ranges });
+        let departed: Vec<Arc<Node>> = {
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<Server> = known
+                .keys()
+                .filter(|server| !members.contains(server))
+                .cloned()
+                .collect();
+            gone.iter()
+                .filter_map(|server| known.remove(server))
+                .collect()
+        };
+        for node in departed {
+            tracing::info!(node = %node.name(), "Redis node left the cluster map; closing its clients");
+            let clients = node.clients();
+            tokio::spawn(async move {
+                for client in clients {
+                    let _ = client.quit().await;
+                }
+            });
+        }
         Ok(())
     }
 
-    /// Re-reads the slot map through `node` alone (at start-up).
+    /// Re-reads the slot map through `node` alone (at start-up): its view, whether it votes or not, since it is
+    /// the only one heard yet; the first refresh puts it to the vote.
     async fn refresh_from(&self, node: &Arc<Node>) -> Result<()> {
-        let view = self.view_of(node).await?;
-        self.install(view)
+        let report = self.view_of(node).await?;
+        self.install(report.view)
     }
 
     /// Every node seen so far (primaries and replicas) whose client is connected now.
@@ -409,12 +575,12 @@ impl Nodes {
             .collect()
     }
 
-    /// Asks every connected node for the slot map and installs the view most of them hold.
+    /// Asks every connected node for the slot map and installs the view most voting primaries hold.
     async fn refresh(&self) {
         let nodes = self.connected();
-        let views = future::join_all(nodes.iter().map(|node| self.view_of(node))).await;
-        let Some(view) = slot_map::majority(views.into_iter().flatten()) else {
-            tracing::warn!("no Redis node could report the slot map");
+        let reports = future::join_all(nodes.iter().map(|node| self.view_of(node))).await;
+        let Some(view) = slot_map::majority(reports.into_iter().flatten()) else {
+            tracing::warn!("no Redis primary could report the slot map");
             return;
         };
         if let Err(error) = self.install(view) {
@@ -430,7 +596,7 @@ impl Drop for Nodes {
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .flat_map(|node| [node.client.clone(), node.invalidator.clone()])
+            .flat_map(|node| node.clients())
             .collect();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

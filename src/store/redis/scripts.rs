@@ -30,6 +30,13 @@ static GROUP_MEMBERS: LazyLock<Script> =
 static UNINDEXED_GROUP: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(include_str!("scripts/unindexed_group.lua")));
 
+static MEMBER_RENEW: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("scripts/member_renew.lua")));
+static MEMBERS: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("scripts/members.lua")));
+static MEMBER_REVOKE: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(include_str!("scripts/member_revoke.lua")));
+
 /// An invalidation's fence write; run with EVAL on the fence connection (see `invalidation`).
 pub(super) const FENCE: &str = include_str!("scripts/fence.lua");
 
@@ -45,10 +52,11 @@ pub(super) struct Call {
 }
 
 impl Call {
-    /// Runs the script on `client` (loading it first if the node does not know it yet).
-    pub(super) async fn run<R: FromValue>(self, client: &Client) -> Result<R, FredError> {
+    /// Runs the script on `client` (loading it first if the node does not know it yet). Takes `&self`: a
+    /// redirected script is sent again (`redirect`).
+    pub(super) async fn run<R: FromValue>(&self, client: &Client) -> Result<R, FredError> {
         self.script
-            .evalsha_with_reload(client, self.keys, self.args)
+            .evalsha_with_reload(client, self.keys.clone(), self.args.clone())
             .await
     }
 }
@@ -167,6 +175,46 @@ pub(super) fn renew_unindexed_epoch(group: &str) -> Call {
         ],
         args: vec![record::fresh_epoch().into()],
     }
+}
+
+/// Joins (`join`) or renews near-cache membership for `lease`; answers 1, or 0 for a renewal of a member that is
+/// gone.
+pub(super) fn renew_membership(member: u64, lease: Duration, join: bool) -> Call {
+    Call {
+        script: &MEMBER_RENEW,
+        keys: vec![layout::members_key().to_owned()],
+        args: vec![
+            member.to_string().into(),
+            ttl_ms(lease).into(),
+            if join { "1" } else { "0" }.into(),
+        ],
+    }
+}
+
+/// The near-cache members whose lease has not lapsed, and the revoked ones whose lease still runs with the
+/// milliseconds it runs (two arrays of strings).
+pub(super) fn members() -> Call {
+    Call {
+        script: &MEMBERS,
+        keys: membership_keys(),
+        args: Vec::new(),
+    }
+}
+
+/// Removes `member`, keeping it as revoked until its lease ends; answers the milliseconds its lease still ran.
+pub(super) fn revoke_member(member: u64) -> Call {
+    Call {
+        script: &MEMBER_REVOKE,
+        keys: membership_keys(),
+        args: vec![member.to_string().into()],
+    }
+}
+
+fn membership_keys() -> Vec<String> {
+    vec![
+        layout::members_key().to_owned(),
+        layout::revoked_key().to_owned(),
+    ]
 }
 
 /// The seven keys of a write (SET and FILL): value, lease, index, lease set, epoch, version floor, legacy index.
