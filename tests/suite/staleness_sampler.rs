@@ -270,7 +270,7 @@ max_bytes = 16777216
 
 [staleness_sampler]
 grace_ms = 300
-max_in_flight = 64
+max_in_flight = 4096
 max_checks_per_sec = 100000
 
 [[policies]]
@@ -298,7 +298,9 @@ staleness_sample_rate = 1.0
         loader.source.put(key, b"changed behind the cache");
     }
 
-    // Each key is read until the near-cache answers it; every hit on the way is sampled.
+    // Each key is read until the near-cache answers it; every hit on the way is sampled. How many hits that takes
+    // depends on how soon the near-cache hears its first heartbeat (on a loaded machine, over a hundred), and each
+    // stale check holds its place for the grace: room for every check, so none is dropped.
     let (mut hits, mut stale_hits, mut near_hits) = (0, 0, 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     for key in &keys {
@@ -324,6 +326,7 @@ staleness_sample_rate = 1.0
         "near-cache control: {hits} hits ({near_hits} near), {checks:?}, staleness ratio {ratio}"
     );
     assert_eq!(near_hits, 20);
+    assert_eq!(checks.dropped, 0, "{checks:?}");
     assert_eq!(
         (checks.stale, checks.fresh + checks.in_flight),
         (stale_hits, hits - stale_hits)
