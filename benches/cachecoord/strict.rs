@@ -4,15 +4,13 @@
 
 use crate::measure::{Figures, closed_loop, measure_cpu_of};
 use crate::scenarios::clients;
-use crate::support::cluster::{RedisCluster, redis_cli};
+use crate::support::cluster::RedisCluster;
 use crate::support::process::ServerProcess;
 use crate::support::set_request;
+use crate::support::strict::{MEMBERS, store_now_ms};
 use cachecoord::proto::StatsRequest;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The members set (see `store/redis/layout.rs`).
-const MEMBERS: &str = "{cachecoord:near}#members";
 
 /// Strict writes at 1, 3 and 10 members, after a bounded-mode baseline and the bounded mode's notice delay; 2 s
 /// each in quick mode, 6 s otherwise.
@@ -45,11 +43,7 @@ fn config(cluster: &RedisCluster, strict: bool) -> String {
 /// Members whose lease runs now, by the store's clock.
 fn live_members(cluster: &RedisCluster) -> usize {
     let port = cluster.primaries()[0];
-    let time = redis_cli(port, &["TIME"]);
-    let mut parts = time
-        .split_whitespace()
-        .map(|p| p.parse::<u64>().unwrap_or(0));
-    let now_ms = parts.next().unwrap_or(0) * 1000 + parts.next().unwrap_or(0) / 1000;
+    let now_ms = store_now_ms(cluster);
     let out = std::process::Command::new("redis-cli")
         .args(["-c", "-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["ZCOUNT", MEMBERS, &format!("({now_ms}"), "+inf"])
@@ -74,26 +68,13 @@ async fn until_members(cluster: &RedisCluster, n: usize) {
 /// other two report (Stats) how long each notice took from the writer's send to them: p50 and p99 over their last
 /// 1,024 notices, in the note.
 async fn notice_delays(cluster: &RedisCluster, duration: Duration) -> Figures {
-    let config = config(cluster, false);
-    let mut processes = Vec::new();
-    for _ in 0..3 {
-        processes.push(ServerProcess::start(&config).await);
-    }
-    let writer = Arc::new(clients(&processes[0], 1).await);
-    let mut figures = closed_loop(
+    let mut processes = start(&config(cluster, false), 3).await;
+    let writer = clients(&processes[0], 1).await;
+    let mut figures = set_loop(
         "notice delay: Sets one at a time, bounded near-cache (3 replicas)",
+        writer,
         1,
         duration,
-        move |_, i| {
-            let mut client = writer[0].clone();
-            async move {
-                let key = format!("strict:notice:{}", i % 100);
-                client
-                    .set(set_request(&key, b"0123456789abcdef"))
-                    .await
-                    .is_ok()
-            }
-        },
     )
     .await;
     let mut delays = Vec::new();
@@ -114,10 +95,7 @@ async fn notice_delays(cluster: &RedisCluster, duration: Duration) -> Figures {
         "notice delay from the writer to the other replicas (last 1,024 notices): {}",
         delays.join("; ")
     );
-    for process in &mut processes {
-        process.terminate();
-        let _ = tokio::time::timeout(Duration::from_secs(10), process.child.wait()).await;
-    }
+    stop_all(&mut processes).await;
     figures
 }
 
@@ -128,21 +106,39 @@ async fn writes(
     replicas: usize,
     duration: Duration,
 ) -> Figures {
-    let config = config(cluster, strict);
-    let mut processes = Vec::new();
-    for _ in 0..replicas {
-        processes.push(ServerProcess::start(&config).await);
-    }
+    let mut processes = start(&config(cluster, strict), replicas).await;
     until_members(cluster, if strict { replicas } else { 0 }).await;
     measure_cpu_of(processes[0].child.id().unwrap_or(0));
-    let pool = Arc::new(clients(&processes[0], 4).await);
+    let pool = clients(&processes[0], 4).await;
     let name = if strict {
         let members = if replicas == 1 { "member" } else { "members" };
         format!("Set, strict near-cache ({replicas} {members})")
     } else {
         format!("Set, bounded near-cache ({replicas} replicas)")
     };
-    let figures = closed_loop(&name, 8, duration, move |w, i| {
+    let figures = set_loop(&name, pool, 8, duration).await;
+    stop_all(&mut processes).await;
+    figures
+}
+
+/// `n` cachecoord processes with `config`.
+async fn start(config: &str, n: usize) -> Vec<ServerProcess> {
+    let mut processes = Vec::new();
+    for _ in 0..n {
+        processes.push(ServerProcess::start(config).await);
+    }
+    processes
+}
+
+/// A closed loop of 16-byte Sets by `workers` over `pool`, each worker on its own 100 keys.
+async fn set_loop(
+    name: &str,
+    pool: Vec<crate::support::Client>,
+    workers: usize,
+    duration: Duration,
+) -> Figures {
+    let pool = Arc::new(pool);
+    closed_loop(name, workers, duration, move |w, i| {
         let mut client = pool[w % pool.len()].clone();
         async move {
             let key = format!("strict:w{w}:{}", i % 100);
@@ -152,11 +148,13 @@ async fn writes(
                 .is_ok()
         }
     })
-    .await;
-    // Leave gracefully (SIGTERM drains and leaves the membership), so the next run starts with its own members.
-    for process in &mut processes {
+    .await
+}
+
+/// Leaves gracefully (SIGTERM drains and leaves the membership), so the next run starts with its own members.
+async fn stop_all(processes: &mut [ServerProcess]) {
+    for process in processes {
         process.terminate();
         let _ = tokio::time::timeout(Duration::from_secs(10), process.child.wait()).await;
     }
-    figures
 }

@@ -3,9 +3,9 @@
 //! B's or C's (on a channel every replica hears, each acknowledgement cost one delivery per replica: with 10 members
 //! that traffic overflowed subscriber buffers and lost acknowledgements, each costing a write a member's lease).
 
-use super::near_cache_strict_faults::{member_id, strict_toml, timed_set, until_near_hit_of};
 use crate::support::cluster::RedisCluster;
 use crate::support::process::ServerProcess;
+use crate::support::strict::{member_id, strict_toml, timed_set, until_near_hit_of};
 use crate::support::{Client, unique};
 use fred::prelude::{Builder, ClientLike, Config, EventInterface, PubsubInterface};
 use std::collections::{HashMap, HashSet};

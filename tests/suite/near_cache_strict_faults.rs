@@ -4,133 +4,16 @@
 //! value older than the last acknowledged write; after SIGCONT the paused replica serves no near hit of the old
 //! value, and near-caches again once it has rejoined. The delays are printed; no assertion has a wall-clock bound.
 
-use crate::support::cluster::{RedisCluster, redis_cli};
-use crate::support::process::ServerProcess;
-use crate::support::{Client, assert_error, cached, unique};
-use cachecoord::proto::{SetRequest, Source};
-use std::time::{Duration, Instant};
+use crate::support::cluster::RedisCluster;
+use crate::support::postgres::Postgres;
+use crate::support::process::{ServerProcess, migrate};
+use crate::support::strict::{
+    MEMBERS, lease_end_ms, member_id, store_now_ms, strict_toml, timed_set, until_near_hit_of,
+};
+use crate::support::{Client, assert_error, cached, set_request, unique};
+use cachecoord::proto::Source;
+use std::time::Duration;
 use tonic::Code;
-
-/// The members set (see `store/redis/layout.rs`).
-const MEMBERS: &str = "{cachecoord:near}#members";
-
-pub(crate) fn strict_toml(cluster: &RedisCluster) -> String {
-    format!(
-        "log_level = \"info\"\n[store]\nredis_url = \"{}\"\n\
-         [near_cache]\nmax_bytes = 16777216\nmember_lease_ms = 2000\n\
-         [[policies]]\nname = \"user\"\npattern = \"user:*\"\nttl_secs = 3600\n\
-         near_cache_ttl_secs = 60\nnear_cache = \"strict\"\n",
-        cluster.url()
-    )
-}
-
-/// The member id `process` logged when it joined.
-pub(crate) fn member_id(process: &ServerProcess) -> String {
-    let line = process
-        .log_lines("near-cache member joined")
-        .pop()
-        .expect("the replica joined the near-cache membership");
-    // The log may be coloured: drop the escape sequences first.
-    let mut plain = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            let _ = chars.by_ref().find(|&c| c == 'm');
-        } else {
-            plain.push(c);
-        }
-    }
-    let line = plain;
-    let at = line
-        .find("member=")
-        .map(|i| i + 7)
-        .or_else(|| line.find("\"member\":").map(|i| i + 9));
-    let digits: String = line[at.unwrap_or_else(|| panic!("the join names its member: {line}"))..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    assert!(!digits.is_empty(), "{line}");
-    digits
-}
-
-/// When `member`'s lease ends, in the store's milliseconds (None when it is not a member).
-fn lease_end_ms(cluster: &RedisCluster, member: &str) -> Option<u64> {
-    let port = cluster.primaries()[0].to_string();
-    let out = std::process::Command::new("redis-cli")
-        .args([
-            "-c",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "ZSCORE",
-            MEMBERS,
-            member,
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .map(|ms| ms as u64)
-}
-
-/// The store's clock, in milliseconds.
-fn store_now_ms(cluster: &RedisCluster) -> u64 {
-    let time = redis_cli(cluster.primaries()[0], &["TIME"]);
-    let mut parts = time.split_whitespace().map(|p| p.parse::<u64>().unwrap());
-    let (secs, micros) = (parts.next().unwrap(), parts.next().unwrap());
-    secs * 1000 + micros / 1000
-}
-
-fn signal(process: &ServerProcess, signal: &str) {
-    let pid = process.child.id().expect("running").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
-/// Writes `value` on `client` and answers how long the acknowledgement took.
-pub(crate) async fn timed_set(client: &mut Client, key: &str, value: &str) -> Duration {
-    let started = Instant::now();
-    client
-        .set(SetRequest {
-            key: key.into(),
-            value: value.as_bytes().to_vec().into(),
-            ttl: None,
-            version: None,
-            lease_token: Default::default(),
-        })
-        .await
-        .expect("a strict write completes even with a member down");
-    started.elapsed()
-}
-
-/// Reads `key` on `client` until it is a near-cache hit, asserting every answer is `value`.
-pub(crate) async fn until_near_hit_of(client: &mut Client, key: &str, value: &str) -> Duration {
-    let started = Instant::now();
-    loop {
-        let answer = cached(client, key).await;
-        assert_eq!(
-            answer.value,
-            value.as_bytes(),
-            "{key}: an older value than the acknowledged {value:?} was served"
-        );
-        if answer.source() == Source::NearHit {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{key} never became a near hit"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 /// Reads `key` a few times on each client: every answer must be `value`.
 async fn all_read(clients: &mut [&mut Client], key: &str, value: &str) {
@@ -176,7 +59,7 @@ async fn paused_and_killed_members_delay_writes_by_their_lease_and_never_serve_s
 
     // SIGSTOP B: it can neither acknowledge nor renew.
     let b_member = member_id(&b);
-    signal(&b, "-STOP");
+    b.signal("-STOP");
     // A renewal B sent just before the stop may still land.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let b_lease_end = lease_end_ms(&cluster, &b_member).expect("B is a member");
@@ -196,7 +79,7 @@ async fn paused_and_killed_members_delay_writes_by_their_lease_and_never_serve_s
     );
 
     // SIGCONT B: never the old value, near hits again once it rejoined.
-    signal(&b, "-CONT");
+    b.signal("-CONT");
     let rejoined = until_near_hit_of(&mut on_b, &key, "v3").await;
     assert!(lease_end_ms(&cluster, &b_member).is_some(), "B rejoined");
     println!(
@@ -210,7 +93,7 @@ async fn paused_and_killed_members_delay_writes_by_their_lease_and_never_serve_s
 
     // Kill C: its lease must lapse before the next write is acknowledged.
     let c_member = member_id(&c);
-    signal(&c, "-KILL");
+    c.signal("-KILL");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let c_lease_end = lease_end_ms(&cluster, &c_member).expect("C is a member");
     let killed_write = timed_set(&mut on_a, &key, "v5").await;
@@ -257,19 +140,11 @@ async fn a_revocation_the_members_replica_does_not_hold_is_not_relied_on() {
     let key = format!("user:{}:k", unique("revoked"));
     let (_a, b, mut on_a, mut on_b, members_replica) = strict_pair(&cluster, &key).await;
 
-    signal(&b, "-STOP");
+    b.signal("-STOP");
     cluster.pause(members_replica);
-    let answer = on_a
-        .set(SetRequest {
-            key: key.clone(),
-            value: b"v1".to_vec().into(),
-            ttl: None,
-            version: None,
-            lease_token: Default::default(),
-        })
-        .await;
+    let answer = on_a.set(set_request(&key, b"v1")).await;
     cluster.resume(members_replica);
-    signal(&b, "-CONT");
+    b.signal("-CONT");
 
     assert_error(
         &answer.expect_err("acknowledged on a revocation no replica held"),
@@ -317,7 +192,7 @@ async fn a_second_writer_waits_out_a_member_another_writer_revoked() {
     let mut on_c = Client::connect(c.uri()).await.unwrap();
     let b_member = member_id(&b);
 
-    signal(&b, "-STOP");
+    b.signal("-STOP");
     // A renewal B sent just before the stop may still land.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let b_lease_end = lease_end_ms(&cluster, &b_member).expect("B is a member");
@@ -331,7 +206,7 @@ async fn a_second_writer_waits_out_a_member_another_writer_revoked() {
     }
     timed_set(&mut on_c, &other, "w1").await;
     let acknowledged_at = store_now_ms(&cluster);
-    signal(&b, "-CONT");
+    b.signal("-CONT");
     first.await.unwrap();
 
     assert!(
@@ -346,20 +221,8 @@ async fn a_second_writer_waits_out_a_member_another_writer_revoked() {
 /// no old value after SIGCONT. Its own database, so its relay drains only its own rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_outbox_invalidation_waits_for_a_paused_member_like_any_strict_write() {
-    let postgres = crate::support::postgres::Postgres::shared();
     let database = unique("strict_outbox").replace('-', "_");
-    let admin = postgres.client().await;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {database}"))
-        .await
-        .unwrap();
-    let url = postgres
-        .connection_string()
-        .replace("dbname=postgres", &format!("dbname={database}"));
-    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (url, db) = Postgres::shared().database(&database).await;
     db.batch_execute(
         "CREATE TABLE accounts (id int PRIMARY KEY, name text NOT NULL);
          INSERT INTO accounts VALUES (1, 'first');",
@@ -375,14 +238,7 @@ async fn an_outbox_invalidation_waits_for_a_paused_member_like_any_strict_write(
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cachecoord.toml");
     std::fs::write(&file, &relay_toml).unwrap();
-    let migrate = tokio::process::Command::new(env!("CARGO_BIN_EXE_cachecoord"))
-        .arg("--config")
-        .arg(&file)
-        .arg("migrate")
-        .status()
-        .await
-        .unwrap();
-    assert!(migrate.success(), "cachecoord migrate failed");
+    migrate(&file).await;
     let relay = ServerProcess::start(&relay_toml).await;
     let member = ServerProcess::start(&strict_toml(&cluster)).await;
     let mut on_relay = Client::connect(relay.uri()).await.unwrap();
@@ -391,7 +247,7 @@ async fn an_outbox_invalidation_waits_for_a_paused_member_like_any_strict_write(
     until_near_hit_of(&mut on_member, "user:1", "v0").await;
     let member_id = member_id(&member);
 
-    signal(&member, "-STOP");
+    member.signal("-STOP");
     // A renewal sent just before the stop may still land.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let lease_end = lease_end_ms(&cluster, &member_id).expect("a member");
@@ -410,7 +266,7 @@ async fn an_outbox_invalidation_waits_for_a_paused_member_like_any_strict_write(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let applied_at = store_now_ms(&cluster);
-    signal(&member, "-CONT");
+    member.signal("-CONT");
 
     assert!(
         applied_at >= lease_end,
@@ -442,15 +298,7 @@ async fn strict_writes_answer_unavailable_while_the_members_node_is_down_and_res
     let (_a, _b, mut on_a, mut on_b, _) = strict_pair(&cluster, &key).await;
 
     cluster.kill_node(members_primary);
-    let answer = on_a
-        .set(SetRequest {
-            key: key.clone(),
-            value: b"v1".to_vec().into(),
-            ttl: None,
-            version: None,
-            lease_token: Default::default(),
-        })
-        .await;
+    let answer = on_a.set(set_request(&key, b"v1")).await;
 
     assert_eq!(
         answer
@@ -462,7 +310,7 @@ async fn strict_writes_answer_unavailable_while_the_members_node_is_down_and_res
     cluster.wait_for_failover(members_primary);
     // Until the replicas' slot maps and memberships follow the failover.
     let mut attempts = 0;
-    while let Err(status) = on_a.set(crate::support::set_request(&key, b"v2")).await {
+    while let Err(status) = on_a.set(set_request(&key, b"v2")).await {
         attempts += 1;
         assert!(
             attempts < 100,

@@ -3,6 +3,7 @@
 
 use crate::support::cluster::RedisCluster;
 use crate::support::postgres::Postgres;
+use crate::support::process::migrate;
 use crate::support::{Client, TestServer, cached, config_on, set};
 use cachecoord::config::{Cli, Config};
 use std::time::{Duration, Instant};
@@ -58,14 +59,7 @@ patterns = ["user:{{id}}:*"]
         ),
     )
     .unwrap();
-    let migrate = tokio::process::Command::new(env!("CARGO_BIN_EXE_cachecoord"))
-        .arg("--config")
-        .arg(&file)
-        .arg("migrate")
-        .status()
-        .await
-        .unwrap();
-    assert!(migrate.success(), "cachecoord migrate failed");
+    migrate(&file).await;
 
     let mut config = Config::load(&Cli {
         config: Some(file.clone()),

@@ -32,6 +32,7 @@ pub mod process;
 pub mod raw_http2;
 pub mod reshard;
 pub mod server;
+pub mod strict;
 
 #[allow(unused_imports)]
 pub use calls::{Client, batch_get, cached, found_value, get, set, set_request};

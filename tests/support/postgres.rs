@@ -94,6 +94,23 @@ impl Postgres {
         client
     }
 
+    /// A new, empty database `name`: its connection string and a connected client.
+    pub async fn database(&self, name: &str) -> (String, tokio_postgres::Client) {
+        self.client()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let url = self
+            .connection_string()
+            .replace("dbname=postgres", &format!("dbname={name}"));
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the new database");
+        tokio::spawn(connection);
+        (url, client)
+    }
+
     /// A tokio-postgres connection string for the `postgres` database.
     pub fn connection_string(&self) -> String {
         format!(

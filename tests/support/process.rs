@@ -137,13 +137,30 @@ impl ServerProcess {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`, `-TERM`, ...) with kill(1).
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("process still running");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([signal, &pid.to_string()])
             .status()
             .unwrap();
-        assert!(status.success());
+        assert!(status.success(), "kill {signal} {pid} failed");
     }
+}
+
+/// Runs `cachecoord --config <config_file> migrate` and asserts it succeeded.
+pub async fn migrate(config_file: &std::path::Path) {
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_cachecoord"))
+        .arg("--config")
+        .arg(config_file)
+        .arg("migrate")
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "cachecoord migrate failed");
 }
 
 /// The value of the metric line with `name` and every label in `labels`, from a Prometheus text exposition.
