@@ -208,7 +208,9 @@ async fn wait_for(
     until: Instant,
 ) -> Result<Option<Settled>> {
     loop {
-        if let Some(filled) = core.fill_watches.wait(core, key, events, until).await {
+        let poll = core.read_through.lease_poll;
+        let read = || core.fresh_entry(key);
+        if let Some(filled) = core.fill_watches.wait(key, events, until, poll, read).await {
             let answer = Lookup::found_or_negative(&filled, Source::Coalesced);
             return Ok(Some(Settled::Answered(answer)));
         }

@@ -9,11 +9,10 @@
 //! itself.
 
 use super::entry::Entry;
-use super::shared::Core;
 use crate::keys::Key;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
 /// The waiters of each key on this replica.
@@ -33,14 +32,19 @@ struct FillWatch {
 impl FillWatches {
     /// Waits until `key` is filled (its fresh value, read after this wait began), or until a lease event for it, the
     /// safety poll or `until` ends this waiter's turn at watching (`None`: the caller looks at the lease again).
-    /// `events` is the caller's subscription to lease events, taken before its first look at the lease.
-    pub(super) async fn wait(
+    /// `events` is the caller's subscription to lease events, taken before its first look at the lease; the safety
+    /// poll comes every `poll`; `read` reads the key's fresh value (`None` when there is none).
+    pub(super) async fn wait<Read>(
         &self,
-        core: &Core,
         key: &Key,
         events: &mut broadcast::Receiver<Arc<str>>,
         until: Instant,
-    ) -> Option<Entry> {
+        poll: Duration,
+        read: impl FnOnce() -> Read,
+    ) -> Option<Entry>
+    where
+        Read: Future<Output = Option<Entry>>,
+    {
         let joined = Joined::new(self, key);
         let began = Instant::now();
         let mut seen = joined.watch().seen.subscribe();
@@ -50,9 +54,9 @@ impl FillWatches {
             // is caught by the next event or the poll. Without this, each waiter in line would wake at once on
             // the same old event and read and retake the key in turn.
             while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
-            wait_for_event(core, key, events, until).await;
+            wait_for_event(key, events, (Instant::now() + poll).min(until)).await;
             let read_from = Instant::now();
-            let entry = core.fresh_entry(key).await?;
+            let entry = read().await?;
             joined
                 .watch()
                 .seen
@@ -135,15 +139,9 @@ async fn seen_since(seen: &mut watch::Receiver<Option<(Instant, Entry)>>, began:
     }
 }
 
-/// Waits until a fill or release of `key` is announced, the safety poll fires, or `until` comes.
-async fn wait_for_event(
-    core: &Core,
-    key: &Key,
-    events: &mut broadcast::Receiver<Arc<str>>,
-    until: Instant,
-) {
+/// Waits until a fill or release of `key` is announced, or `wake` comes (the safety poll, or the end of the wait).
+async fn wait_for_event(key: &Key, events: &mut broadcast::Receiver<Arc<str>>, wake: Instant) {
     metrics::counter!("cachecoord_lease_waits_total").increment(1);
-    let wake = (Instant::now() + core.read_through.lease_poll).min(until);
     loop {
         tokio::select! {
             event = events.recv() => match event {

@@ -7,7 +7,7 @@
 import * as grpc from '@grpc/grpc-js';
 
 import { toBuffer, type Bytes } from './bytes';
-import type { CallOptions, GetOptions, GetOrLoadOptions, Leased, SetEntry, SetOptions } from './client';
+import type { CallOptions, GetOptions, GetOrLoadOptions, Leased, SetEntry, SetOptions } from './types';
 import { CacheError } from './errors';
 
 /**

@@ -2,22 +2,21 @@
 export { InterceptingCall, Metadata, status } from '@grpc/grpc-js';
 export type { Interceptor, ChannelOptions } from '@grpc/grpc-js';
 
-export {
-  Client,
-  DEFAULT_CHANNEL_OPTIONS,
-  type CallOptions,
-  type ClientOptions,
-  type Entry,
-  type GetOptions,
-  type GetOrLoadOptions,
-  type Leased,
-  type Lookup,
-  type SetEntry,
-  type SetManyResult,
-  type SetOptions,
-  type Source,
-  type TlsOptions,
-} from './client';
+export { Client, DEFAULT_CHANNEL_OPTIONS } from './client';
+export type {
+  CallOptions,
+  ClientOptions,
+  Entry,
+  GetOptions,
+  GetOrLoadOptions,
+  Leased,
+  Lookup,
+  SetEntry,
+  SetManyResult,
+  SetOptions,
+  Source,
+  TlsOptions,
+} from './types';
 export type { BatchLoadFn, LoadFn } from './cacheAside';
 export type { Bytes } from './bytes';
 export { CacheError, codeName } from './errors';

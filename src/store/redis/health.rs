@@ -4,7 +4,8 @@
 //! evict (maxmemory unset, or `noeviction`) is logged as a warning when first seen so and flagged by
 //! `cachecoord_redis_eviction_disabled`: cachecoord is a cache and expects Redis to make room by evicting.
 
-use super::nodes::{Node, Nodes};
+use super::node::Node;
+use super::nodes::Nodes;
 use crate::store::NodeHealth;
 use fred::prelude::ClientLike;
 use futures::future;

@@ -14,7 +14,8 @@
 use super::errors::{backend_error, unavailable};
 use super::layout::{self, Found};
 use super::migrations::{self, Whereabouts};
-use super::nodes::{Node, Nodes, all};
+use super::node::Node;
+use super::nodes::{Nodes, all};
 use super::redirect;
 use super::scripts;
 use crate::keys::Pattern;

@@ -9,7 +9,8 @@
 //! the older value) or a renewal (the member serves past the end the promoted replica shows writers, and a writer
 //! that reads it lapsed acknowledges without waiting for it).
 
-use super::nodes::{Node, Nodes};
+use super::node::Node;
+use super::nodes::Nodes;
 use super::{redirect, scripts};
 use crate::Result;
 use crate::store::Members;

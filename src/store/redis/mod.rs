@@ -39,6 +39,7 @@ mod invalidation;
 mod layout;
 mod membership;
 mod migrations;
+mod node;
 mod nodes;
 mod notices;
 mod pubsub;

@@ -12,7 +12,7 @@
 
 use super::errors::backend_error;
 use super::nodes::Nodes;
-use super::notices::decode;
+use super::notices::wire::decode;
 use crate::store::contract::Heard;
 use crate::{Error, Result};
 use fred::clients::SubscriberClient;

@@ -9,7 +9,8 @@
 //! the node that holds it, and one moving slot neither fails the batch nor counts against the node's breaker.
 
 use super::layout;
-use super::nodes::{Node, Nodes, all};
+use super::node::Node;
+use super::nodes::{Nodes, all};
 use super::record;
 use super::redirect;
 use crate::keys::Key;

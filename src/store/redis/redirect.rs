@@ -17,7 +17,8 @@
 //! runs: a script never runs on a node that holds only part of its keys, and never misses a key that moved.
 
 use super::errors::unavailable;
-use super::nodes::{Node, Nodes};
+use super::node::Node;
+use super::nodes::Nodes;
 use crate::Result;
 use fred::clients::Client;
 use fred::prelude::Error as FredError;

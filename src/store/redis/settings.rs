@@ -3,7 +3,7 @@
 
 use super::errors::backend_error;
 use super::invalidation::InvalidationSettings;
-use super::nodes::NodeSettings;
+use super::node::NodeSettings;
 use crate::config::StoreConfig;
 use crate::{Error, Result};
 use fred::prelude::Config as FredConfig;

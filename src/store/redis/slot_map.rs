@@ -1,4 +1,4 @@
-//! The slot map as one node reports it, and which of several reports to trust. Pure: nodes.rs asks the nodes
+//! The slot map as one node reports it, and which of several reports to trust. Pure: nodes/refresh.rs asks the nodes
 //! (`ROLE`, `CLUSTER SLOTS`, `CLUSTER INFO`) and installs what this module makes of their answers.
 //!
 //! Only primaries vote, and only for a view in which they own slots themselves: a replica, an emptied primary

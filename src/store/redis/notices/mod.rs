@@ -21,12 +21,16 @@
 //! `SUBSCRIBER_BUFFER`). The writer's own heartbeats go to its acknowledgement channel too, so it hears again
 //! (and joins as a member) only once that channel delivers.
 
+mod beats;
+pub(super) mod wire;
+
 use super::errors::backend_error;
 use super::layout;
 use super::nodes::Nodes;
 use super::redirect;
-use crate::store::contract::{Acks, Heard, Notice, Stamp};
+use crate::store::contract::{Heard, Notice};
 use crate::{Error, Result};
+use beats::{Beats, lock};
 use fred::clients::SubscriberClient;
 use fred::prelude::{
     Builder, ClientLike, EventInterface, PubsubInterface, ReconnectPolicy, Server,
@@ -34,9 +38,10 @@ use fred::prelude::{
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
+use wire::{decode, delay, encode};
 
 /// How often the subscriptions are compared with the slot map.
 const FOLLOW_EVERY: Duration = Duration::from_millis(100);
@@ -380,178 +385,5 @@ async fn keep_subscribed(client: SubscriberClient, channel: String, heard: Arc<A
             Duration::from_millis(100)
         };
         tokio::time::sleep(wait).await;
-    }
-}
-
-fn lock(beats: &Mutex<Beats>) -> std::sync::MutexGuard<'_, Beats> {
-    beats.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Heartbeats per replica and channel: a beat counts as heard once every channel delivered it (or a later one).
-#[derive(Default)]
-struct Beats {
-    channels: Vec<String>,
-    /// Per replica: the last beat per channel, the last beat handed on, and when it was last heard (to forget
-    /// replicas that left).
-    replicas: HashMap<u64, (HashMap<String, u64>, u64, Instant)>,
-}
-
-impl Beats {
-    /// Counts beats on `channels` from now on.
-    fn follow(&mut self, channels: Vec<String>) {
-        self.channels = channels;
-        self.replicas.clear();
-    }
-
-    /// Records `beat` of `replica` on `channel`; answers the beat to hand on when every channel has now delivered
-    /// it.
-    fn heard(&mut self, channel: &str, replica: u64, beat: u64) -> Option<u64> {
-        if !self.channels.iter().any(|c| c == channel) {
-            return None;
-        }
-        if self.replicas.len() > 256 {
-            self.replicas
-                .retain(|_, (_, _, at)| at.elapsed() < Duration::from_secs(30));
-        }
-        let (per_channel, handed_on, at) = self
-            .replicas
-            .entry(replica)
-            .or_insert_with(|| (HashMap::new(), 0, Instant::now()));
-        *at = Instant::now();
-        let last = per_channel.entry(channel.to_owned()).or_default();
-        *last = (*last).max(beat);
-        let everywhere = self
-            .channels
-            .iter()
-            .map(|c| per_channel.get(c).copied().unwrap_or(0))
-            .min()?;
-        (everywhere > *handed_on).then(|| {
-            *handed_on = everywhere;
-            everywhere
-        })
-    }
-}
-
-/// Notices on the wire: a tag line (the tag, `@`, and when it was sent in Unix microseconds, so receivers measure
-/// the delay; a strict notice adds `@writer.seq`), then one item per line (keys and patterns hold no whitespace).
-/// A strict notice keeps the plain notice's tag, so replicas of earlier versions still apply it.
-pub(super) fn encode(notice: &Notice) -> String {
-    let sent = now_us();
-    match notice {
-        Notice::Keys(keys) => format!("k@{sent}\n{}", keys.join("\n")),
-        Notice::Pattern(pattern) => format!("p@{sent}\n{pattern}"),
-        Notice::Heartbeat(replica, seq) => format!("h@{sent}\n{replica}\n{seq}"),
-        Notice::StrictKeys(Stamp { writer, seq }, keys) => {
-            format!("k@{sent}@{writer}.{seq}\n{}", keys.join("\n"))
-        }
-        Notice::StrictPattern(Stamp { writer, seq }, pattern) => {
-            format!("p@{sent}@{writer}.{seq}\n{pattern}")
-        }
-        Notice::Acks(Acks {
-            member,
-            writer,
-            seqs,
-        }) => {
-            let seqs: Vec<String> = seqs.iter().map(u64::to_string).collect();
-            format!("a@{sent}\n{member}\n{writer}\n{}", seqs.join("\n"))
-        }
-    }
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_micros() as u64)
-}
-
-/// How long ago a notice on the wire was sent, when it says (earlier versions did not).
-fn delay(text: &str) -> Option<Duration> {
-    let sent: u64 = text.split('\n').next()?.split('@').nth(1)?.parse().ok()?;
-    Some(Duration::from_micros(now_us().saturating_sub(sent)))
-}
-
-/// A notice from the wire; `None` for what is not one.
-pub(super) fn decode(text: &str) -> Option<Notice> {
-    let mut lines = text.split('\n');
-    let mut tag_line = lines.next()?.split('@');
-    let tag = tag_line.next()?;
-    let stamp = match tag_line.nth(1) {
-        Some(stamp) => {
-            let (writer, seq) = stamp.split_once('.')?;
-            Some(Stamp {
-                writer: writer.parse().ok()?,
-                seq: seq.parse().ok()?,
-            })
-        }
-        None => None,
-    };
-    match (tag, stamp) {
-        ("k", None) => Some(Notice::Keys(lines.map(str::to_owned).collect())),
-        ("k", Some(stamp)) => Some(Notice::StrictKeys(
-            stamp,
-            lines.map(str::to_owned).collect(),
-        )),
-        ("p", None) => Some(Notice::Pattern(lines.next()?.to_owned())),
-        ("p", Some(stamp)) => Some(Notice::StrictPattern(stamp, lines.next()?.to_owned())),
-        ("h", _) => Some(Notice::Heartbeat(
-            lines.next()?.parse().ok()?,
-            lines.next()?.parse().ok()?,
-        )),
-        ("a", _) => Some(Notice::Acks(Acks {
-            member: lines.next()?.parse().ok()?,
-            writer: lines.next()?.parse().ok()?,
-            seqs: lines.map(str::parse).collect::<Result<_, _>>().ok()?,
-        })),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn notices_survive_the_wire() {
-        for notice in [
-            Notice::Keys(vec!["user:1".into(), "user:2:posts".into()]),
-            Notice::Pattern("user:1:*".into()),
-            Notice::Heartbeat(7, 42),
-            Notice::StrictKeys(Stamp { writer: 9, seq: 3 }, vec!["user:1".into()]),
-            Notice::StrictPattern(Stamp { writer: 9, seq: 4 }, "user:1:*".into()),
-            Notice::Acks(Acks {
-                member: 5,
-                writer: 9,
-                seqs: vec![3, 4],
-            }),
-        ] {
-            assert_eq!(decode(&encode(&notice)), Some(notice));
-        }
-        assert_eq!(decode("x\nwhat"), None);
-        // Earlier versions sent no time.
-        assert_eq!(
-            decode("k\nuser:1"),
-            Some(Notice::Keys(vec!["user:1".into()]))
-        );
-        assert!(delay(&encode(&Notice::Pattern("user:*".into()))).is_some());
-        assert_eq!(delay("k\nuser:1"), None);
-        let strict = encode(&Notice::StrictKeys(
-            Stamp { writer: 9, seq: 3 },
-            vec!["u:1".into()],
-        ));
-        assert!(delay(&strict).is_some());
-    }
-
-    #[test]
-    fn a_beat_counts_once_every_channel_delivered_it() {
-        let mut beats = Beats::default();
-        beats.follow(vec!["a".into(), "b".into()]);
-        assert_eq!(beats.heard("a", 1, 5), None);
-        assert_eq!(beats.heard("b", 1, 4), Some(4));
-        assert_eq!(beats.heard("b", 1, 6), Some(5));
-        assert_eq!(beats.heard("a", 1, 5), None);
-        assert_eq!(beats.heard("elsewhere", 1, 9), None);
-        beats.follow(vec!["c".into()]);
-        assert_eq!(beats.heard("a", 1, 9), None);
-        assert_eq!(beats.heard("c", 1, 7), Some(7));
     }
 }

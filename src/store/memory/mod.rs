@@ -5,11 +5,14 @@
 //! key, outliving its value for the version retention window) live in a second cache of their own, bounded to
 //! `MAX_VERSION_FLOORS` keys: past that, the least recently used floors are forgotten.
 
+mod membership;
+
 use super::contract::{Filled, Heard, LeaseToken, Members, Notice, Store, StoreWrite};
 use crate::Result;
 use crate::keys::{Key, Pattern};
 use async_trait::async_trait;
 use bytes::Bytes;
+use membership::Membership;
 use moka::Expiry;
 use moka::sync::Cache;
 use std::collections::HashMap;
@@ -65,14 +68,7 @@ pub struct MemoryStore {
     notices: broadcast::Sender<Heard>,
     /// Near-cache members and when their lease ends. In one process the only members are this process's own
     /// near-caches, but the rules are the same as on Redis.
-    members: Mutex<Membership>,
-}
-
-/// Near-cache members and when their lease ends, and the revoked ones until their lease would have ended.
-#[derive(Default)]
-struct Membership {
-    live: HashMap<u64, Instant>,
-    revoked: HashMap<u64, Instant>,
+    members: Membership,
 }
 
 impl MemoryStore {
@@ -105,16 +101,8 @@ impl MemoryStore {
                 .build(),
             events: broadcast::channel(EVENT_BUFFER).0,
             notices: broadcast::channel(EVENT_BUFFER).0,
-            members: Mutex::new(Membership::default()),
+            members: Membership::default(),
         }
-    }
-
-    fn members_now(&self) -> MutexGuard<'_, Membership> {
-        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        members.live.retain(|_, ends| *ends > now);
-        members.revoked.retain(|_, ends| *ends > now);
-        members
     }
 
     fn leases(&self) -> MutexGuard<'_, HashMap<String, (LeaseToken, Instant)>> {
@@ -289,40 +277,20 @@ impl Store for MemoryStore {
     }
 
     async fn renew_membership(&self, member: u64, lease: Duration, join: bool) -> Result<bool> {
-        let mut members = self.members_now();
-        if !join && !members.live.contains_key(&member) {
-            return Ok(false);
-        }
-        members.live.insert(member, Instant::now() + lease);
-        Ok(true)
+        Ok(self.members.renew(member, lease, join))
     }
 
     async fn leave_membership(&self, member: u64) -> Result<()> {
-        self.members_now().live.remove(&member);
+        self.members.leave(member);
         Ok(())
     }
 
     async fn members(&self) -> Result<Members> {
-        let members = self.members_now();
-        let now = Instant::now();
-        Ok(Members {
-            live: members.live.keys().copied().collect(),
-            revoked: members
-                .revoked
-                .iter()
-                .map(|(member, ends)| (*member, ends.saturating_duration_since(now)))
-                .collect(),
-        })
+        Ok(self.members.list())
     }
 
     async fn revoke_member(&self, member: u64) -> Result<Duration> {
-        let mut members = self.members_now();
-        let Some(ends) = members.live.remove(&member) else {
-            return Ok(Duration::ZERO);
-        };
-        let kept = members.revoked.entry(member).or_insert(ends);
-        *kept = (*kept).max(ends);
-        Ok(ends.saturating_duration_since(Instant::now()))
+        Ok(self.members.revoke(member))
     }
 
     async fn ping(&self) -> Result<()> {

@@ -15,118 +15,19 @@
 //! Each node has a second client for invalidation fences (`fence`): `WAIT` blocks its connection until replicas
 //! acknowledge, so it must not hold up the node's reads and writes.
 
-use super::errors::{Refusal, backend_error, refusal, unavailable};
-use super::fence::Fence;
-use super::slot_map::{self, Report, View};
-use crate::breaker::Breaker;
+mod refresh;
+
+use super::errors::{backend_error, refusal, unavailable};
+use super::node::{Node, NodeSettings};
 use crate::{Error, Result};
 use fred::clients::Client;
-use fred::prelude::{
-    Builder, ClientLike, ClusterInterface, Config as FredConfig, Error as FredError, ErrorKind,
-    ReconnectPolicy, ServerConfig,
-};
-use fred::types::Value;
+use fred::prelude::{ClientLike, Config as FredConfig, Error as FredError, ServerConfig};
 use fred::types::config::Server;
 use futures::future;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-
-/// Timing and breaker settings shared by every node's client.
-#[derive(Clone, Debug)]
-pub(super) struct NodeSettings {
-    /// Per-command timeout.
-    pub(super) command_timeout: Duration,
-    /// Timeout of the first connection at start-up.
-    pub(super) connect_timeout: Duration,
-    /// Regular slot-map refresh.
-    pub(super) refresh_every: Duration,
-    /// Consecutive failures that open a node's breaker, and how long it stays open before one probe.
-    pub(super) breaker_failures: u32,
-    pub(super) breaker_cooldown: Duration,
-}
-
-/// One Redis node: its clients and its breaker.
-pub(super) struct Node {
-    pub(super) server: Server,
-    /// The node's own client; reads, writes, leases and fills run on it.
-    pub(super) client: Client,
-    /// A second connection for invalidation fences: `WAIT` blocks its connection until replicas acknowledge.
-    pub(super) invalidator: Client,
-    /// Shares one fence among the invalidations running at once on this node.
-    pub(super) fence: Fence,
-    /// A third connection, opened at the first `ASK` redirection to this node (`redirect`) and held for
-    /// `ASKING` and the asked command together, so no other command takes the `ASKING` flag in between.
-    asking: tokio::sync::Mutex<Option<Client>>,
-    breaker: Breaker,
-    /// OOM and BUSY answers seen from this node since start-up (for Stats; the metric counts them too).
-    oom_refusals: AtomicU64,
-    busy_refusals: AtomicU64,
-}
-
-impl Node {
-    /// `host:port`, for errors and logs.
-    pub(super) fn name(&self) -> String {
-        format!("{}:{}", self.server.host, self.server.port)
-    }
-
-    /// (OOM, BUSY) answers seen from this node since start-up.
-    pub(super) fn refusals(&self) -> (u64, u64) {
-        (
-            self.oom_refusals.load(Ordering::Relaxed),
-            self.busy_refusals.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Sends `ASKING`, then `command`, on this node's asking connection (opened on first use).
-    pub(super) async fn asking<T, F, Fut>(&self, command: &F) -> Result<T, FredError>
-    where
-        F: Fn(Client) -> Fut,
-        Fut: Future<Output = Result<T, FredError>>,
-    {
-        let mut asking = self.asking.lock().await;
-        let client = match asking.as_ref() {
-            Some(client) => client.clone(),
-            None => {
-                let client = self.client.clone_new();
-                client.connect();
-                tokio::time::timeout(Duration::from_secs(1), client.wait_for_connect())
-                    .await
-                    .map_err(|_| {
-                        FredError::new(ErrorKind::Timeout, "connecting for ASK timed out")
-                    })??;
-                *asking = Some(client.clone());
-                client
-            }
-        };
-        client
-            .custom::<Value, Value>(fred::cmd!("ASKING"), vec![])
-            .await?;
-        command(client).await
-    }
-
-    /// Every client of this node (the asking one only if it is not in use).
-    fn clients(&self) -> Vec<Client> {
-        let mut clients = vec![self.client.clone(), self.invalidator.clone()];
-        if let Ok(asking) = self.asking.try_lock() {
-            clients.extend(asking.clone());
-        }
-        clients
-    }
-
-    /// Counts an OOM or BUSY answer of this node.
-    fn count_refusal(&self, refusal: Refusal) {
-        let count = match refusal {
-            Refusal::Oom => &self.oom_refusals,
-            Refusal::Busy => &self.busy_refusals,
-        };
-        count.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("cachecoord_redis_refusals_total", "node" => self.name(), "reason" => refusal.label())
-            .increment(1);
-    }
-}
 
 /// Slots (each with what the caller keeps for it) and the primary serving them (`None`: no node does).
 pub(super) type NodeSlots<T> = (Option<Arc<Node>>, Vec<(u16, T)>);
@@ -223,7 +124,7 @@ impl Nodes {
                 });
             }
         }
-        tokio::spawn(refresh_loop(Arc::downgrade(&nodes)));
+        tokio::spawn(refresh::refresh_loop(Arc::downgrade(&nodes)));
         Ok(nodes)
     }
 
@@ -239,39 +140,7 @@ impl Nodes {
                 server: server.clone(),
             };
         }
-        // A node that is down when first seen is retried in the background instead of failing the caller.
-        config.fail_fast = false;
-        let settings = &self.settings;
-        let connect = || {
-            let client = Builder::from_config(config.clone())
-                .with_performance_config(|perf| {
-                    perf.default_command_timeout = settings.command_timeout;
-                })
-                .with_connection_config(|conn| {
-                    conn.connection_timeout = settings.connect_timeout.min(Duration::from_secs(1));
-                    conn.internal_command_timeout = settings.command_timeout;
-                })
-                // Forever, and quickly: a node back from a restart or a pause should take traffic at once.
-                .set_policy(ReconnectPolicy::new_exponential(0, 20, 500, 2))
-                .build()
-                .map_err(backend_error)?;
-            client.connect();
-            Ok::<_, Error>(client)
-        };
-        let node = Arc::new(Node {
-            server: server.clone(),
-            client: connect()?,
-            invalidator: connect()?,
-            fence: Fence::new(),
-            asking: tokio::sync::Mutex::new(None),
-            breaker: Breaker::new(
-                format!("redis {}:{}", server.host, server.port),
-                settings.breaker_failures,
-                settings.breaker_cooldown,
-            ),
-            oom_refusals: AtomicU64::new(0),
-            busy_refusals: AtomicU64::new(0),
-        });
+        let node = Arc::new(Node::connect(server, config, &self.settings)?);
         known.insert(server.clone(), node.clone());
         Ok(node)
     }
@@ -489,82 +358,6 @@ impl Nodes {
         }
     }
 
-    /// The slot map as `node` sees it, and whether `node` votes (`slot_map`).
-    async fn view_of(&self, node: &Arc<Node>) -> Result<Report> {
-        let within = self.settings.command_timeout;
-        if !self.clustered {
-            let role = tokio::time::timeout(
-                within,
-                node.client
-                    .custom::<Value, Value>(fred::cmd!("ROLE"), vec![]),
-            )
-            .await
-            .map_err(|_| unavailable(format!("ROLE timed out on {}", node.name())))?
-            .map_err(backend_error)?;
-            let view = slot_map::standalone(node.server.clone(), &role);
-            return Ok(Report::of(&node.server, view, 0));
-        }
-        let (slots, info) = tokio::time::timeout(within, async {
-            let slots = node.client.cluster_slots::<Value>().await?;
-            let info = node.client.cluster_info::<String>().await?;
-            Ok::<_, FredError>((slots, info))
-        })
-        .await
-        .map_err(|_| unavailable(format!("CLUSTER SLOTS timed out on {}", node.name())))?
-        .map_err(backend_error)?;
-        let view = slot_map::from_cluster_slots(slots, &node.server)?;
-        Ok(Report::of(
-            &node.server,
-            view,
-            slot_map::current_epoch(&info),
-        ))
-    }
-
-    /// Makes `view` the slot map. Its replicas are connected ahead of a failover, so a promoted one takes traffic
-    /// at once; nodes it no longer names are dropped and their clients closed.
-    fn install(&self, view: View) -> Result<()> {
-        let mut ranges = Vec::with_capacity(view.len());
-        let mut members = Vec::new();
-        for (first, last, primary, replicas) in view {
-            // A standalone server's replicas (from ROLE) are never routed to: no clients for them.
-            for replica in replicas.iter().filter(|_| self.clustered) {
-                self.node(replica)?;
-                members.push(replica.clone());
-            }
-            members.push(primary.clone());
-            ranges.push((first, last, self.node(&primary)?, replicas));
-        }
-        *self.topology.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Topology { ranges });
-        let departed: Vec<Arc<Node>> = {
-            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            let gone: Vec<Server> = known
-                .keys()
-                .filter(|server| !members.contains(server))
-                .cloned()
-                .collect();
-            gone.iter()
-                .filter_map(|server| known.remove(server))
-                .collect()
-        };
-        for node in departed {
-            tracing::info!(node = %node.name(), "Redis node left the cluster map; closing its clients");
-            let clients = node.clients();
-            tokio::spawn(async move {
-                for client in clients {
-                    let _ = client.quit().await;
-                }
-            });
-        }
-        Ok(())
-    }
-
-    /// Re-reads the slot map through `node` alone (at start-up): its view, whether it votes or not, since it is
-    /// the only one heard yet; the first refresh puts it to the vote.
-    async fn refresh_from(&self, node: &Arc<Node>) -> Result<()> {
-        let report = self.view_of(node).await?;
-        self.install(report.view)
-    }
-
     /// Every node seen so far (primaries and replicas) whose client is connected now.
     pub(super) fn connected(&self) -> Vec<Arc<Node>> {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
@@ -573,19 +366,6 @@ impl Nodes {
             .filter(|node| node.client.is_connected())
             .cloned()
             .collect()
-    }
-
-    /// Asks every connected node for the slot map and installs the view most voting primaries hold.
-    async fn refresh(&self) {
-        let nodes = self.connected();
-        let reports = future::join_all(nodes.iter().map(|node| self.view_of(node))).await;
-        let Some(view) = slot_map::majority(reports.into_iter().flatten()) else {
-            tracing::warn!("no Redis primary could report the slot map");
-            return;
-        };
-        if let Err(error) = self.install(view) {
-            tracing::warn!(%error, "slot map not installed");
-        }
     }
 }
 
@@ -605,27 +385,6 @@ impl Drop for Nodes {
                 }
             });
         }
-    }
-}
-
-/// Refreshes the slot map every `refresh_every`, and soon after any failure asks for it (at most every 100 ms),
-/// until the nodes are dropped.
-async fn refresh_loop(nodes: Weak<Nodes>) {
-    const MIN_GAP: Duration = Duration::from_millis(100);
-    loop {
-        let Some(strong) = nodes.upgrade() else {
-            return;
-        };
-        let every = strong.settings.refresh_every;
-        let asked = async {
-            strong.refresh.notified().await;
-            tokio::time::sleep(MIN_GAP).await;
-        };
-        tokio::select! {
-            () = asked => {}
-            () = tokio::time::sleep(every) => {}
-        }
-        strong.refresh().await;
     }
 }
 
