@@ -1,12 +1,15 @@
 //! TLS everywhere it matters: mutual TLS on the gRPC port (a client without a certificate from the configured CA
-//! is refused; one with it works, with a bearer token on top), and TLS plus an ACL user towards Redis.
+//! is refused; one with it works, with a bearer token on top), TLS plus an ACL user towards Redis, and a Redis
+//! Cluster that speaks only TLS.
 
-use crate::support::cluster::StandaloneRedis;
+use crate::support::cluster::{RedisCluster, StandaloneRedis};
 use crate::support::pki::Pki;
-use crate::support::{Backend, TestServer, unique};
+use crate::support::{Backend, Client, TestServer, cached, config_on, set, unique};
 use cachecoord::auth::hash_token;
 use cachecoord::proto::cache_service_client::CacheServiceClient;
-use cachecoord::proto::{GetRequest, SetRequest};
+use cachecoord::proto::{GetRequest, InvalidatePatternRequest, InvalidateRequest, SetRequest};
+use std::collections::BTreeSet;
+use std::time::Duration;
 use tonic::Request;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -140,4 +143,78 @@ async fn redis_over_tls_with_an_acl_user() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let refused = cachecoord::server::serve(config, listener, std::future::pending()).await;
     assert!(refused.is_err(), "a wrong ACL password must not connect");
+}
+
+/// A Redis Cluster whose nodes speak only TLS, to clients, on the cluster bus and to their replicas, reached with
+/// `rediss-cluster://` and one seed: the other nodes, learned from the slot map, are connected over TLS and
+/// verified against the CA; every primary serves its keys; invalidations are fenced (`WAIT`) by replicas that
+/// replicate over TLS; a cross-group pattern reaches every primary; and when a primary is killed, its promoted
+/// replica, connected over TLS ahead of the failover, takes its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_that_speaks_only_tls() {
+    let pki = Pki::generate();
+    let cluster = RedisCluster::start_tls(&pki).await;
+    assert!(cluster.url().starts_with("rediss-cluster://"));
+    let mut config = config_on(&cluster);
+    config.store.redis_url = Some(format!("rediss-cluster://127.0.0.1:{}", cluster.ports[0]));
+    config.store.redis_tls_ca_file = Some(pki.path("ca.pem"));
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+
+    let group = unique("tls");
+    let keys: Vec<String> = (0..30).map(|i| format!("user:{group}x{i}")).collect();
+    for key in &keys {
+        set(&mut client, key, key.as_bytes()).await;
+    }
+    let primaries: BTreeSet<u16> = keys
+        .iter()
+        .map(|key| cluster.primary_of(&format!("{{{key}}}")))
+        .collect();
+    assert_eq!(primaries.len(), 3, "the keys span every primary");
+    for key in &keys {
+        assert_eq!(cached(&mut client, key).await.value, key.as_bytes());
+    }
+
+    // Fenced invalidation: acknowledged only once a replica (replicating over TLS) holds the deletion.
+    client
+        .invalidate(InvalidateRequest {
+            keys: keys[..3].to_vec(),
+        })
+        .await
+        .expect("an invalidation fenced by replicas over TLS");
+    for key in &keys[..3] {
+        assert!(!cached(&mut client, key).await.found, "{key} survived");
+    }
+    // A cross-group pattern scans every primary.
+    client
+        .invalidate_pattern(InvalidatePatternRequest {
+            pattern: format!("user:{group}x*"),
+        })
+        .await
+        .expect("a cross-group pattern over TLS");
+    for port in cluster.primaries() {
+        let left = cluster.keys_on_node(port, &format!("*{group}*"));
+        assert!(left.is_empty(), "left on {port}: {left:?}");
+    }
+
+    // A primary killed: its promoted replica takes its keys.
+    let victim = cluster.primary_of(&format!("{{{}}}", keys[0]));
+    cluster.kill_node(victim);
+    cluster.wait_for_failover(victim);
+    let written = until_written(&mut client, &keys[0]).await;
+    assert_eq!(cached(&mut client, &keys[0]).await.value, written);
+    assert_ne!(cluster.primary_of(&format!("{{{}}}", keys[0])), victim);
+}
+
+/// Writes `key` until a write succeeds (the slot map follows a failover within a refresh); answers the value.
+async fn until_written(client: &mut Client, key: &str) -> Vec<u8> {
+    let value = b"after the failover".to_vec();
+    for _ in 0..100 {
+        match client.set(crate::support::set_request(key, &value)).await {
+            Ok(_) => return value,
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{key} was never written after the failover");
 }

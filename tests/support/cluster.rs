@@ -15,8 +15,37 @@ pub struct RedisCluster {
     dir: PathBuf,
     /// redis-server arguments of every node (for restarts).
     args: Vec<String>,
-    /// The nodes' `requirepass`, when they have one.
+    /// How redis-cli reaches the nodes.
+    access: Access,
+}
+
+/// What redis-cli needs to reach a node: the `requirepass` and, for a node that speaks only TLS, the CA file
+/// (both read from the nodes' redis-server arguments).
+#[derive(Clone, Default)]
+struct Access {
     password: Option<String>,
+    tls_ca: Option<String>,
+}
+
+impl Access {
+    fn of(args: &[&str]) -> Access {
+        let value_of = |name: &str| {
+            let at = args.iter().position(|arg| *arg == name)?;
+            Some(args[at + 1].to_owned())
+        };
+        Access {
+            password: value_of("--requirepass"),
+            tls_ca: value_of("--tls-ca-cert-file"),
+        }
+    }
+
+    /// redis-cli's arguments (and environment) for this access.
+    fn apply(&self, command: &mut Command) {
+        command.envs(self.password.as_ref().map(|p| ("REDISCLI_AUTH", p)));
+        if let Some(ca) = &self.tls_ca {
+            command.args(["--tls", "--cacert", ca]);
+        }
+    }
 }
 
 impl RedisCluster {
@@ -50,10 +79,7 @@ impl RedisCluster {
             .unwrap()
             .keep();
         let args: Vec<&str> = CLUSTER_ARGS.iter().chain(extra).copied().collect();
-        let password = args
-            .iter()
-            .position(|arg| *arg == "--requirepass")
-            .map(|at| args[at + 1].to_owned());
+        let access = Access::of(&args);
         let (mut ports, mut pidfiles) = (Vec::new(), Vec::new());
         while ports.len() < 6 {
             let port = free_port_with_offset(10_000);
@@ -61,7 +87,7 @@ impl RedisCluster {
             std::fs::create_dir_all(&node_dir).unwrap();
             let pidfile = start_redis(&node_dir, port, &args);
             // A port (or its bus port) can be taken between picking and binding: pick another.
-            if answers_ping(port, password.as_deref(), Duration::from_secs(5)) {
+            if answers_ping(port, &access, Duration::from_secs(5)) {
                 ports.push(port);
                 pidfiles.push(pidfile);
             } else {
@@ -71,8 +97,9 @@ impl RedisCluster {
         // The watchdog stops the nodes if this process dies before the cluster is dropped (the shared one never is).
         on_process_exit(&stop_script(&pidfiles, &dir));
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let output = Command::new("redis-cli")
-            .envs(password.as_ref().map(|p| ("REDISCLI_AUTH", p)))
+        let mut create = Command::new("redis-cli");
+        access.apply(&mut create);
+        let output = create
             .args(["--cluster", "create"])
             .args(&nodes)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -88,7 +115,7 @@ impl RedisCluster {
             ports,
             dir,
             args,
-            password,
+            access,
         };
         cluster.wait_until_healthy();
         cluster
@@ -100,6 +127,31 @@ impl RedisCluster {
         RedisCluster::start_async(&["--requirepass", password, "--masterauth", password]).await
     }
 
+    /// A cluster of this test's own whose nodes speak only TLS, to clients, to each other (the cluster bus) and to
+    /// their replicas, with `pki`'s `node` certificate (the bus authenticates both ends, so it is a client and a
+    /// server certificate) and no client certificates asked of clients; cachecoord reaches it at
+    /// [`RedisCluster::url`] (`rediss-cluster://`) given `pki`'s CA.
+    pub async fn start_tls(pki: &super::pki::Pki) -> RedisCluster {
+        let files =
+            ["node.pem", "node.key", "ca.pem"].map(|file| pki.path(file).display().to_string());
+        let [cert, key, ca] = files.each_ref().map(String::as_str);
+        RedisCluster::start_async(&[
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            "no",
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+        ])
+        .await
+    }
+
     /// Starts one more redis-server with this cluster's arguments, not yet part of the cluster (see
     /// `support::reshard`, which joins it); it is stopped with the others. Answers its port.
     pub fn start_node(&mut self) -> u16 {
@@ -109,7 +161,7 @@ impl RedisCluster {
             let node_dir = self.dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
             let pidfile = start_redis(&node_dir, port, &args);
-            if answers_ping(port, self.password.as_deref(), Duration::from_secs(5)) {
+            if answers_ping(port, &self.access, Duration::from_secs(5)) {
                 on_process_exit(&stop_script(&[pidfile], &node_dir));
                 self.ports.push(port);
                 return port;
@@ -120,14 +172,19 @@ impl RedisCluster {
 
     /// redis-cli against the node on `port`, authenticated when the cluster has a password.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        redis_cli_as(port, self.password.as_deref(), args)
+        redis_cli_as(port, &self.access, args)
     }
 
     /// The URL cachecoord and fred take: every node is a seed.
     pub fn url(&self) -> String {
         let (first, rest) = self.ports.split_first().unwrap();
         let seeds: Vec<String> = rest.iter().map(|p| format!("node=127.0.0.1:{p}")).collect();
-        format!("redis-cluster://127.0.0.1:{first}?{}", seeds.join("&"))
+        let scheme = if self.access.tls_ca.is_some() {
+            "rediss-cluster"
+        } else {
+            "redis-cluster"
+        };
+        format!("{scheme}://127.0.0.1:{first}?{}", seeds.join("&"))
     }
 
     /// Client ports of the nodes currently acting as primaries.
@@ -219,7 +276,7 @@ impl RedisCluster {
             start_redis(&self.dir.join(port.to_string()), *port, &args);
         }
         for port in &self.ports {
-            wait_for_ping(*port, self.password.as_deref());
+            wait_for_ping(*port, &self.access);
         }
         self.wait_until_healthy();
     }
@@ -258,7 +315,7 @@ impl StandaloneRedis {
         let port = free_port();
         let pidfile = start_redis(dir.path(), port, &[]);
         on_process_exit(&stop_script(std::slice::from_ref(&pidfile), dir.path()));
-        wait_for_ping(port, None);
+        wait_for_ping(port, &Access::default());
         StandaloneRedis { port, dir, pidfile }
     }
 
@@ -337,10 +394,19 @@ impl Drop for StandaloneRedis {
 }
 
 /// Starts a daemonized redis-server on loopback; answers its pidfile.
+/// With a TLS certificate among `extra`, the node speaks only TLS: `port` is its TLS port, the plaintext one is off.
 fn start_redis(dir: &Path, port: u16, extra: &[&str]) -> PathBuf {
     let pidfile = dir.join("redis.pid");
+    let port = port.to_string();
+    // Only a TLS node names its TLS port: the Redis 7.2 of third_party/redis is built without TLS.
+    let ports: &[&str] = if extra.contains(&"--tls-cert-file") {
+        &["--port", "0", "--tls-port", &port]
+    } else {
+        &["--port", &port]
+    };
     let status = Command::new(redis_server())
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(ports)
+        .args(["--bind", "127.0.0.1"])
         .args(["--cluster-config-file", &dir.join("nodes.conf").to_string_lossy()])
         .args(["--appendonly", "no", "--save", ""])
         .args(["--dir", &dir.to_string_lossy()])
@@ -377,16 +443,16 @@ fn stop_script(pidfiles: &[PathBuf], dir: &Path) -> String {
     format!("{} rm -rf {}", kills.join(" "), dir.display())
 }
 
-fn wait_for_ping(port: u16, password: Option<&str>) {
+fn wait_for_ping(port: u16, access: &Access) {
     assert!(
-        answers_ping(port, password, Duration::from_secs(10)),
+        answers_ping(port, access, Duration::from_secs(10)),
         "redis on {port} never answered PING"
     );
 }
 
-fn answers_ping(port: u16, password: Option<&str>, within: Duration) -> bool {
+fn answers_ping(port: u16, access: &Access, within: Duration) -> bool {
     let deadline = Instant::now() + within;
-    while redis_cli_as(port, password, &["ping"]).trim() != "PONG" {
+    while redis_cli_as(port, access, &["ping"]).trim() != "PONG" {
         if Instant::now() >= deadline {
             return false;
         }
@@ -397,13 +463,14 @@ fn answers_ping(port: u16, password: Option<&str>, within: Duration) -> bool {
 
 /// Runs redis-cli against one node and answers its stdout.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
-    redis_cli_as(port, None, args)
+    redis_cli_as(port, &Access::default(), args)
 }
 
-/// [`redis_cli`] authenticated with `password` (passed through the environment, so redis-cli does not warn).
-fn redis_cli_as(port: u16, password: Option<&str>, args: &[&str]) -> String {
-    let output = Command::new("redis-cli")
-        .envs(password.map(|p| ("REDISCLI_AUTH", p)))
+/// [`redis_cli`] with `access` (a password passed through the environment, so redis-cli does not warn).
+fn redis_cli_as(port: u16, access: &Access, args: &[&str]) -> String {
+    let mut command = Command::new("redis-cli");
+    access.apply(&mut command);
+    let output = command
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()
@@ -450,7 +517,7 @@ impl RedisCluster {
     pub fn restart_node(&self, port: u16) {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         start_redis(&self.dir.join(port.to_string()), port, &args);
-        wait_for_ping(port, self.password.as_deref());
+        wait_for_ping(port, &self.access);
     }
 
     /// SIGSTOP: the node keeps its connections but answers nothing.

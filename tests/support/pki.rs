@@ -1,5 +1,6 @@
 //! A throwaway PKI for TLS tests: a CA, a server certificate for localhost/127.0.0.1, a client certificate the CA
-//! signed, and one from a rogue CA — all PEM files in a temporary directory.
+//! signed, a Redis Cluster node's certificate (server and client), and a client certificate from a rogue CA — all
+//! PEM files in a temporary directory.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -22,24 +23,12 @@ impl Pki {
         let ca = new_ca("cachecoord test CA");
         let rogue = new_ca("rogue CA");
         std::fs::write(dir.path().join("ca.pem"), ca.0.pem()).unwrap();
-        leaf(
-            dir.path(),
-            "server",
-            &ca.1,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        leaf(
-            dir.path(),
-            "client",
-            &ca.1,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        );
-        leaf(
-            dir.path(),
-            "rogue-client",
-            &rogue.1,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        );
+        use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        leaf(dir.path(), "server", &ca.1, &[ServerAuth]);
+        leaf(dir.path(), "client", &ca.1, &[ClientAuth]);
+        // A Redis Cluster node's: its cluster bus authenticates both ends with it.
+        leaf(dir.path(), "node", &ca.1, &[ServerAuth, ClientAuth]);
+        leaf(dir.path(), "rogue-client", &rogue.1, &[ClientAuth]);
         Pki { dir }
     }
 
@@ -67,11 +56,16 @@ fn new_ca(name: &str) -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
     (cert, Issuer::new(params, key))
 }
 
-fn leaf(dir: &Path, name: &str, issuer: &Issuer<'static, KeyPair>, usage: ExtendedKeyUsagePurpose) {
+fn leaf(
+    dir: &Path,
+    name: &str,
+    issuer: &Issuer<'static, KeyPair>,
+    usages: &[ExtendedKeyUsagePurpose],
+) {
     let mut params =
         CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
     params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages.to_vec();
     params.use_authority_key_identifier_extension = true;
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, issuer).unwrap();
