@@ -4,12 +4,23 @@
 //! acknowledgement; the window is how long that lasted. The test prints the stale rounds and the window's
 //! percentiles per operation; it asserts only that every window ends (no wall-clock thresholds). In strict mode
 //! (`near_cache = "strict"`) it asserts that no round is stale, and prints what the writes cost.
+//!
+//! A read or write answered UNAVAILABLE (a Redis command past its timeout, or CLUSTERDOWN while a cluster that
+//! took a starved node for failed recovers) is retried after 10 ms, as a client would: such an answer serves no
+//! value, older or newer, so it neither makes a round stale nor ends a window. How many there were is printed. The
+//! two tests take turns: each alone keeps both cores busy.
 
 use crate::support::cluster::RedisCluster;
-use crate::support::{Client, TestServer, cached, config_on, set, unique};
+use crate::support::{Client, TestServer, config_on, set_request, unique};
 use cachecoord::config::{Config, NearCacheMode};
-use cachecoord::proto::{InvalidatePatternRequest, InvalidateRequest, Source, StatsRequest};
+use cachecoord::proto::{
+    GetRequest, GetResponse, InvalidatePatternRequest, InvalidateRequest, Source, StatsRequest,
+};
 use std::time::{Duration, Instant};
+use tonic::{Code, Status};
+
+/// Held by the test running: they take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Rounds per operation.
 const ROUNDS: usize = 1_000;
@@ -57,6 +68,8 @@ struct Tally {
     windows: Vec<Duration>,
     /// How long each round's write took to be acknowledged.
     writes: Vec<Duration>,
+    /// Reads and writes answered UNAVAILABLE, and retried.
+    unavailable: usize,
 }
 
 impl Tally {
@@ -88,21 +101,56 @@ impl Tally {
         writes.sort();
         let write_at = |q: f64| writes[((writes.len() as f64 * q) as usize).min(writes.len() - 1)];
         println!(
-            "  ({mode} {:?}: acknowledgement p50 {:?} p99 {:?} max {:?})",
+            "  ({mode} {:?}: acknowledgement p50 {:?} p99 {:?} max {:?}; {} answers UNAVAILABLE, retried)",
             self.write,
             write_at(0.5),
             write_at(0.99),
-            writes[writes.len() - 1]
+            writes[writes.len() - 1],
+            self.unavailable
         );
     }
 }
 
+/// A cache-only read of `key`; `None` when it was answered UNAVAILABLE (counted in `unavailable`).
+async fn read(client: &mut Client, key: &str, unavailable: &mut usize) -> Option<GetResponse> {
+    let request = GetRequest {
+        key: key.into(),
+        cache_only: true,
+        lease: false,
+    };
+    answered(client.get(request).await, unavailable)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// `Some` answer, or `None` (counted in `unavailable`, after a 10 ms pause before the retry) for UNAVAILABLE; any
+/// other error fails the test.
+async fn answered<T>(result: Result<T, Status>, unavailable: &mut usize) -> Option<T> {
+    match result {
+        Ok(answer) => Some(answer),
+        Err(status) => {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            *unavailable += 1;
+            // 30 s of retries: a cluster that took a starved node for failed is whole again well before.
+            assert!(
+                *unavailable < 3_000,
+                "UNAVAILABLE {unavailable} times: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            None
+        }
+    }
+}
+
 /// Reads `key` on `client` until it is a near-cache hit of `value`.
-async fn until_near_hit(client: &mut Client, key: &str, value: &[u8]) {
+async fn until_near_hit(client: &mut Client, key: &str, value: &[u8], unavailable: &mut usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let answer = cached(client, key).await;
-        if answer.source() == Source::NearHit && answer.value == value {
+        let answer = read(client, key, unavailable).await;
+        if let Some(answer) = answer
+            && answer.source() == Source::NearHit
+            && answer.value == value
+        {
             return;
         }
         assert!(
@@ -113,11 +161,19 @@ async fn until_near_hit(client: &mut Client, key: &str, value: &[u8]) {
 }
 
 /// Polls `key` on `client` from the acknowledgement on until it no longer answers `old`; answers how long that
-/// took (zero when the first read was already new).
-async fn window(client: &mut Client, key: &str, old: &[u8], acknowledged: Instant) -> Duration {
+/// took (zero when the first answer was already new).
+async fn window(
+    client: &mut Client,
+    key: &str,
+    old: &[u8],
+    acknowledged: Instant,
+    unavailable: &mut usize,
+) -> Duration {
     let mut first = true;
     loop {
-        let answer = cached(client, key).await;
+        let Some(answer) = read(client, key, unavailable).await else {
+            continue;
+        };
         if !(answer.found && answer.value == old) {
             return if first {
                 Duration::ZERO
@@ -144,50 +200,90 @@ async fn rounds(write: Write, clients: &mut [Client; 3]) -> Tally {
         stale_rounds: 0,
         windows: Vec::with_capacity(2 * ROUNDS),
         writes: Vec::with_capacity(ROUNDS),
+        unavailable: 0,
     };
+    let (mut on_b_unavailable, mut on_c_unavailable) = (0, 0);
     for round in 0..ROUNDS {
         let old = format!("old{round}");
-        set(on_a, &key, old.as_bytes()).await;
+        while answered(
+            on_a.set(set_request(&key, old.as_bytes())).await,
+            &mut tally.unavailable,
+        )
+        .await
+        .is_none()
+        {}
         futures::join!(
-            until_near_hit(on_b, &key, old.as_bytes()),
-            until_near_hit(on_c, &key, old.as_bytes())
+            until_near_hit(on_b, &key, old.as_bytes(), &mut on_b_unavailable),
+            until_near_hit(on_c, &key, old.as_bytes(), &mut on_c_unavailable)
         );
         let writing = Instant::now();
-        match write {
-            Write::Invalidate => {
-                on_a.invalidate(InvalidateRequest {
-                    keys: vec![key.clone()],
-                })
-                .await
-                .unwrap();
-            }
-            Write::Set => set(on_a, &key, format!("new{round}").as_bytes()).await,
-            Write::InvalidatePattern => {
-                on_a.invalidate_pattern(InvalidatePatternRequest {
-                    pattern: format!("user:{group}:*"),
-                })
-                .await
-                .unwrap();
-            }
-        }
+        while answered(
+            apply(write, on_a, &key, &group, round).await,
+            &mut tally.unavailable,
+        )
+        .await
+        .is_none()
+        {}
         let acknowledged = Instant::now();
         tally.writes.push(acknowledged - writing);
         let (on_b_window, on_c_window) = futures::join!(
-            window(on_b, &key, old.as_bytes(), acknowledged),
-            window(on_c, &key, old.as_bytes(), acknowledged)
+            window(
+                on_b,
+                &key,
+                old.as_bytes(),
+                acknowledged,
+                &mut on_b_unavailable
+            ),
+            window(
+                on_c,
+                &key,
+                old.as_bytes(),
+                acknowledged,
+                &mut on_c_unavailable
+            )
         );
         if !on_b_window.is_zero() || !on_c_window.is_zero() {
             tally.stale_rounds += 1;
         }
         tally.windows.extend([on_b_window, on_c_window]);
     }
+    tally.unavailable += on_b_unavailable + on_c_unavailable;
     tally
+}
+
+/// One round's write on A.
+async fn apply(
+    write: Write,
+    on_a: &mut Client,
+    key: &str,
+    group: &str,
+    round: usize,
+) -> Result<(), Status> {
+    match write {
+        Write::Invalidate => {
+            let request = InvalidateRequest {
+                keys: vec![key.to_owned()],
+            };
+            on_a.invalidate(request).await.map(drop)
+        }
+        Write::Set => {
+            let request = set_request(key, format!("new{round}").as_bytes());
+            on_a.set(request).await.map(drop)
+        }
+        Write::InvalidatePattern => {
+            let request = InvalidatePatternRequest {
+                pattern: format!("user:{group}:*"),
+            };
+            on_a.invalidate_pattern(request).await.map(drop)
+        }
+    }
 }
 
 /// Three replicas with the near-cache on for `user`, in the default mode: every window ends, and the stale rounds
 /// and windows are printed (the bound is documented in docs/near-cache.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn default_mode_windows_are_measured_over_three_replicas() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = RedisCluster::start_async(&[]).await;
     let servers = [
         TestServer::start_with(near_cached_config(&cluster)).await,
@@ -216,6 +312,7 @@ async fn default_mode_windows_are_measured_over_three_replicas() {
 /// value once A's write is acknowledged); the writes' acknowledgement times are printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn strict_mode_serves_no_older_value_after_the_ack_over_three_replicas() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = RedisCluster::start_async(&[]).await;
     let servers = [
         TestServer::start_with(strict_config(&cluster)).await,
