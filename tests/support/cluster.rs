@@ -435,10 +435,18 @@ pub fn redis_server() -> String {
     }
 }
 
+/// A shell script that kills the redis-servers of `pidfiles` and removes `dir`. A pidfile outlives a node killed
+/// with SIGKILL, and process ids wrap around quickly here (pid_max 32768, thousands of redis-cli calls a run): a
+/// pid is killed only while it is still a redis-server, never whatever process took its number since.
 fn stop_script(pidfiles: &[PathBuf], dir: &Path) -> String {
     let kills: Vec<String> = pidfiles
         .iter()
-        .map(|p| format!("kill -9 $(cat {}) 2>/dev/null;", p.display()))
+        .map(|p| {
+            format!(
+                "p=$(cat {} 2>/dev/null) && grep -qx redis-server /proc/$p/comm 2>/dev/null && kill -9 $p;",
+                p.display()
+            )
+        })
         .collect();
     format!("{} rm -rf {}", kills.join(" "), dir.display())
 }
