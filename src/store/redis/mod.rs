@@ -49,6 +49,7 @@ mod redirect;
 mod scripts;
 mod settings;
 mod slot_map;
+mod subscriber;
 
 use crate::config::StoreConfig;
 use crate::keys::{Key, Pattern};

@@ -13,17 +13,15 @@
 use super::errors::backend_error;
 use super::nodes::Nodes;
 use super::notices::wire::decode;
+use super::subscriber::{SubscriberConnection, subscriber_client};
 use crate::store::contract::Heard;
 use crate::{Error, Result};
 use fred::clients::SubscriberClient;
-use fred::prelude::{
-    Builder, ClientLike, EventInterface, PubsubInterface, ReconnectPolicy, Server,
-};
+use fred::prelude::{ClientLike, EventInterface, PubsubInterface, ReconnectPolicy, Server};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
-use tokio::task::JoinHandle;
 
 /// Channel on which every replica announces filled and released leases.
 const LEASE_CHANNEL: &str = "cachecoord:lease-events";
@@ -89,38 +87,12 @@ struct Listen {
     timeouts: (Duration, Duration),
 }
 
-/// One subscriber connection, on `server`; closed (and its tasks stopped) when dropped.
-struct Listener {
-    server: Server,
-    client: SubscriberClient,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            let _ = client.quit().await;
-        });
-    }
-}
-
 impl Listen {
     /// Connects a subscriber to `server` and subscribes to both channels.
-    async fn on(&self, nodes: &Nodes, server: Server) -> Result<Listener> {
-        let (connect_timeout, command_timeout) = self.timeouts;
-        let mut builder = Builder::from_config(nodes.config_for(&server));
-        builder
-            .with_connection_config(|conn| {
-                conn.connection_timeout = connect_timeout;
-                conn.internal_command_timeout = command_timeout;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
-        let client = builder.build_subscriber_client().map_err(backend_error)?;
-        let mut listener = Listener {
+    async fn on(&self, nodes: &Nodes, server: Server) -> Result<SubscriberConnection> {
+        let reconnect = ReconnectPolicy::new_exponential(0, 50, 1_000, 2);
+        let client = subscriber_client(nodes.config_for(&server), self.timeouts, reconnect, None)?;
+        let mut listener = SubscriberConnection {
             server,
             client: client.clone(),
             tasks: Vec::new(),
@@ -178,7 +150,7 @@ impl Listen {
 async fn follow(
     nodes: Weak<Nodes>,
     listen: Listen,
-    mut listener: Listener,
+    mut listener: SubscriberConnection,
     mut stopped: oneshot::Receiver<()>,
 ) {
     loop {

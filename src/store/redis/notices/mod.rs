@@ -24,17 +24,15 @@
 mod beats;
 pub(super) mod wire;
 
-use super::errors::backend_error;
 use super::layout;
 use super::nodes::Nodes;
 use super::redirect;
+use super::subscriber::{SubscriberConnection, subscriber_client};
 use crate::store::contract::{Heard, Notice};
 use crate::{Error, Result};
 use beats::{Beats, lock};
 use fred::clients::SubscriberClient;
-use fred::prelude::{
-    Builder, ClientLike, EventInterface, PubsubInterface, ReconnectPolicy, Server,
-};
+use fred::prelude::{ClientLike, EventInterface, PubsubInterface, ReconnectPolicy, Server};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -200,25 +198,6 @@ fn no_shard(slot: u16) -> Error {
     }
 }
 
-/// One range's subscription: its own connection to the range's primary.
-struct Shard {
-    server: Server,
-    client: SubscriberClient,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Shard {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            let _ = client.quit().await;
-        });
-    }
-}
-
 /// Keeps one subscription per range of the slot map until `stopped` fires or the nodes are gone.
 async fn follow(
     nodes: Weak<Nodes>,
@@ -228,7 +207,7 @@ async fn follow(
     mut stopped: oneshot::Receiver<()>,
 ) {
     let beats = Arc::new(Mutex::new(Beats::default()));
-    let mut shards: HashMap<String, Shard> = HashMap::new();
+    let mut shards: HashMap<String, SubscriberConnection> = HashMap::new();
     let mut first = true;
     loop {
         let Some(nodes) = nodes.upgrade() else {
@@ -261,7 +240,7 @@ async fn follow(
                             let server = server.clone();
                             shards.insert(
                                 channel.to_string(),
-                                Shard {
+                                SubscriberConnection {
                                     server,
                                     client,
                                     tasks,
@@ -291,7 +270,7 @@ async fn follow(
 /// Whether `shards` subscribes exactly `wanted`'s channels (leaving `except` out), each on its server.
 fn same(
     wanted: &HashMap<String, Server>,
-    shards: &HashMap<String, Shard>,
+    shards: &HashMap<String, SubscriberConnection>,
     except: Option<&str>,
 ) -> bool {
     let subscribed = shards.keys().filter(|c| Some(c.as_str()) != except).count();
@@ -307,17 +286,10 @@ fn subscribe(
     channel: &str,
     sender: &broadcast::Sender<Heard>,
     beats: &Arc<Mutex<Beats>>,
-    (connect_timeout, command_timeout): (Duration, Duration),
+    timeouts: (Duration, Duration),
 ) -> Result<(SubscriberClient, Vec<JoinHandle<()>>)> {
-    let mut builder = Builder::from_config(config);
-    builder
-        .with_connection_config(|conn| {
-            conn.connection_timeout = connect_timeout;
-            conn.internal_command_timeout = command_timeout;
-        })
-        .with_performance_config(|perf| perf.broadcast_channel_capacity = SUBSCRIBER_BUFFER)
-        .set_policy(ReconnectPolicy::new_exponential(0, 20, 500, 2));
-    let client = builder.build_subscriber_client().map_err(backend_error)?;
+    let reconnect = ReconnectPolicy::new_exponential(0, 20, 500, 2);
+    let client = subscriber_client(config, timeouts, reconnect, Some(SUBSCRIBER_BUFFER))?;
     let heard = Arc::new(AtomicBool::new(false));
 
     let mut messages = client.message_rx();
