@@ -55,8 +55,10 @@ impl RawCaller {
             .send
             .send_request(request.body(()).unwrap(), false)
             .ok()?;
-        // h2 queues the body and sends it as the server's window allows.
-        request.send_data(body, end).ok()?;
+        // h2 queues the body and sends it as the server's window allows. The server may already have answered
+        // from the headers and reset the stream (a caller without a token, on a loaded machine): the body then
+        // goes nowhere, and the answer is still read from `response`.
+        let _ = request.send_data(body, end);
         Some(PendingCall { response, request })
     }
 }
