@@ -6,8 +6,11 @@
 use super::admission::{CallBudget, RESPONSE_ALLOWANCE};
 use super::{CacheApi, deadline, to_status};
 use crate::auth::Caller;
+use crate::cache::Lookup;
 use crate::{Error, Result};
+use bytes::Bytes;
 use metrics::{Counter, Histogram};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -31,6 +34,19 @@ pub(super) trait Rpc {
 tokio::task_local! {
     /// When the running call must be answered at the latest, for calls that answer their deadline themselves.
     static ANSWER_BY: Option<Instant>;
+    /// The leases the running call's answer hands out (key as the read named it, token): if the call fails after
+    /// all (its answer refused as too large, or by the memory budget once built), nobody will fill or release them,
+    /// so they are given back at once rather than stranded until their TTL.
+    static HANDED_OUT: RefCell<Vec<(String, Bytes)>>;
+}
+
+/// Records that the running call's answer hands out `lookup`'s lease on `key` (qualified as the read named it),
+/// when it carries one.
+pub(super) fn handing_out(key: &str, lookup: &Lookup) {
+    if let Some(token) = &lookup.lease_token {
+        let _ =
+            HANDED_OUT.try_with(|leases| leases.borrow_mut().push((key.to_owned(), token.clone())));
+    }
 }
 
 /// Part of a call's budget kept for answering once a wait inside it gives up: about a store round trip.
@@ -91,16 +107,25 @@ impl CacheApi {
             let result = match admitted {
                 Ok((caller, call_budget)) => {
                     let call = deadline::within(budget, body(caller, request));
-                    ANSWER_BY
-                        .scope(answer_by, call)
-                        .await
-                        // The encoded answer is held until sent: it counts against the call's budget (beyond
-                        // the allowance taken at admission).
-                        .and_then(|response| {
-                            call_budget
-                                .hold(response.encoded_len().saturating_sub(RESPONSE_ALLOWANCE))?;
-                            Ok(response)
-                        })
+                    let answered = async {
+                        let result = ANSWER_BY
+                            .scope(answer_by, call)
+                            .await
+                            // The encoded answer is held until sent: it counts against the call's budget
+                            // (beyond the allowance taken at admission).
+                            .and_then(|response| {
+                                call_budget.hold(
+                                    response.encoded_len().saturating_sub(RESPONSE_ALLOWANCE),
+                                )?;
+                                Ok(response)
+                            });
+                        if result.is_err() {
+                            self.coordinator
+                                .give_back_leases(HANDED_OUT.with(RefCell::take));
+                        }
+                        result
+                    };
+                    HANDED_OUT.scope(RefCell::new(Vec::new()), answered).await
                 }
                 Err(error) => Err(error),
             };

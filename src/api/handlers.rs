@@ -2,7 +2,7 @@
 //! calls the coordinator and converts the answer; [`CacheApi::handle`] does everything else.
 
 use super::CacheApi;
-use super::call::{Deadline, Rpc, answer_by};
+use super::call::{Deadline, Rpc, answer_by, handing_out};
 use crate::Result;
 use crate::auth::{Action, Caller};
 use crate::cache::{BatchSetOutcome, ReadOptions, SetCommand};
@@ -38,6 +38,7 @@ impl CacheService for CacheApi {
                     wait_until: answer_by(),
                 };
                 let lookup = self.coordinator.get(&key, options).await?;
+                handing_out(&key, &lookup);
                 Span::current().record("source", lookup.source.label());
                 Ok(lookup.into())
             },
@@ -67,14 +68,13 @@ impl CacheService for CacheApi {
                     wait_until: answer_by(),
                 };
                 let lookups = self.coordinator.batch_get(&qualified, options).await?;
+                for (key, lookup) in qualified.iter().zip(&lookups) {
+                    handing_out(key, lookup);
+                }
                 let sizes = lookups
                     .iter()
                     .map(|lookup| lookup.value.as_ref().map_or(0, |v| v.len()));
-                if let Err(too_large) = self.coordinator.check_response_size(sizes) {
-                    // The leases in a refused answer would reach nobody: they go back, not stranded to their TTL.
-                    self.coordinator.give_back_leases(&qualified, &lookups);
-                    return Err(too_large);
-                }
+                self.coordinator.check_response_size(sizes)?;
                 let results = keys.into_iter().zip(lookups).map(Into::into).collect();
                 Ok(BatchGetResponse { results })
             },

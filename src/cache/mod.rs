@@ -67,6 +67,7 @@ use crate::config::Config;
 use crate::loader::Loaders;
 use crate::store::Store;
 use crate::{Result, StartupError};
+use bytes::Bytes;
 use shared::Core;
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,16 +189,14 @@ impl Coordinator {
         write::release_lease(&self.core, key, token).await
     }
 
-    /// Gives back, in the background, every lease handed out in `lookups` (answers to `keys`, qualified as the
-    /// read named them) whose answer will not reach its caller after all (the response was refused).
-    pub fn give_back_leases(&self, keys: &[String], lookups: &[Lookup]) {
-        for (key, lookup) in keys.iter().zip(lookups) {
-            if let Some(token) = lookup.lease_token.clone() {
-                let (core, key) = (self.core.clone(), key.clone());
-                tokio::spawn(async move {
-                    let _ = write::release_lease(&core, &key, &token).await;
-                });
-            }
+    /// Gives back, in the background, leases handed out in answers that will not reach their caller after all
+    /// (the call failed once they were in it): each a key, qualified as the read named it, and its token.
+    pub fn give_back_leases(&self, leases: Vec<(String, Bytes)>) {
+        for (key, token) in leases {
+            let core = self.core.clone();
+            tokio::spawn(async move {
+                let _ = write::release_lease(&core, &key, &token).await;
+            });
         }
     }
 

@@ -6,6 +6,7 @@
 use crate::support::cluster::RedisCluster;
 use crate::support::loader::{TestLoader, grpc_loader};
 use crate::support::process::ServerProcess;
+use crate::support::raw_http2::{RawCaller, grpc_frame};
 use crate::support::{Backend, Client, TestServer, assert_error, cached, set_request, unique};
 use cachecoord::auth::hash_token;
 use cachecoord::config::{Config, PolicyConfig};
@@ -1035,6 +1036,68 @@ async fn a_refused_answer_gives_its_leases_back(backend: Backend) {
     );
 }
 
+/// A leased BatchGet whose answer, once built, the replica's memory budget refuses (other calls hold the rest of
+/// it) gives back the lease it took: the next caller's leased Get (which waits 300 ms) takes it, instead of
+/// waiting out a 60 s lease nobody will fill. Three never-ending requests hold most of a 208 KiB budget.
+async fn an_answer_the_memory_budget_refuses_gives_its_leases_back(backend: Backend) {
+    const KIB: usize = 1024;
+    let mut config = lapse_and_patient(backend);
+    config.limits.max_value_bytes = 64 * KIB;
+    config.limits.max_request_bytes = 80 * KIB;
+    config.limits.max_response_bytes = 128 * KIB;
+    config.limits.caller_memory_bytes = 208 * KIB;
+    config.limits.memory_budget_bytes = 208 * KIB;
+    config.limits.request_body_timeout = Duration::from_secs(60);
+    let replicas = Replicas::start(config).await;
+    let (mut reader, mut next) = (replicas.client(0).await, replicas.client(1).await);
+    let id = unique("budget");
+    let big = format!("product:{id}big");
+    reader.set(set_request(&big, &[7; 60 * KIB])).await.unwrap();
+
+    // Never-ending Sets: each holds the 55 KiB of its body that arrived.
+    let mut holder = RawCaller::connect(replicas.servers[0].addr.port(), None).await;
+    let frame = grpc_frame(&set_request(&format!("product:{id}held"), &[1; 56 * KIB]));
+    let partial = frame.slice(..55 * KIB);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(holder.start("Set", partial.clone(), false).await.unwrap());
+    }
+
+    // Until the held bytes leave no room for the answer (a read that still fits gives its lease back itself).
+    let mut attempt = 0;
+    let leased = loop {
+        attempt += 1;
+        assert!(attempt < 500, "the memory budget never refused the answer");
+        let leased = format!("lapse:{id}x{attempt}");
+        let request = BatchGetRequest {
+            keys: vec![big.clone(), leased.clone()],
+            cache_only: false,
+            lease: true,
+        };
+        match reader.batch_get(request).await {
+            Ok(answer) => {
+                let token = answer.into_inner().results[1].lease_token.clone();
+                let release = ReleaseLeaseRequest {
+                    key: leased,
+                    lease_token: token,
+                };
+                reader.release_lease(release).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(refused) => {
+                assert_error(&refused, Code::ResourceExhausted, "MEMORY_BUDGET");
+                break leased;
+            }
+        }
+    };
+    let answer = get_leased(&mut next, &leased).await;
+    assert!(
+        !answer.lease_token.is_empty(),
+        "the lease in the answer the memory budget refused was stranded"
+    );
+    drop(held);
+}
+
 /// A leased BatchGet holds a lower key's lease while it waits (up to 5 s) for a key another caller holds; its
 /// loader-filled key fails at once, and so does the read. The task settling its leases stops waiting with it and
 /// gives the lower key back: the next caller's leased Get (which waits 300 ms) takes it.
@@ -1070,6 +1133,7 @@ async fn a_failed_read_stops_waiting_and_gives_its_leases_back(backend: Backend)
 
 on_both_stores!(
     a_refused_answer_gives_its_leases_back,
+    an_answer_the_memory_budget_refuses_gives_its_leases_back,
     a_failed_read_stops_waiting_and_gives_its_leases_back,
     a_lease_voided_while_the_batch_waits_is_not_handed_out,
     a_read_that_fails_after_taking_a_lease_gives_it_back,
