@@ -198,7 +198,13 @@ impl RedisCluster {
     }
 
     fn nodes_with_role(&self, role: &str) -> Vec<u16> {
-        let nodes = self.cli(self.ports[0], &["cluster", "nodes"]);
+        // Any node that answers (the first may be the one a test killed).
+        let nodes = self
+            .ports
+            .iter()
+            .map(|port| self.cli(*port, &["cluster", "nodes"]))
+            .find(|text| !text.trim().is_empty())
+            .unwrap_or_default();
         let mut ports: Vec<u16> = nodes
             .lines()
             .filter(|line| {
@@ -600,11 +606,17 @@ impl RedisCluster {
     /// Client port of the replica of the primary on `primary` (its first, if it has several).
     /// The primary serving `redis_key`'s hash slot now (the key as Redis names it, e.g. `{user:1}`).
     pub fn primary_of(&self, redis_key: &str) -> u16 {
+        // Any node that answers (the first may be the one a test killed).
         let slot: u16 = self
-            .cli(self.ports[0], &["CLUSTER", "KEYSLOT", redis_key])
-            .trim()
-            .parse()
-            .unwrap();
+            .ports
+            .iter()
+            .find_map(|port| {
+                self.cli(*port, &["CLUSTER", "KEYSLOT", redis_key])
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .expect("some node answers");
         self.slot_owners()
             .into_iter()
             .find(|(first, last, _)| (*first..=*last).contains(&slot))
