@@ -283,62 +283,54 @@ async fn apply(
 /// and windows are printed (the bound is documented in docs/near-cache.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn default_mode_windows_are_measured_over_three_replicas() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let cluster = RedisCluster::start_async(&[]).await;
-    let servers = [
-        TestServer::start_with(near_cached_config(&cluster)).await,
-        TestServer::start_with(near_cached_config(&cluster)).await,
-        TestServer::start_with(near_cached_config(&cluster)).await,
-    ];
-    let mut clients = [
-        servers[0].client().await,
-        servers[1].client().await,
-        servers[2].client().await,
-    ];
-    for write in [Write::Invalidate, Write::Set, Write::InvalidatePattern] {
-        let started = Instant::now();
-        let tally = rounds(write, &mut clients).await;
-        tally.print("default");
-        println!(
-            "  ({write:?}: {} rounds in {:?})",
-            ROUNDS,
-            started.elapsed()
-        );
-    }
-    print_notice_delays("default", &mut clients).await;
+    every_write_over_three_replicas("default", near_cached_config).await;
 }
 
 /// Three replicas with `user` in strict mode: no round of any operation is stale (B and C never answer the older
 /// value once A's write is acknowledged); the writes' acknowledgement times are printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn strict_mode_serves_no_older_value_after_the_ack_over_three_replicas() {
+    for tally in every_write_over_three_replicas("strict", strict_config).await {
+        assert_eq!(
+            tally.stale_rounds, 0,
+            "strict mode: {:?} left the older value served after the acknowledgement",
+            tally.write
+        );
+    }
+}
+
+/// The rounds of every write over three replicas on a cluster of their own, each with `config`; prints each
+/// write's tally and, at the end, the replicas' notice delays. Answers the tallies.
+async fn every_write_over_three_replicas(
+    mode: &str,
+    config: fn(&RedisCluster) -> Config,
+) -> Vec<Tally> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = RedisCluster::start_async(&[]).await;
     let servers = [
-        TestServer::start_with(strict_config(&cluster)).await,
-        TestServer::start_with(strict_config(&cluster)).await,
-        TestServer::start_with(strict_config(&cluster)).await,
+        TestServer::start_with(config(&cluster)).await,
+        TestServer::start_with(config(&cluster)).await,
+        TestServer::start_with(config(&cluster)).await,
     ];
     let mut clients = [
         servers[0].client().await,
         servers[1].client().await,
         servers[2].client().await,
     ];
+    let mut tallies = Vec::new();
     for write in [Write::Invalidate, Write::Set, Write::InvalidatePattern] {
         let started = Instant::now();
         let tally = rounds(write, &mut clients).await;
-        tally.print("strict");
+        tally.print(mode);
         println!(
             "  ({write:?}: {} rounds in {:?})",
             ROUNDS,
             started.elapsed()
         );
-        assert_eq!(
-            tally.stale_rounds, 0,
-            "strict mode: {write:?} left the older value served after the acknowledgement"
-        );
+        tallies.push(tally);
     }
-    print_notice_delays("strict", &mut clients).await;
+    print_notice_delays(mode, &mut clients).await;
+    tallies
 }
 
 /// Prints each replica's notice delays as its Stats reports them (from the send time each notice carries).
