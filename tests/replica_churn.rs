@@ -62,6 +62,14 @@ impl World {
     fn remove_endpoint(&self, at: usize) {
         self.endpoints.lock().unwrap()[at].1 = false;
     }
+
+    /// Puts `process` (started, so SERVING) into the endpoint list, as Kubernetes does once its pod is ready.
+    fn add_endpoint(&self, process: &ServerProcess) {
+        self.endpoints
+            .lock()
+            .unwrap()
+            .push((drill::connect(process), true));
+    }
 }
 
 async fn with_retry<T, F, Fut>(
@@ -272,11 +280,7 @@ async fn replica_churn() {
     // 1 → 4: new processes join the endpoint list once SERVING.
     for _ in 0..3 {
         let process = ServerProcess::start(&config).await;
-        world
-            .endpoints
-            .lock()
-            .unwrap()
-            .push((drill::connect(&process), true));
+        world.add_endpoint(&process);
         processes.push(process);
     }
     join(stampede(&world, 1)).await;
@@ -300,11 +304,7 @@ async fn replica_churn() {
 
     // 2 → 3.
     let process = ServerProcess::start(&config).await;
-    world
-        .endpoints
-        .lock()
-        .unwrap()
-        .push((drill::connect(&process), true));
+    world.add_endpoint(&process);
     processes.push(process);
     join(stampede(&world, 3)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
